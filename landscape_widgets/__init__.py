@@ -1,0 +1,13 @@
+"""landscape_widgets: see and trust the loss landscape of a PyTorch model, live in Jupyter.
+
+    import landscape_widgets as lw
+    ls = lw.Landscape(model, loss_fn, (inputs, targets))
+    surf = ls.plane(resolution=41)          # filter-normalized random plane (Li et al. 2018)
+"""
+__version__ = "0.1.0"
+
+from .evaluator import Cancelled, Tile  # noqa: E402
+from .landscape import Landscape  # noqa: E402
+from .results import Curve, Surface, load  # noqa: E402
+
+__all__ = ["Cancelled", "Curve", "Landscape", "Surface", "Tile", "load", "__version__"]

@@ -1,0 +1,44 @@
+"""Random Gaussian directions (Li et al. 2018, arXiv 1712.09913, §4), filter-normalized by default.
+
+Directions are drawn on the CPU from a private ``torch.Generator`` seeded with ``seed``, parameter by parameter in
+``named_parameters()`` order, first d1 then d2: the same seed gives the same directions on any device and any run,
+a line's direction equals the d1 of a plane with the same seed, and the global RNG is untouched.
+"""
+from __future__ import annotations
+
+import torch
+
+from .normalization import normalize
+
+DEFAULT_NORMALIZATION = "filter"
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        try:
+            import numpy as np
+            if isinstance(seed, np.integer):
+                seed = int(seed)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}") from None
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed={seed} is out of range; pass an int in [0, 2**63)")
+    return seed
+
+
+def random_directions(private, count, *, seed=0, normalization=None, ignore="biasbn", **_):
+    seed = check_seed(seed)
+    normalization = normalization or DEFAULT_NORMALIZATION
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    dirs = []
+    for _k in range(count):
+        raw = {}
+        for info in private.info:
+            t = torch.randn(info.shape, generator=gen, dtype=torch.float32)
+            raw[info.name] = t.to(device=private.device, dtype=info.dtype)
+        dirs.append(normalize(raw, private.base, normalization, ignore))
+    meta = {"direction_kind": "random", "seed": seed, "normalization": normalization, "ignore": ignore,
+            "distribution": "gaussian"}
+    return dirs, meta

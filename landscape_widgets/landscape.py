@@ -1,0 +1,184 @@
+"""``Landscape``: the model, the loss and the data, bound together; the entry point of every computation.
+
+Data flow: model -> directions -> evaluator -> result.  Each method makes a private, refreshed copy of the
+user's weights, builds its directions, and hands the points to :class:`~landscape_widgets.evaluator.PointEvaluator`.
+"""
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from ._checks import axis, check_int, check_range, check_resolution, check_span
+from ._model import PrivateModel, check_model, resolve_device, state_from
+from .data import DataSource, call_model
+from .directions import cosine, make_directions
+from .evaluator import Moving, PointEvaluator, Timer, grid_tile_size
+from .results import Curve, Surface
+
+BUFFER_MODES = ("interpolate", "model", "recompute")
+
+
+class Landscape:
+    """Loss of ``model`` under ``loss_fn`` on ``data``, explored around the model's weights.
+
+    ``data`` is ``(inputs, targets)`` tensors or an iterable of such batches (a DataLoader); the loss is the
+    sample-weighted mean over all batches, computed in eval mode without gradients on ``device``
+    (None: CUDA when available, else CPU).  The model itself is never modified.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn, data, *, device=None):
+        check_model(model)
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = DataSource(data)
+        self.device = resolve_device(device)
+        self._private = None
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _fresh(self) -> PrivateModel:
+        if self._private is None:
+            self._private = PrivateModel(self.model, self.device)
+        else:
+            self._private.refresh()
+        return self._private
+
+    def _meta(self, private, **extra):
+        meta = {"library": "landscape_widgets", "version": __version__, "torch": torch.__version__,
+                "python": platform.python_version(), "device": str(self.device),
+                "num_parameters": private.num_parameters, "model_sha256": private.fingerprint(),
+                "model_class": type(self.model).__name__}
+        meta.update(extra)
+        meta["data"] = self.data.describe()
+        return meta
+
+    def _evaluator(self, private, dirs, *, buffer_dirs=None, point_hook=None):
+        moving = []
+        for n in private.names:
+            ds = [d[n] if d[n].count_nonzero() else None for d in dirs]
+            if any(t is not None for t in ds):
+                moving.append(Moving(private.params[n], private.base[n], ds))
+        for n, bd in (buffer_dirs or {}).items():
+            moving.append(Moving(private.buffers[n], private.base_buffers[n], bd))
+        return PointEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
+
+    # -- public API -------------------------------------------------------------------------------------------
+    def loss(self) -> float:
+        """The loss at the model's own weights."""
+        private = self._fresh()
+        return float(self._evaluator(private, []).run(np.zeros((1, 0)))[0])
+
+    def interpolate(self, start, *, steps=51, span=(-0.5, 1.5), buffers="interpolate", progress=True,
+                    callback=None, cancel=None) -> Curve:
+        """Loss along theta(a) = (1 - a) theta_start + a theta_model (Goodfellow et al. 2015; Li et al. 2018 §3).
+
+        ``buffers``: "interpolate" moves floating buffers (BatchNorm statistics) along the same line (Li et al.'s
+        "states"), "model" keeps the model's, "recompute" re-estimates BatchNorm statistics at every point with one
+        train-mode pass over the data (as SWA's ``update_bn``).
+        """
+        steps = check_int(steps, "steps", low=2)
+        a0, a1 = check_range(span, "span")
+        if buffers not in BUFFER_MODES:
+            raise ValueError(f"buffers={buffers!r} is not known; pass one of {', '.join(map(repr, BUFFER_MODES))}")
+        timer = Timer()
+        private = self._fresh()
+        start_state = state_from(start, private, need_buffers=(buffers == "interpolate"))
+        # theta(a) = theta_model + (a - 1) (theta_model - theta_start): exact at a = 1, the model itself
+        d = {n: private.base[n] - start_state[n] for n in private.names}
+        buffer_dirs = None
+        if buffers == "interpolate":
+            buffer_dirs = {n: [private.base_buffers[n] - start_state[n]] for n in private.buffer_names}
+        hook = _bn_recompute_hook(private, self.data) if buffers == "recompute" else None
+        alphas = axis((a0, a1), steps)
+        ev = self._evaluator(private, [d], buffer_dirs=buffer_dirs, point_hook=hook)
+        t_dir = timer()
+        losses = ev.run((alphas - 1.0)[:, None], tile_size=max(1, -(-steps // 8)), on_tile=callback, cancel=cancel,
+                        progress=progress, desc="interpolate")
+        dist = float(sum((v.double() ** 2).sum() for v in d.values()) ** 0.5)
+        meta = self._meta(private, kind="interpolation", buffers=buffers, distance=dist,
+                          timings=_timings(t_dir, timer(), steps))
+        return Curve(alphas, losses, meta)
+
+    def line(self, *, direction="random", normalization=None, ignore="biasbn", seed=0, steps=51, span=1.0,
+             progress=True, callback=None, cancel=None) -> Curve:
+        """Loss along theta + a d for one direction d (random Gaussian, filter-normalized by default)."""
+        steps = check_int(steps, "steps", low=2)
+        (a0, a1), = check_span(span, "span", axes=1)
+        timer = Timer()
+        private = self._fresh()
+        (d1,), dmeta = make_directions(direction, private, 1, argname="direction", seed=seed,
+                                       normalization=normalization, ignore=ignore)
+        alphas = axis((a0, a1), steps)
+        ev = self._evaluator(private, [d1])
+        t_dir = timer()
+        losses = ev.run(alphas[:, None], tile_size=max(1, -(-steps // 8)), on_tile=callback, cancel=cancel,
+                        progress=progress, desc="line")
+        meta = self._meta(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps))
+        curve = Curve(alphas, losses, meta)
+        curve.direction = {n: t.detach().cpu() for n, t in d1.items()}
+        return curve
+
+    def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=1.0,
+              progress=True, callback=None, cancel=None) -> Surface:
+        """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
+
+        ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
+        :class:`~landscape_widgets.evaluator.Tile` (whole rows of the grid); ``cancel`` (a ``threading.Event`` or a
+        callable) is checked between tiles and raises :class:`~landscape_widgets.evaluator.Cancelled`.
+        """
+        nx, ny = check_resolution(resolution)
+        (a0, a1), (b0, b1) = check_span(span, "span", axes=2)
+        timer = Timer()
+        private = self._fresh()
+        (d1, d2), dmeta = make_directions(directions, private, 2, argname="directions", seed=seed,
+                                          normalization=normalization, ignore=ignore)
+        alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
+        aa, bb = np.meshgrid(alphas, betas, indexing="ij")
+        coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
+        ev = self._evaluator(private, [d1, d2])
+        t_dir = timer()
+        losses = ev.run(coords, tile_size=grid_tile_size(ny, len(coords)), on_tile=callback, cancel=cancel,
+                        progress=progress, desc="plane").reshape(nx, ny)
+        meta = self._meta(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
+                          timings=_timings(t_dir, timer(), nx * ny))
+        dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
+        return Surface(alphas, betas, losses, dirs, meta)
+
+    def __repr__(self):
+        return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "
+                f"data={self.data.describe()})")
+
+
+def _timings(t_setup, t_total, points):
+    t_eval = max(t_total - t_setup, 1e-12)
+    return {"setup_s": round(t_setup, 6), "evaluate_s": round(t_eval, 6), "total_s": round(t_total, 6),
+            "points": int(points), "points_per_s": round(points / t_eval, 3)}
+
+
+def _bn_recompute_hook(private, data):
+    """Re-estimate BatchNorm running statistics at the current point: cumulative averages over one train-mode
+    pass (``torch.optim.swa_utils.update_bn``), because the interpolated weights never saw their own statistics."""
+    bns = [m for m in private.module.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return None
+
+    def hook():
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        private.module.train()
+        try:
+            for x, _y, _n in data.batches(private.device):
+                call_model(private.module, x)
+        finally:
+            private.module.eval()
+            for m, mo in zip(bns, momenta):
+                m.momentum = mo
+    return hook

@@ -1,0 +1,164 @@
+"""Result objects: plain attributes (arrays and a ``meta`` dict), saved with their provenance.
+
+Files are ``.npz`` archives without pickles: arrays under their names, direction tensors under ``d1/<param>``,
+and the meta dict as JSON, so a result written today loads anywhere numpy does.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+_REGISTRY = {}
+
+
+def register_result(cls):
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+class Result:
+    """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``."""
+
+    _arrays: tuple = ()
+    _optional: tuple = ()
+    _direction_sets: tuple = ()
+
+    def save(self, path) -> str:
+        """Write the result and its meta to ``path`` (``.npz`` appended if missing); returns the path."""
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        payload = {"__kind__": np.array(type(self).__name__),
+                   "__format__": np.array(FORMAT_VERSION),
+                   "__meta__": np.array(json.dumps(_jsonable(self.meta)))}
+        for name in self._arrays + self._optional:
+            value = getattr(self, name, None)
+            if value is not None:
+                payload[name] = np.asarray(value)
+        for attr in self._direction_sets:
+            dirs = getattr(self, attr, None)
+            if dirs is None:
+                continue
+            for k, d in enumerate(dirs):
+                for pname, t in d.items():
+                    payload[f"{attr}/{k}/{pname}"] = t.detach().cpu().numpy()
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **payload)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def _from_payload(cls, arrays: dict, meta: dict):
+        obj = cls.__new__(cls)
+        for name in cls._arrays + cls._optional:
+            setattr(obj, name, arrays.get(name))
+        for attr in cls._direction_sets:
+            keys = sorted({int(k.split("/")[1]) for k in arrays if k.startswith(attr + "/")})
+            if not keys:
+                setattr(obj, attr, None)
+                continue
+            dirs = []
+            for idx in keys:
+                prefix = f"{attr}/{idx}/"
+                dirs.append({k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                             if k.startswith(prefix)})
+            setattr(obj, attr, tuple(dirs))
+        obj.meta = meta
+        return obj
+
+    def __repr__(self):
+        shapes = ", ".join(f"{n}={tuple(np.shape(getattr(self, n)))}" for n in self._arrays
+                           if getattr(self, n, None) is not None)
+        return f"{type(self).__name__}({shapes})"
+
+
+def load(path):
+    """Load any result written by ``result.save(path)``."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    kind = str(arrays.pop("__kind__"))
+    meta = json.loads(str(arrays.pop("__meta__")))
+    arrays.pop("__format__", None)
+    if kind not in _REGISTRY:
+        raise ValueError(f"{path} holds a {kind!r} result, which this version of landscape_widgets cannot read")
+    return _REGISTRY[kind]._from_payload(arrays, meta)
+
+
+def _xarray():
+    try:
+        import xarray as xr
+    except ImportError as exc:  # optional dependency
+        raise ImportError("to_xarray() needs xarray: pip install xarray") from exc
+    return xr
+
+
+def _attrs(meta):
+    out = {}
+    for k, v in meta.items():
+        out[k] = v if isinstance(v, (str, int, float)) else json.dumps(_jsonable(v))
+    return out
+
+
+@register_result
+class Curve(Result):
+    """A 1-D loss profile: ``losses[i] = L(theta(alphas[i]))``."""
+
+    _arrays = ("alphas", "losses")
+
+    def __init__(self, alphas, losses, meta=None):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.losses = np.asarray(losses, dtype=np.float64)
+        self.meta = dict(meta or {})
+
+    def to_xarray(self):
+        xr = _xarray()
+        return xr.DataArray(self.losses, coords={"alpha": self.alphas}, dims=("alpha",), name="loss",
+                            attrs=_attrs(self.meta))
+
+
+@register_result
+class Surface(Result):
+    """A 2-D loss surface: ``losses[i, j] = L(theta + alphas[i] * d1 + betas[j] * d2)`` (numpy "ij" indexing)."""
+
+    _arrays = ("alphas", "betas", "losses")
+    _optional = ("path",)
+    _direction_sets = ("directions",)
+
+    def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.betas = np.asarray(betas, dtype=np.float64)
+        self.losses = np.asarray(losses, dtype=np.float64)
+        self.directions = directions
+        self.meta = dict(meta or {})
+        self.path = path
+
+    def to_xarray(self):
+        xr = _xarray()
+        return xr.DataArray(self.losses, coords={"alpha": self.alphas, "beta": self.betas},
+                            dims=("alpha", "beta"), name="loss", attrs=_attrs(self.meta))

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: .venv with torch (CPU wheel 2.13.0 unless a torch is already there),
+# the JS bundle, the package in editable mode.  With --test also the test extras and Debian's chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WITH_TEST=0
+[[ "${1:-}" == "--test" ]] && WITH_TEST=1
+SUDO=""; [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null && SUDO="sudo"
+
+if [[ $WITH_TEST == 1 && ! -x /usr/bin/chromium ]]; then
+  echo "== installing Debian's chromium (browser tests)"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# Never let pip resolve an unpinned torch: that pulls a multi-GB CUDA build.  Pin the CPU wheel on disk.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+fi
+
+echo "== building the front end (esbuild)"
+(cd js && { [[ -d node_modules ]] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent build)
+
+echo "== installing landscape_widgets"
+if [[ $WITH_TEST == 1 ]]; then
+  .venv/bin/python -m pip install -q -e ".[test]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+.venv/bin/python -c "import torch, landscape_widgets as lw; print('landscape_widgets', lw.__version__, 'torch', torch.__version__)"
