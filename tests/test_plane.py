@@ -1,0 +1,217 @@
+"""Planes and lines against direct evaluations of a deep copy (independent of the evaluator)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import landscape_widgets as lw
+from conftest import SmallNet, assert_same, direct_loss, small_data, snapshot
+
+CE = nn.CrossEntropyLoss()
+
+
+def test_centre_equals_loss_and_cells_equal_direct_evaluation(small):
+    model, (x, y) = small
+    ls = lw.Landscape(model, CE, (x, y), device="cpu")
+    surf = ls.plane(resolution=(7, 5), span=((-1.0, 1.0), (-0.5, 0.5)), progress=False)
+    assert surf.losses.shape == (7, 5) and surf.alphas.shape == (7,) and surf.betas.shape == (5,)
+    assert surf.losses[3, 2] == pytest.approx(ls.loss(), rel=1e-6)
+    assert ls.loss() == pytest.approx(direct_loss(model, dict(model.named_parameters()), x, y), rel=1e-6)
+    d1, d2 = surf.directions
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    for i, j in [(0, 0), (6, 4), (1, 3), (5, 1), (2, 0)]:
+        a, b = surf.alphas[i], surf.betas[j]
+        params = {n: base[n] + a * d1[n] + b * d2[n] for n in base}
+        assert surf.losses[i, j] == pytest.approx(direct_loss(model, params, x, y), rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(surf.alphas, np.linspace(-1, 1, 7))
+    np.testing.assert_allclose(surf.betas, np.linspace(-0.5, 0.5, 5))
+
+
+def test_line_matches_direct_and_plane_d1(small):
+    model, (x, y) = small
+    ls = lw.Landscape(model, CE, (x, y), device="cpu")
+    line = ls.line(steps=9, span=2.0, seed=3, progress=False)
+    surf = ls.plane(resolution=3, seed=3, progress=False)
+    for n in line.direction:  # a line's direction is the plane's d1 for the same seed
+        assert torch.equal(line.direction[n], surf.directions[0][n])
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    for i in (0, 4, 8):
+        params = {n: base[n] + line.alphas[i] * line.direction[n] for n in base}
+        assert line.losses[i] == pytest.approx(direct_loss(model, params, x, y), rel=1e-5)
+
+
+def test_tensors_and_dataloader_give_the_same_values(small):
+    model, (x, y) = small
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=13)  # uneven batches
+    a = lw.Landscape(model, CE, (x, y)).plane(resolution=5, progress=False)
+    b = lw.Landscape(model, CE, loader).plane(resolution=5, progress=False)
+    c = lw.Landscape(model, CE, [(x[:7], y[:7]), (x[7:], y[7:])]).plane(resolution=5, progress=False)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-5)
+    np.testing.assert_allclose(a.losses, c.losses, rtol=1e-5)
+    assert b.meta["data"]["num_samples"] == 40 and b.meta["data"]["num_batches"] == 4
+
+
+def test_seeds_are_reproducible_and_private(small):
+    model, data = small
+    ls = lw.Landscape(model, CE, data)
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    s1 = ls.plane(resolution=5, seed=7, progress=False)
+    assert torch.equal(torch.get_rng_state(), state), "the global RNG must be untouched"
+    s2 = lw.Landscape(SmallNet(), CE, data).plane(resolution=5, seed=7, progress=False)
+    s3 = ls.plane(resolution=5, seed=8, progress=False)
+    np.testing.assert_array_equal(s1.losses, s2.losses)
+    assert not np.allclose(s1.losses, s3.losses)
+    assert s1.meta["seed"] == 7 and s1.meta["direction_kind"] == "random"
+    assert s1.meta["normalization"] == "filter" and s1.meta["ignore"] == "biasbn"
+    d1, d2 = s1.directions
+    dot = sum(float((d1[n].double() * d2[n].double()).sum()) for n in d1)
+    nrm = [sum(float((d[n].double() ** 2).sum()) for n in d) ** 0.5 for d in (d1, d2)]
+    assert s1.meta["cosine"] == pytest.approx(dot / (nrm[0] * nrm[1]), rel=1e-9)
+
+
+def test_explicit_directions_are_used_as_given(small):
+    model, (x, y) = small
+    gen = torch.Generator().manual_seed(5)
+    d1 = {n: torch.randn(p.shape, generator=gen) * 0.1 for n, p in model.named_parameters()}
+    d2 = {n: torch.randn(p.shape, generator=gen) * 0.1 for n, p in model.named_parameters()}
+    surf = lw.Landscape(model, CE, (x, y)).plane(directions=(d1, d2), resolution=3, progress=False)
+    assert surf.meta["normalization"] == "none" and surf.meta["direction_kind"] == "explicit"
+    for n in d1:
+        if model.get_parameter(n).dim() <= 1:  # ignore="biasbn" zeroes biases / BN affine
+            assert not surf.directions[0][n].any()
+        else:
+            assert torch.equal(surf.directions[0][n], d1[n])
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    params = {n: base[n] + surf.directions[0][n] - surf.directions[1][n] for n in base}
+    assert surf.losses[2, 0] == pytest.approx(direct_loss(model, params, x, y), rel=1e-5)
+
+
+def test_nan_and_inf_losses_are_data():
+    model = nn.Sequential(nn.Linear(2, 1))
+    x = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    y = torch.zeros(2, 1)
+
+    def log_loss(out, target):  # log of a value that turns negative on part of the plane: NaN there
+        return torch.log(out + 10.0).mean() + 0 * target.sum()
+
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    gen = torch.Generator().manual_seed(0)
+    d = {n: torch.randn(p.shape, generator=gen) for n, p in model.named_parameters()}
+    surf = lw.Landscape(model, log_loss, (x, y)).plane(directions=(d, d), ignore=None, resolution=9, span=30.0,
+                                                       progress=False)
+    assert np.isnan(surf.losses).any() and np.isfinite(surf.losses).any()
+
+
+def test_model_unchanged_after_success_error_and_interrupt(small):
+    model, data = small
+    model.fc1.weight.requires_grad_(False)  # mixed requires_grad must survive too
+    model(data[0]).sum().backward()  # and existing .grad
+    snap = snapshot(model)
+    ls = lw.Landscape(model, CE, data)
+    ls.plane(resolution=3, progress=False)
+    ls.interpolate(SmallNet(seed=3), steps=3, buffers="recompute", progress=False)
+    assert_same(model, snap)
+
+    calls = {"n": 0}
+
+    def exploding(out, target):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("boom")
+        return CE(out, target)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        lw.Landscape(model, exploding, data).plane(resolution=3, progress=False)
+    assert_same(model, snap)
+
+    calls["n"] = 0
+
+    def interrupted(out, target):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return CE(out, target)
+
+    with pytest.raises(KeyboardInterrupt):
+        lw.Landscape(model, interrupted, data).interpolate(SmallNet(seed=3), steps=5, progress=False)
+    assert_same(model, snap)
+    assert model.training
+
+
+def test_results_save_load_and_xarray(small, tmp_path):
+    model, data = small
+    ls = lw.Landscape(model, CE, data)
+    surf = ls.plane(resolution=(4, 3), progress=False)
+    path = surf.save(tmp_path / "plane")
+    back = lw.load(path)
+    assert isinstance(back, lw.Surface)
+    np.testing.assert_array_equal(back.losses, surf.losses)
+    np.testing.assert_array_equal(back.alphas, surf.alphas)
+    for k in range(2):
+        for n in surf.directions[k]:
+            assert torch.equal(back.directions[k][n], surf.directions[k][n])
+    assert back.meta["seed"] == surf.meta["seed"] and back.meta["model_sha256"] == surf.meta["model_sha256"]
+    xr = pytest.importorskip("xarray")
+    da = back.to_xarray()
+    assert isinstance(da, xr.DataArray) and da.dims == ("alpha", "beta")
+    assert float(da.sel(alpha=surf.alphas[1], beta=surf.betas[2])) == surf.losses[1, 2]
+    curve = ls.line(steps=5, progress=False)
+    c2 = lw.load(curve.save(tmp_path / "line.npz"))
+    np.testing.assert_array_equal(c2.losses, curve.losses)
+    assert c2.to_xarray().dims == ("alpha",)
+
+
+def test_tiles_stream_and_cancel(small):
+    model, data = small
+    ls = lw.Landscape(model, CE, data)
+    tiles = []
+    surf = ls.plane(resolution=(6, 40), progress=False, callback=tiles.append)
+    assert len(tiles) > 1 and tiles[-1].done == tiles[-1].total == 240
+    flat = np.concatenate([t.values for t in tiles])
+    np.testing.assert_array_equal(flat, surf.losses.ravel())
+    assert all(t.start % 40 == 0 for t in tiles)  # whole rows
+
+    import threading
+    ev = threading.Event()
+    seen = []
+
+    def cb(tile):
+        seen.append(tile)
+        ev.set()
+
+    with pytest.raises(lw.Cancelled):
+        ls.plane(resolution=(6, 40), progress=False, callback=cb, cancel=ev)
+    assert len(seen) == 1  # cancelled within one tile
+
+
+def test_exact_accelerations_do_not_change_values(small):
+    """The input-affine shortcut and the channels-last layout are exact up to float rounding."""
+    import landscape_widgets.evaluator as E
+
+    model, data = small
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                         nn.Linear(4 * 36, 4))
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 9), nn.ReLU(), nn.Linear(9, 4))
+    for m in (model, conv, mlp):
+        for ignore in ("biasbn", None):
+            ls = lw.Landscape(m, CE, data)
+            fast = ls.plane(resolution=4, ignore=ignore, progress=False)
+            orig = E.PointEvaluator.__init__.__kwdefaults__["accelerate"]
+            E.PointEvaluator.__init__.__kwdefaults__["accelerate"] = False
+            try:
+                slow = ls.plane(resolution=4, ignore=ignore, progress=False)
+            finally:
+                E.PointEvaluator.__init__.__kwdefaults__["accelerate"] = orig
+            np.testing.assert_allclose(fast.losses, slow.losses, rtol=2e-6, atol=1e-7)
+
+
+def test_input_affine_shortcut_is_found_and_used():
+    from landscape_widgets.evaluator import _input_layers
+
+    mlp = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    assert _input_layers(mlp, x) == [mlp[0]]
+    flat_first = nn.Sequential(nn.Flatten(), nn.Linear(5, 2))  # input reshaped first: not the data itself
+    assert _input_layers(flat_first, x.reshape(4, 1, 5)) == []
