@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import landscape_widgets as lw
-from conftest import SmallNet, direct_loss, small_data
+from helpers import SmallNet, direct_loss, small_data
 
 CE = nn.CrossEntropyLoss()
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import landscape_widgets as lw
-from conftest import SmallNet, small_data
+from helpers import SmallNet, small_data
 
 CE = nn.CrossEntropyLoss()
 

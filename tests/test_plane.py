@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import landscape_widgets as lw
-from conftest import SmallNet, assert_same, direct_loss, small_data, snapshot
+from helpers import SmallNet, assert_same, direct_loss, small_data, snapshot
 
 CE = nn.CrossEntropyLoss()
 

@@ -1,0 +1,73 @@
+"""Shared test helpers: a small model with every layer kind, data, and independent references."""
+import copy
+
+import torch
+from torch import nn
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+class SmallNet(nn.Module):
+    """Linear, Conv2d, BatchNorm and biases: every normalization branch is exercised."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc1 = nn.Linear(3 * 6 * 6, 7)
+        self.fc2 = nn.Linear(7, 4)
+        gen = _gen(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+            self.bn.running_mean.copy_(torch.randn(3, generator=gen) * 0.1)
+            self.bn.running_var.copy_(torch.rand(3, generator=gen) + 0.5)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc2(torch.tanh(self.fc1(h.flatten(1))))
+
+
+def small_data(n=40, seed=1):
+    gen = _gen(seed)
+    x = torch.randn(n, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    return x, y
+
+
+def snapshot(model):
+    return {
+        "params": {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
+        "modes": [m.training for m in model.modules()],
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+def assert_same(model, snap):
+    now = snapshot(model)
+    for n, (t, rg) in snap["params"].items():
+        t2, rg2 = now["params"][n]
+        assert rg == rg2, n
+        assert torch.equal(t, t2) and t.dtype == t2.dtype, n
+    for n, t in snap["buffers"].items():
+        assert torch.equal(t, now["buffers"][n]), n
+    assert snap["modes"] == now["modes"]
+    for n, g in snap["grads"].items():
+        g2 = now["grads"][n]
+        assert (g is None and g2 is None) or torch.equal(g, g2), n
+
+
+def direct_loss(model, params, x, y, loss_fn=nn.functional.cross_entropy, buffers=None):
+    """Independent reference: a fresh deep copy in eval mode with the given weights loaded."""
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            p.copy_(params[n])
+        if buffers:
+            for n, b in m.named_buffers():
+                if n in buffers:
+                    b.copy_(buffers[n])
+        return float(loss_fn(m(x), y))
