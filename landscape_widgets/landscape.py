@@ -123,20 +123,27 @@ class Landscape:
         curve.direction = {n: t.detach().cpu() for n, t in d1.items()}
         return curve
 
-    def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=1.0,
-              progress=True, callback=None, cancel=None) -> Surface:
+    def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
+              progress=True, callback=None, cancel=None, trajectory=None) -> Surface:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
         :class:`~landscape_widgets.evaluator.Tile` (whole rows of the grid); ``cancel`` (a ``threading.Event`` or a
         callable) is checked between tiles and raises :class:`~landscape_widgets.evaluator.Cancelled`.
+
+        ``span=None`` is the direction kind's default: 1.0 for random and explicit directions; for
+        ``directions="pca"`` (Li et al. §7, needs ``trajectory=lw.Trajectory``) a grid covering the projected path,
+        which ``surf.path`` [n, 2] holds.
         """
         nx, ny = check_resolution(resolution)
-        (a0, a1), (b0, b1) = check_span(span, "span", axes=2)
+        spans = None if span is None else check_span(span, "span", axes=2)
         timer = Timer()
         private = self._fresh()
+        extra = {} if trajectory is None else {"trajectory": trajectory}
         (d1, d2), dmeta = make_directions(directions, private, 2, argname="directions", seed=seed,
-                                          normalization=normalization, ignore=ignore)
+                                          normalization=normalization, ignore=ignore, **extra)
+        path, kind_span = dmeta.pop("path", None), dmeta.pop("default_span", None)
+        (a0, a1), (b0, b1) = spans or kind_span or check_span(1.0, "span", axes=2)
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
@@ -147,7 +154,7 @@ class Landscape:
         meta = self._meta(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
                           timings=_timings(t_dir, timer(), nx * ny))
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
-        return Surface(alphas, betas, losses, dirs, meta)
+        return Surface(alphas, betas, losses, dirs, meta, path=path)
 
     def __repr__(self):
         return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "

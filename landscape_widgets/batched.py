@@ -1,0 +1,156 @@
+"""Batched evaluation: many grid points per forward pass with ``torch.func.vmap`` (for GPUs).
+
+A chunk of ``B`` points becomes one call of the model on stacked weights ``theta + C @ D`` of shape
+``[B, *param.shape]`` through ``torch.func.functional_call`` (the private copy's own tensors are never written),
+so small and medium models stop being bound by kernel launches.  The chunk size comes from the device's free
+memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  On a CPU the per-point
+loop of :class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point beats batched
+small ones), so ``Landscape`` only picks this evaluator on CUDA unless asked.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+
+from .evaluator import PointEvaluator, check_loss
+
+CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
+MAX_CHUNK = 1024        # beyond this the stacked weights dominate and launches are long amortized
+EVALUATORS = ("auto", "loop", "vmap")
+MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def resolve_evaluator(evaluator, device, *, buffers=None) -> str:
+    """``"auto"``: vmap on CUDA, the per-point loop elsewhere (and whenever points need a per-point hook)."""
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"evaluator={evaluator!r} is not known; pass one of {', '.join(map(repr, EVALUATORS))}")
+    if evaluator == "auto":
+        return "vmap" if torch.device(device).type == "cuda" and buffers != "recompute" else "loop"
+    return evaluator
+
+
+def _call_args(inputs):
+    """``call_model``'s conventions for ``functional_call``: a dict is keywords, a list/tuple positionals."""
+    if isinstance(inputs, dict):
+        return (), dict(inputs)
+    if isinstance(inputs, (list, tuple)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+class VmapEvaluator(PointEvaluator):
+    """Same interface and values as :class:`PointEvaluator` (``run(coords, *, tile_size, on_tile, cancel,
+    progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
+
+    ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
+    """
+
+    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None):
+        if point_hook is not None:
+            raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
+                             "BatchNorm statistics point by point); pass evaluator='loop'")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r} must be None (automatic) or an int >= 1")
+        super().__init__(private, data, loss_fn, moving)
+        self.accelerate = False  # the loop's CPU shortcuts patch module forwards, which functional_call bypasses
+        names = {id(t): n for n, t in private.params.items()}
+        names.update({id(t): n for n, t in private.buffers.items()})
+        self._moving = []  # (name, base, dirs); everything else stays the copy's own (unbatched) tensor
+        for m in moving:
+            if id(m.target) not in names:
+                raise ValueError("a moving tensor is not a parameter or buffer of the private model")
+            self._moving.append((names[id(m.target)], m.base, m.dirs))
+        moved = {n for n, _b, _d in self._moving}
+        self._fixed = {n: t for n, t in list(private.params.items()) + list(private.buffers.items())
+                       if n not in moved}
+        self.chunk_size = chunk_size
+        self._loss_in_vmap = True  # switched off once if loss_fn cannot run under vmap (e.g. calls .item())
+        self.chunks = []  # chunk sizes used, for benchmarks and tests
+
+    # -- batched forward --------------------------------------------------------------------------------------
+    def _stacked(self, c: torch.Tensor) -> dict:
+        """theta_n + sum_k c[:, k] d_k[n] for each moving tensor, shape [B, *shape]."""
+        out = {}
+        for name, base, dirs in self._moving:
+            t = None
+            for k, d in enumerate(dirs):
+                if d is None:
+                    continue
+                # c_k in the tensor's dtype before the product: the same rounding as the loop's add(alpha=c_k)
+                term = c[:, k].to(d.dtype).reshape(-1, *([1] * d.dim())) * d.unsqueeze(0)
+                t = base.unsqueeze(0) + term if t is None else t + term
+            out[name] = t if t is not None else base.unsqueeze(0).expand(len(c), *base.shape)
+        return out
+
+    def _chunk_losses(self, c: torch.Tensor, x, y) -> torch.Tensor:
+        """Mean loss over the batch ``(x, y)`` at each of the ``len(c)`` points, float64 on the device."""
+        module, fixed = self.private.module, self._fixed
+        args, kwargs = _call_args(x)
+
+        def forward(moving):
+            return functional_call(module, {**fixed, **moving}, args, kwargs)
+
+        stacked = self._stacked(c)
+        if not stacked:  # nothing moves (e.g. the loss at the model itself)
+            return check_loss(self.loss_fn(forward({}), y)).double().reshape(1).expand(len(c))
+        if self._loss_in_vmap:
+            try:
+                return vmap(lambda mv: check_loss(self.loss_fn(forward(mv), y)))(stacked).double()
+            except Exception as exc:  # noqa: BLE001 -- any loss that vmap cannot trace falls back below
+                if _is_oom(exc):
+                    raise
+                self._loss_in_vmap = False
+        outputs = vmap(forward)(stacked)
+        return torch.stack([check_loss(self.loss_fn(o, y)).double() for o in outputs])
+
+    # -- chunk size -------------------------------------------------------------------------------------------
+    def _auto_chunk(self, coords: torch.Tensor, x, y) -> int:
+        device = self.private.device
+        if device.type != "cuda":
+            return CPU_CHUNK
+        free, _total = torch.cuda.mem_get_info(device)
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        self._chunk_losses(coords[:2], x, y)  # two points: the per-point cost, not the shared inputs'
+        torch.cuda.synchronize(device)
+        per_two = max(torch.cuda.max_memory_allocated(device) - before, 1)
+        return int(max(1, min(MAX_CHUNK, MEMORY_FRACTION * free / (per_two / 2))))
+
+    def _losses(self, coords: torch.Tensor, x, y) -> torch.Tensor:
+        """Losses at all ``coords`` on one batch, chunk by chunk, halving the chunk on out-of-memory."""
+        if self.chunk_size is None:
+            self.chunk_size = self._auto_chunk(coords, x, y)
+        out, start = [], 0
+        while start < len(coords):
+            size = min(self.chunk_size, len(coords) - start)
+            try:
+                out.append(self._chunk_losses(coords[start:start + size], x, y))
+            except Exception as exc:  # noqa: BLE001
+                if not _is_oom(exc) or size == 1:
+                    raise
+                if self.private.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.chunk_size = max(1, size // 2)
+                continue
+            self.chunks.append(size)
+            start += size
+        return torch.cat(out)
+
+    def _eval_tile(self, coords):
+        c = torch.as_tensor(np.asarray(coords), dtype=torch.float64, device=self.private.device)
+        acc = torch.zeros(len(coords), dtype=torch.float64, device=self.private.device)
+        total = 0
+        # batches outside, points inside: a DataLoader is streamed once per tile, as in the loop
+        for x, y, n in self.data.batches(self.private.device):
+            acc += self._losses(c, x, y) * n
+            total += n
+        return (acc / total).cpu().numpy()

@@ -1,0 +1,279 @@
+"""Resumable runs: every finished tile of a grid is written atomically to a store directory.
+
+Layout of ``store=path``::
+
+    path/run.json                      the settings that define the run (model, data, loss, directions, grid)
+    path/tiles/<start>-<stop>.npz      one finished tile: its losses, the run key and a SHA-256 of the losses
+
+A tile file is written to a temporary name, flushed to disk and renamed (``os.replace`` is atomic on POSIX), so a
+run killed at any moment (SIGKILL, power loss) leaves only whole tiles behind.  A restart with the same store
+loads the finished tiles and computes only the missing ones.  A store made with other settings gives a
+``ValueError`` naming what differs; a file that cannot be read back or whose checksum fails is reported with a
+warning, deleted and recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import zipfile
+
+import numpy as np
+import torch
+
+from .evaluator import Cancelled, Tile, _is_cancelled
+
+STORE_FORMAT = 1
+
+
+def _sha(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            a = a.detach().to("cpu").contiguous()
+            h.update(str(a.dtype).encode() + str(tuple(a.shape)).encode())
+            a = a.reshape(-1).view(torch.uint8).numpy() if a.numel() else np.zeros(0, np.uint8)
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _data_settings(data) -> dict:
+    """What identifies the data: the bytes of a tensor pair, or the sizes of a DataLoader (whose batches may be
+    shuffled, so their bytes are not a stable identity)."""
+    out = {"kind": data.describe()["kind"]}
+    if data.single is not None:
+        x, y = data.single
+        out.update(num_samples=int(data.num_samples), sha256=_sha(x, y))
+    else:
+        it = data.iterable
+        out["num_batches"] = len(it) if hasattr(it, "__len__") else None
+        ds = getattr(it, "dataset", None)
+        out["dataset_len"] = len(ds) if ds is not None and hasattr(ds, "__len__") else None
+        out["batch_size"] = getattr(it, "batch_size", None)
+    return out
+
+
+def _loss_settings(loss_fn) -> dict:
+    """A loss is identified by its function's name and bytecode, or by its class, repr, plain attributes
+    (``reduction``, ``label_smoothing``, ..., which nn losses leave out of their repr) and tensors (class weights).
+    No memory addresses: the same loss in another process must compare equal."""
+    code = getattr(loss_fn, "__code__", None)
+    if code is not None:
+        return {"function": f"{loss_fn.__module__}.{loss_fn.__qualname__}",
+                "code_sha256": hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()}
+    if hasattr(loss_fn, "__qualname__"):  # builtins, classes
+        return {"function": f"{getattr(loss_fn, '__module__', '')}.{loss_fn.__qualname__}"}
+    out = {"class": f"{type(loss_fn).__module__}.{type(loss_fn).__qualname__}"}
+    if isinstance(loss_fn, torch.nn.Module):
+        out["repr"] = repr(loss_fn)
+        out["attrs"] = {k: v for k, v in sorted(vars(loss_fn).items())
+                        if not k.startswith("_") and k != "training"
+                        and isinstance(v, (bool, int, float, str, type(None)))}
+        out["tensors_sha256"] = _sha(*(t for _n, t in sorted(loss_fn.state_dict().items())))
+    return out
+
+
+def run_settings(kind, private, data, loss_fn, dirs, coords, tile_size, *, buffer_dirs=None, **extra) -> dict:
+    """The settings that define a run; two runs with equal settings compute the same numbers."""
+    dir_arrays = [d[n] for d in dirs for n in private.names]
+    for n in sorted(buffer_dirs or {}):
+        dir_arrays += list(buffer_dirs[n])
+    settings = {
+        "format": STORE_FORMAT,
+        "kind": kind,
+        "model_sha256": private.fingerprint(),
+        "data": _data_settings(data),
+        "loss_fn": _loss_settings(loss_fn),
+        "directions_sha256": _sha(*dir_arrays),
+        "points": int(len(coords)),
+        "coords_sha256": _sha(np.asarray(coords, dtype=np.float64)),
+        "tile_size": int(tile_size),
+    }
+    settings.update(extra)
+    return json.loads(json.dumps(settings))  # plain JSON types, so a reloaded copy compares equal
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on every platform; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+class TileStore:
+    """A store directory bound to one run's settings; use :func:`open_store`."""
+
+    def __init__(self, path, settings: dict):
+        self.path = os.fspath(path)
+        self.settings = settings
+        self.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        self.tiles_dir = os.path.join(self.path, "tiles")
+        self.loaded, self.computed, self.recovered = [], [], []
+
+    def _tile_path(self, start, stop):
+        return os.path.join(self.tiles_dir, f"{start:09d}-{stop:09d}.npz")
+
+    def save(self, start: int, stop: int, values) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (stop - start,):
+            raise ValueError(f"tile [{start}, {stop}) needs {stop - start} values, got shape {values.shape}")
+        payload = {"values": values, "key": np.array(self.key), "start": np.array(start), "stop": np.array(stop),
+                   "sha256": np.array(_sha(values))}
+        _atomic_write(self._tile_path(start, stop), lambda fh: np.savez(fh, **payload))
+
+    def load(self, start: int, stop: int):
+        """The tile's values, or None when it is missing or unreadable (then it is deleted and recomputed)."""
+        path = self._tile_path(start, stop)
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                values, key = np.array(z["values"]), str(z["key"])
+                span, digest = (int(z["start"]), int(z["stop"])), str(z["sha256"])
+            ok = values.dtype == np.float64 and values.shape == (stop - start,) and span == (start, stop) \
+                and digest == _sha(values)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            ok, key, why = False, self.key, f"{type(exc).__name__}: {exc}"
+        else:
+            why = "its contents do not match its checksum or its place in the grid"
+        if ok and key != self.key:
+            raise ValueError(f"store {self.path!r} holds tile {os.path.basename(path)} of another run (run key "
+                             f"{key[:12]}..., this run's is {self.key[:12]}...); pass a new store path or delete it")
+        if not ok:
+            warnings.warn(f"store {self.path!r}: tile file {os.path.basename(path)} is corrupt or truncated ({why});"
+                          " it is recomputed", RuntimeWarning, stacklevel=3)
+            os.remove(path)
+            self.recovered.append((start, stop))
+            return None
+        return values
+
+    def info(self) -> dict:
+        return {"path": os.path.abspath(self.path), "key": self.key, "tiles_loaded": len(self.loaded),
+                "tiles_computed": len(self.computed), "tiles_recovered": len(self.recovered)}
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            a, b = json.dumps(old.get(k))[:80], json.dumps(new.get(k))[:80]
+            diffs.append(f"{k}: stored {a}, now {b}")
+    return "; ".join(diffs)
+
+
+def open_store(path, settings: dict) -> TileStore:
+    """Create the store at ``path`` or check that the one there was made with the same ``settings``."""
+    if isinstance(path, TileStore):
+        path = path.path
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"store must be a directory path (str or os.PathLike), got {type(path).__name__}")
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"store={path!r} is a file; pass a directory path (it is created if missing)")
+    store = TileStore(path, settings)
+    os.makedirs(store.tiles_dir, exist_ok=True)
+    run_file = os.path.join(path, "run.json")
+    stored = None
+    if os.path.exists(run_file):
+        try:
+            with open(run_file, encoding="utf-8") as fh:
+                stored = json.load(fh)
+            if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
+                raise ValueError("no settings")
+        except (OSError, ValueError) as exc:
+            # the tiles carry the run key themselves, so a lost run.json is rewritten, not fatal
+            warnings.warn(f"store {path!r}: run.json is unreadable ({exc}); rewriting it, tiles are checked "
+                          "against this run's key", RuntimeWarning, stacklevel=2)
+            stored = None
+    if stored is not None and stored["settings"] != settings:
+        raise ValueError(f"store {path!r} was made by a run with other settings ({_describe_difference(stored['settings'], settings)}); "
+                         "pass a new store path, or delete the old store to discard its tiles")
+    if stored is None:
+        text = json.dumps({"key": store.key, "settings": settings}, indent=1, sort_keys=True).encode()
+        _atomic_write(run_file, lambda fh: fh.write(text))
+    return store
+
+
+def tiles_of(total: int, tile_size: int) -> list:
+    tile_size = max(1, int(tile_size))
+    return [(s, min(total, s + tile_size)) for s in range(0, total, tile_size)]
+
+
+def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=False, desc="landscape",
+              store=None) -> np.ndarray:
+    """Drive a grid of ``total`` points tile by tile: load finished tiles from ``store``, ``compute(todo)`` the
+    others, write each one to the store as it arrives, and report it to ``on_tile`` and the progress bar.
+
+    ``compute(todo)`` gets the list of missing ``(start, stop)`` tiles and yields ``(start, stop, values)`` in any
+    order (a local loop, or Dask futures as they complete); ``cancel`` is checked between tiles.
+    """
+    values = np.full(total, np.nan)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=desc, unit="pt", leave=False)
+    done = 0
+
+    def finish(start, stop, vals):
+        nonlocal done
+        values[start:stop] = vals
+        done += stop - start
+        if bar is not None:
+            bar.update(stop - start)
+        if on_tile is not None:
+            on_tile(Tile(start, stop, values[start:stop].copy(), done, total))
+
+    try:
+        todo = []
+        for start, stop in tiles_of(total, tile_size):
+            cached = store.load(start, stop) if store is not None else None
+            if cached is None:
+                todo.append((start, stop))
+            else:
+                store.loaded.append((start, stop))
+                finish(start, stop, cached)
+        if todo:
+            if _is_cancelled(cancel):
+                raise Cancelled(f"cancelled after {done} of {total} points")
+            results = compute(todo)
+            try:
+                for start, stop, vals in results:
+                    if store is not None:
+                        store.save(start, stop, vals)  # before the callback: a kill there loses nothing
+                        store.computed.append((start, stop))
+                    finish(start, stop, vals)
+                    if done < total and _is_cancelled(cancel):
+                        raise Cancelled(f"cancelled after {done} of {total} points")
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()  # lets a generator cancel what is still pending (Dask futures)
+    finally:
+        if bar is not None:
+            bar.close()
+    return values
+
+
+def local_compute(evaluator, coords):
+    """``compute`` for :func:`run_tiles` with a local evaluator: one tile per ``evaluator.run`` call."""
+    def compute(todo):
+        for start, stop in todo:
+            yield start, stop, evaluator.run(coords[start:stop], tile_size=stop - start)
+    return compute
