@@ -7,8 +7,10 @@ from __future__ import annotations
 from .explicit import explicit_directions
 from .normalization import NORMALIZATIONS, check_ignore, check_normalization, cosine, normalize
 from .gaussian import random_directions
+from .pca import pca_directions
 
 KINDS = {"random": random_directions}
+KINDS["pca"] = pca_directions  # Li et al. 2018 §7, needs trajectory=
 
 
 def register(kind, fn):
