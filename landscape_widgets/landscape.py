@@ -16,8 +16,10 @@ from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import PrivateModel, check_model, resolve_device, state_from
 from .data import DataSource, call_model
 from .directions import cosine, make_directions
+from .batched import VmapEvaluator, resolve_evaluator
 from .evaluator import Moving, PointEvaluator, Timer, grid_tile_size
 from .results import Curve, Surface
+from .store import local_compute, open_store, run_settings, run_tiles
 
 BUFFER_MODES = ("interpolate", "model", "recompute")
 
@@ -57,7 +59,7 @@ class Landscape:
         meta["data"] = self.data.describe()
         return meta
 
-    def _evaluator(self, private, dirs, *, buffer_dirs=None, point_hook=None):
+    def _evaluator(self, private, dirs, *, buffer_dirs=None, point_hook=None, kind="loop"):
         moving = []
         for n in private.names:
             ds = [d[n] if d[n].count_nonzero() else None for d in dirs]
@@ -65,7 +67,41 @@ class Landscape:
                 moving.append(Moving(private.params[n], private.base[n], ds))
         for n, bd in (buffer_dirs or {}).items():
             moving.append(Moving(private.buffers[n], private.base_buffers[n], bd))
+        if kind == "vmap":
+            return VmapEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
         return PointEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
+
+    def _make_evaluator(self, private, dirs, *, buffer_dirs=None, buffers=None, evaluator="auto"):
+        kind = resolve_evaluator(evaluator, private.device, buffers=buffers)
+        hook = _bn_recompute_hook(private, self.data) if buffers == "recompute" else None
+        return self._evaluator(private, dirs, buffer_dirs=buffer_dirs, point_hook=hook, kind=kind), kind
+
+    def _run(self, private, dirs, coords, *, kind, tile_size, callback, cancel, progress, desc, buffer_dirs=None,
+             buffers=None, client=None, store=None, evaluator="auto"):
+        """Evaluate ``coords`` here, resumably through ``store``, or on Dask workers (``client``); returns the
+        losses and what to add to the meta (landscape_widgets.store / .distributed, issue 6)."""
+        resolve_evaluator(evaluator, self.device, buffers=buffers)  # a bad name fails before any work
+        tiles = None
+        if store is not None:
+            tiles = open_store(store, run_settings(kind, private, self.data, self.loss_fn, dirs, coords, tile_size,
+                                                   buffer_dirs=buffer_dirs, buffers=buffers))
+        if client is not None:
+            from .distributed import dask_compute
+            compute, info = dask_compute(client, self, private, dirs, coords, buffer_dirs=buffer_dirs,
+                                         buffers=buffers, evaluator=evaluator)
+        else:
+            ev, ev_kind = self._make_evaluator(private, dirs, buffer_dirs=buffer_dirs, buffers=buffers,
+                                               evaluator=evaluator)
+            info = {"evaluator": ev_kind}
+            if tiles is None:
+                return ev.run(coords, tile_size=tile_size, on_tile=callback, cancel=cancel, progress=progress,
+                              desc=desc), info
+            compute = local_compute(ev, coords)
+        losses = run_tiles(len(coords), tile_size, compute, on_tile=callback, cancel=cancel, progress=progress,
+                           desc=desc, store=tiles)
+        if tiles is not None:
+            info["store"] = tiles.info()
+        return losses, info
 
     # -- public API -------------------------------------------------------------------------------------------
     def loss(self) -> float:
@@ -74,12 +110,13 @@ class Landscape:
         return float(self._evaluator(private, []).run(np.zeros((1, 0)))[0])
 
     def interpolate(self, start, *, steps=51, span=(-0.5, 1.5), buffers="interpolate", progress=True,
-                    callback=None, cancel=None) -> Curve:
+                    callback=None, cancel=None, client=None, store=None, evaluator="auto") -> Curve:
         """Loss along theta(a) = (1 - a) theta_start + a theta_model (Goodfellow et al. 2015; Li et al. 2018 §3).
 
         ``buffers``: "interpolate" moves floating buffers (BatchNorm statistics) along the same line (Li et al.'s
         "states"), "model" keeps the model's, "recompute" re-estimates BatchNorm statistics at every point with one
-        train-mode pass over the data (as SWA's ``update_bn``).
+        train-mode pass over the data (as SWA's ``update_bn``).  ``client``, ``store`` and ``evaluator``: as in
+        :meth:`plane`.
         """
         steps = check_int(steps, "steps", low=2)
         a0, a1 = check_range(span, "span")
@@ -93,20 +130,22 @@ class Landscape:
         buffer_dirs = None
         if buffers == "interpolate":
             buffer_dirs = {n: [private.base_buffers[n] - start_state[n]] for n in private.buffer_names}
-        hook = _bn_recompute_hook(private, self.data) if buffers == "recompute" else None
         alphas = axis((a0, a1), steps)
-        ev = self._evaluator(private, [d], buffer_dirs=buffer_dirs, point_hook=hook)
         t_dir = timer()
-        losses = ev.run((alphas - 1.0)[:, None], tile_size=max(1, -(-steps // 8)), on_tile=callback, cancel=cancel,
-                        progress=progress, desc="interpolate")
+        losses, run_info = self._run(private, [d], (alphas - 1.0)[:, None], kind="interpolation",
+                                     tile_size=max(1, -(-steps // 8)), callback=callback, cancel=cancel,
+                                     progress=progress, desc="interpolate", buffer_dirs=buffer_dirs, buffers=buffers,
+                                     client=client, store=store, evaluator=evaluator)
         dist = float(sum((v.double() ** 2).sum() for v in d.values()) ** 0.5)
         meta = self._meta(private, kind="interpolation", buffers=buffers, distance=dist,
-                          timings=_timings(t_dir, timer(), steps))
+                          timings=_timings(t_dir, timer(), steps), **run_info)
         return Curve(alphas, losses, meta)
 
     def line(self, *, direction="random", normalization=None, ignore="biasbn", seed=0, steps=51, span=1.0,
-             progress=True, callback=None, cancel=None) -> Curve:
-        """Loss along theta + a d for one direction d (random Gaussian, filter-normalized by default)."""
+             progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto") -> Curve:
+        """Loss along theta + a d for one direction d (random Gaussian, filter-normalized by default).
+
+        ``client``, ``store`` and ``evaluator``: as in :meth:`plane`."""
         steps = check_int(steps, "steps", low=2)
         (a0, a1), = check_span(span, "span", axes=1)
         timer = Timer()
@@ -114,17 +153,18 @@ class Landscape:
         (d1,), dmeta = make_directions(direction, private, 1, argname="direction", seed=seed,
                                        normalization=normalization, ignore=ignore)
         alphas = axis((a0, a1), steps)
-        ev = self._evaluator(private, [d1])
         t_dir = timer()
-        losses = ev.run(alphas[:, None], tile_size=max(1, -(-steps // 8)), on_tile=callback, cancel=cancel,
-                        progress=progress, desc="line")
-        meta = self._meta(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps))
+        losses, run_info = self._run(private, [d1], alphas[:, None], kind="line", tile_size=max(1, -(-steps // 8)),
+                                     callback=callback, cancel=cancel, progress=progress, desc="line",
+                                     client=client, store=store, evaluator=evaluator)
+        meta = self._meta(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps), **run_info)
         curve = Curve(alphas, losses, meta)
         curve.direction = {n: t.detach().cpu() for n, t in d1.items()}
         return curve
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
-              progress=True, callback=None, cancel=None, trajectory=None) -> Surface:
+              progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
+              trajectory=None) -> Surface:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
@@ -134,6 +174,11 @@ class Landscape:
         ``span=None`` is the direction kind's default: 1.0 for random and explicit directions; for
         ``directions="pca"`` (Li et al. §7, needs ``trajectory=lw.Trajectory``) a grid covering the projected path,
         which ``surf.path`` [n, 2] holds.
+
+        Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
+        "loop" or "vmap"; ``client`` a ``dask.distributed.Client`` (or :class:`~landscape_widgets.distributed.Workers`)
+        evaluates tiles on Dask workers; ``store`` a directory where finished tiles are kept, so a killed run
+        resumes where it stopped.
         """
         nx, ny = check_resolution(resolution)
         spans = None if span is None else check_span(span, "span", axes=2)
@@ -147,12 +192,14 @@ class Landscape:
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
-        ev = self._evaluator(private, [d1, d2])
         t_dir = timer()
-        losses = ev.run(coords, tile_size=grid_tile_size(ny, len(coords)), on_tile=callback, cancel=cancel,
-                        progress=progress, desc="plane").reshape(nx, ny)
+        losses, run_info = self._run(private, [d1, d2], coords, kind="plane",
+                                     tile_size=grid_tile_size(ny, len(coords)), callback=callback, cancel=cancel,
+                                     progress=progress, desc="plane", client=client, store=store,
+                                     evaluator=evaluator)
+        losses = losses.reshape(nx, ny)
         meta = self._meta(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
-                          timings=_timings(t_dir, timer(), nx * ny))
+                          timings=_timings(t_dir, timer(), nx * ny), **run_info)
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
         return Surface(alphas, betas, losses, dirs, meta, path=path)
 
