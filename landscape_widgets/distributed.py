@@ -1,0 +1,177 @@
+"""Dask: the tiles of a grid evaluated on the workers of a ``dask.distributed`` cluster.
+
+``ls.plane(..., client=client)`` sends one *job* to every worker (``client.scatter(..., broadcast=True)``): the
+model, loss and data (or a user factory that builds them on the worker, for DataLoaders that cannot be pickled),
+the directions and the evaluator setting.  Each worker builds its private model and evaluator once per job and
+keeps it in a process-level cache; tiles are then small tasks (a block of coordinates in, losses out) that stream
+back through ``as_completed``, so ``callback``, the progress bar, ``cancel`` and ``store`` work as locally.
+
+A worker that dies is replaced by its nanny and Dask reschedules its running tiles; a tile whose worker died
+``distributed.scheduler.allowed-failures`` times (``KilledWorker``), or whose job copy was lost, is submitted
+again by us up to ``retries`` times.  Finished tiles are already in the kernel (and in ``store``), so nothing
+finished is lost.  Li et al.'s reference code does the same over MPI ranks (plot_surface.py, ``crunch``).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+_CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker process
+_CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, the previous one
+_CACHE_LOCK = threading.Lock()
+BUILDS = []              # tokens of the jobs this process built, in order (read by tests via client.run)
+
+
+class Workers:
+    """A Dask client and how its workers get the model and data.
+
+    ``factory``: a picklable callable returning ``(model, loss_fn, data)`` that each worker calls once per run
+    instead of receiving the kernel's objects (for DataLoaders over files that cannot be pickled); the model it
+    builds must have the same weights as the kernel's (checked by fingerprint).  ``device``: the workers'
+    evaluation device (None: CUDA where the worker has one, else CPU).  ``retries``: resubmissions of a tile
+    whose workers kept dying.
+    """
+
+    def __init__(self, client, *, factory=None, device=None, retries=3):
+        if not (hasattr(client, "submit") and hasattr(client, "scatter")):
+            raise TypeError(f"client must be a dask.distributed.Client, got {type(client).__name__}")
+        if factory is not None and not callable(factory):
+            raise TypeError(f"factory must be a callable returning (model, loss_fn, data), got "
+                            f"{type(factory).__name__}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries={retries!r} must be an int >= 0")
+        self.client, self.factory, self.device, self.retries = client, factory, device, retries
+
+
+class _Job:
+    """What a worker needs to evaluate tiles of one run; scattered once to every worker."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _cpu(t):
+    return t.detach().to("cpu") if isinstance(t, torch.Tensor) else t
+
+
+def _build(job):
+    """The worker's evaluator for ``job``, built from the shipped objects or the factory (once per job)."""
+    from .landscape import Landscape
+
+    if job.factory is not None:
+        built = job.factory()
+        if not (isinstance(built, (tuple, list)) and len(built) == 3):
+            raise TypeError("the Dask factory must return (model, loss_fn, data)")
+        model, loss_fn, data = built
+    else:
+        model, loss_fn, data = job.model, job.loss_fn, job.data
+    ls = Landscape(model, loss_fn, data, device=job.device)
+    private = ls._fresh()
+    if private.fingerprint() != job.fingerprint:
+        raise ValueError("the model built on the Dask worker has other weights than the kernel's model (fingerprint "
+                         "mismatch); make the factory load the same weights")
+    dev = private.device
+    dirs = [{n: t.to(dev) for n, t in d.items()} for d in job.dirs]
+    bdirs = None if job.buffer_dirs is None else \
+        {n: [None if t is None else t.to(dev) for t in ts] for n, ts in job.buffer_dirs.items()}
+    ev, _kind = ls._make_evaluator(private, dirs, buffer_dirs=bdirs, buffers=job.buffers, evaluator=job.evaluator)
+    return ev
+
+
+def _evaluator_for(job):
+    with _CACHE_LOCK:
+        entry = _CACHE.get(job.token)
+        if entry is None:
+            entry = _CACHE[job.token] = [threading.Lock(), None]
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    with entry[0]:  # one build per process, and one tile at a time on the private copy it writes into
+        if entry[1] is None:
+            entry[1] = _build(job)
+            BUILDS.append(job.token)
+    return entry
+
+
+def evaluate_tile(job, coords):
+    """Task run on a worker: the losses at ``coords`` (one tile)."""
+    entry = _evaluator_for(job)
+    with entry[0]:
+        return entry[1].run(np.asarray(coords, dtype=np.float64), tile_size=len(coords))
+
+
+def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers=None, evaluator="auto"):
+    """``compute`` for :func:`landscape_widgets.store.run_tiles` on Dask, and the run's meta entries."""
+    workers = client if isinstance(client, Workers) else Workers(client)
+    try:
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+    except ImportError as exc:  # optional dependency
+        raise ImportError("client= needs dask.distributed: pip install 'dask[distributed]'") from exc
+    if workers.factory is None:
+        data = ls.data.single if ls.data.single is not None else ls.data.iterable
+        model = copy.deepcopy(ls.model).to("cpu")  # workers may lack the kernel's device
+        data = tuple(_cpu(t) for t in data) if ls.data.single is not None else data
+        shipped = {"model": model, "loss_fn": ls.loss_fn, "data": data}
+    else:
+        shipped = {"model": None, "loss_fn": None, "data": None}
+    job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device,
+               fingerprint=private.fingerprint(), evaluator=evaluator, buffers=buffers,
+               dirs=[{n: _cpu(t) for n, t in d.items()} for d in dirs],
+               buffer_dirs=None if buffer_dirs is None else
+               {n: [_cpu(t) for t in ts] for n, ts in buffer_dirs.items()}, **shipped)
+    client_ = workers.client
+    coords = np.asarray(coords, dtype=np.float64)
+
+    def compute(todo):
+        try:
+            job_future = client_.scatter(job, broadcast=True, hash=False)
+        except Exception as exc:  # noqa: BLE001 -- pickling errors come in many types
+            raise TypeError(f"could not send the model, loss and data to the Dask workers ({exc}); pass "
+                            "client=lw.distributed.Workers(client, factory=f) with f() -> (model, loss_fn, data) "
+                            "built on the worker") from exc
+        pending, tries = {}, {}
+
+        def submit(start, stop):
+            tries[start] = tries.get(start, 0) + 1
+            fut = client_.submit(evaluate_tile, job_future, coords[start:stop], pure=False,
+                                 key=f"lw-tile-{job.token}-{start}-{tries[start]}")
+            pending[fut] = (start, stop)
+            return fut
+
+        ac = as_completed([submit(s, e) for s, e in todo])
+        try:
+            for fut in ac:
+                start, stop = pending.pop(fut)
+                try:
+                    values = fut.result()
+                except (KilledWorker,) + _cancelled_errors() as exc:
+                    # workers kept dying on this tile, or the scattered job was lost with them: try again
+                    if tries[start] > workers.retries:
+                        raise RuntimeError(f"tile [{start}, {stop}) failed {tries[start]} times on the Dask "
+                                           f"workers: {exc!r}") from exc
+                    ac.add(submit(start, stop))
+                    continue
+                yield start, stop, np.asarray(values, dtype=np.float64)
+        finally:
+            if pending:
+                client_.cancel(list(pending))
+            job_future.release()
+
+    info = {"evaluator": evaluator, "dask": {"scheduler": client_.scheduler.address if client_.scheduler else None,
+                                             "workers": len(client_.nthreads()),
+                                             "factory": workers.factory is not None}}
+    return compute, info
+
+
+def _cancelled_errors():
+    from concurrent.futures import CancelledError
+    try:
+        from distributed.client import FutureCancelledError
+        return (CancelledError, FutureCancelledError)
+    except ImportError:
+        return (CancelledError,)

@@ -1,0 +1,159 @@
+"""Dask: a LocalCluster of 2 worker processes gives the local result, survives a killed worker, feeds the store."""
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+from torch import nn
+
+import landscape_widgets as lw
+from landscape_widgets import distributed as lwd
+from landscape_widgets import examples
+
+from helpers import SmallNet, direct_loss
+
+distributed = pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cl = distributed.Client(cluster)
+    yield cl
+    cl.close()
+    cluster.close()
+
+
+def _digits_cnn(n=200):
+    x, y = examples.digits(flat=False)
+    return lw.Landscape(examples.digits_cnn(), nn.CrossEntropyLoss(), (x[:n], y[:n]), device="cpu")
+
+
+def _builds(client, token):
+    return {addr: toks.count(token) for addr, toks in client.run(lambda: list(lwd.BUILDS)).items()}
+
+
+def test_dask_plane_equals_local_and_streams_tiles(client, small):
+    model, (x, y) = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y), device="cpu")
+    local = ls.plane(resolution=(12, 10), progress=False)
+    seen = []
+    remote = ls.plane(resolution=(12, 10), progress=False, client=client, callback=seen.append)
+    np.testing.assert_array_equal(remote.losses, local.losses)
+    assert sorted((t.start, t.stop) for t in seen) == [(0, 70), (70, 120)]
+    assert sorted(t.done for t in seen) == [50, 120] or sorted(t.done for t in seen) == [70, 120]
+    assert remote.meta["dask"]["workers"] == 2 and remote.meta["evaluator"] == "auto"
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    d1, d2 = remote.directions
+    a, b = remote.alphas[7], remote.betas[3]
+    params = {n: base[n] + a * d1[n] + b * d2[n] for n in base}
+    assert remote.losses[7, 3] == pytest.approx(direct_loss(model, params, x, y), rel=1e-5)
+
+
+def test_each_worker_builds_once_per_run(client):
+    ls = _digits_cnn(100)
+    before = {a: len(t) for a, t in client.run(lambda: list(lwd.BUILDS)).items()}
+    ls.plane(resolution=(40, 8), progress=False, client=client)  # 5 tiles on 2 workers
+    after = client.run(lambda: list(lwd.BUILDS))
+    new = {a: t[before.get(a, 0):] for a, t in after.items()}
+    assert all(len(t) <= 1 for t in new.values()) and sum(len(t) for t in new.values()) >= 1
+
+
+def test_dask_line_interpolate_and_vmap_equal_local(client, small):
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    np.testing.assert_array_equal(ls.line(steps=9, progress=False, client=client).losses,
+                                  ls.line(steps=9, progress=False).losses)
+    start = SmallNet(seed=4)
+    for buffers in ("interpolate", "recompute"):
+        np.testing.assert_array_equal(
+            ls.interpolate(start, steps=6, buffers=buffers, progress=False, client=client).losses,
+            ls.interpolate(start, steps=6, buffers=buffers, progress=False).losses)
+    np.testing.assert_allclose(ls.line(steps=9, progress=False, client=client, evaluator="vmap").losses,
+                               ls.line(steps=9, progress=False).losses, rtol=1e-5)
+
+
+def test_killed_worker_mid_run_still_gives_full_correct_grid(client):
+    ls = _digits_cnn(400)
+    local = ls.plane(resolution=(40, 8), progress=False)  # 5 tiles of 64 points
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    seen = []
+
+    def on_tile(tile):
+        if not seen:  # after the first finished tile: kill a worker process outright
+            os.kill(victim, signal.SIGKILL)
+        seen.append((tile.start, tile.stop))
+
+    remote = ls.plane(resolution=(40, 8), progress=False, client=client, callback=on_tile)
+    np.testing.assert_array_equal(remote.losses, local.losses)
+    assert sorted(seen) == [(s, s + 64) for s in range(0, 320, 64)]
+    client.wait_for_workers(2, timeout=120)
+    assert victim not in client.run(os.getpid).values()
+
+
+def test_dask_with_store_resumes_without_work(client, tmp_path):
+    ls = _digits_cnn(100)
+    first = ls.plane(resolution=(16, 8), progress=False, client=client, store=tmp_path)
+    assert first.meta["store"]["tiles_computed"] == 2
+    again = ls.plane(resolution=(16, 8), progress=False, client=client, store=tmp_path)
+    assert again.meta["store"]["tiles_loaded"] == 2 and again.meta["store"]["tiles_computed"] == 0
+    np.testing.assert_array_equal(first.losses, again.losses)
+
+
+def _factory():
+    x, y = examples.digits(flat=False)
+    return examples.digits_cnn(), nn.CrossEntropyLoss(), [(x[:60], y[:60]), (x[60:100], y[60:100])]
+
+
+class Unpicklable:
+    """A data source that cannot be sent (holds a lock), as a DataLoader over open files may be."""
+
+    def __init__(self, batches):
+        self.batches, self.lock = batches, threading.Lock()
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_factory_builds_data_on_workers(client):
+    model, loss, batches = _factory()
+    ls = lw.Landscape(model, loss, Unpicklable(batches), device="cpu")
+    with pytest.raises(TypeError, match="factory"):
+        ls.line(steps=5, progress=False, client=client)
+    remote = ls.line(steps=5, progress=False, client=lwd.Workers(client, factory=_factory))
+    np.testing.assert_array_equal(remote.losses, ls.line(steps=5, progress=False).losses)
+    assert remote.meta["dask"]["factory"] is True
+
+
+def test_factory_with_other_weights_is_refused(client):
+    x, y = examples.digits(flat=False)
+    ls = lw.Landscape(examples.digits_cnn(seed=1), nn.CrossEntropyLoss(), (x[:50], y[:50]), device="cpu")
+    with pytest.raises(ValueError, match="fingerprint"):
+        ls.line(steps=3, progress=False, client=lwd.Workers(client, factory=_factory))
+
+
+def test_dask_cancel(client):
+    ls = _digits_cnn(100)
+    stop = threading.Event()
+
+    def on_tile(tile):
+        stop.set()
+
+    with pytest.raises(lw.Cancelled):
+        ls.plane(resolution=(40, 8), progress=False, client=client, callback=on_tile, cancel=stop)
+    # the cluster is still usable after a cancelled run
+    assert np.isfinite(ls.line(steps=3, progress=False, client=client).losses).all()
+
+
+def test_dask_argument_errors(small):
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    with pytest.raises(TypeError, match="client must be a dask.distributed.Client"):
+        ls.line(steps=3, progress=False, client="tcp://localhost:8786")
+    with pytest.raises(TypeError, match="factory must be a callable"):
+        lwd.Workers(object.__new__(distributed.Client), factory=3)
+    with pytest.raises(ValueError, match="retries"):
+        lwd.Workers(object.__new__(distributed.Client), retries=-1)
