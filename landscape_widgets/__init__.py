@@ -14,3 +14,15 @@ from .embedding import Embedding, embed  # noqa: E402
 
 __all__ = ["Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
+_WIDGETS = ("CurveWidget", "SurfaceWidget")  # imported on first use: anywidget/ipywidgets stay out of the import
+
+
+def __getattr__(name):
+    if name in _WIDGETS:
+        from . import widgets
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'landscape_widgets' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WIDGETS))

@@ -1,54 +1,119 @@
-"""Offline HTML pages (placeholder renderer until the widget front end lands: inline SVG, no scripts)."""
+"""Offline HTML snapshots of live widgets: one self-contained file, opened from disk, zero network requests.
+
+The page carries the widget bundle as a JSON string, imported through a blob: URL (as anywidget itself loads
+modules), and each widget's state as JSON with binary arrays in base64.  A 20-line stand-in for the anywidget
+model (get / set / on / off / save_changes) renders the same views as in JupyterLab; controls that need the
+kernel are disabled by the views.  A Content-Security-Policy of ``default-src 'none'`` makes the browser refuse any
+request the page might still try.  Every string is escaped for its context: HTML text through ``html.escape``,
+JSON inside ``<script>`` with ``<``, ``>`` and ``&`` as ``\\u003c``-style escapes, so a ``</script>`` in a title stays
+text.
+"""
 from __future__ import annotations
 
+import base64
 import html
+import json
 import os
 
-import numpy as np
+CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' blob:; style-src 'unsafe-inline'; "
+       "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'")
+
+_LOADER = """
+const bundle = JSON.parse(document.getElementById("lw-bundle").textContent);
+const url = URL.createObjectURL(new Blob([bundle], { type: "text/javascript" }));
+function fakeModel(state) {
+  const handlers = {};
+  const emit = (ev) => (handlers[ev] || []).slice().forEach((fn) => fn());
+  return {
+    get: (key) => state[key],
+    set: (key, value) => { state[key] = value; emit("change:" + key); emit("change"); },
+    on: (ev, fn) => { (handlers[ev] = handlers[ev] || []).push(fn); },
+    off: (ev, fn) => { if (!ev) { for (const k in handlers) delete handlers[k]; return; }
+                       handlers[ev] = (handlers[ev] || []).filter((f) => fn && f !== fn); },
+    save_changes: () => {},   // no kernel: kernel-only controls are disabled by the view
+    send: () => {},
+  };
+}
+try {
+  const mod = await import(url);
+  for (const node of document.querySelectorAll("script[data-lw-state]")) {
+    const host = document.getElementById(node.dataset.lwState);
+    const state = mod.reviveBuffers(JSON.parse(node.textContent));
+    try {
+      await mod.default.render({ model: fakeModel(state), el: host });
+    } catch (err) {
+      host.textContent = "landscape_widgets: could not render this widget: " + err;
+    }
+  }
+} catch (err) {
+  document.body.insertAdjacentText("beforeend", "landscape_widgets: could not load the bundle: " + err);
+} finally {
+  URL.revokeObjectURL(url);
+}
+"""
+
+_STYLE = """
+html { color-scheme: light dark; }
+body { margin: 0; padding: 24px; background: #fff; color: #212121;
+       font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+@media (prefers-color-scheme: dark) { body { background: #111; color: #e6e6e6; } }
+main { max-width: 980px; margin: 0 auto; display: flex; flex-direction: column; gap: 20px; }
+h1 { font-size: 20px; font-weight: 600; margin: 0; }
+.lw-page-info { margin: 0; font-size: 13px; opacity: 0.75; }
+"""
 
 
-def _color(v):
-    # viridis-like ramp from dark blue to yellow
-    stops = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
-    v = min(max(v, 0.0), 1.0) * (len(stops) - 1)
-    i = min(int(v), len(stops) - 2)
-    t = v - i
-    c = [round(a + (b - a) * t) for a, b in zip(stops[i], stops[i + 1])]
-    return f"rgb({c[0]},{c[1]},{c[2]})"
+def _encode(value):
+    """bytes -> {"$b64": ...} (the page turns them back into DataViews), recursively."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$b64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
 
 
-def _surface_svg(surface, size=420):
-    z = np.log10(np.clip(surface.losses, 1e-12, None))
-    finite = np.isfinite(z)
-    lo, hi = (float(z[finite].min()), float(z[finite].max())) if finite.any() else (0.0, 1.0)
-    nx, ny = z.shape
-    cw, ch = size / nx, size / ny
-    cells = []
-    for i in range(nx):
-        for j in range(ny):
-            fill = _color((z[i, j] - lo) / (hi - lo or 1.0)) if finite[i, j] else "none"
-            cells.append(f'<rect x="{i * cw:.2f}" y="{size - (j + 1) * ch:.2f}" width="{cw + 0.05:.2f}" '
-                         f'height="{ch + 0.05:.2f}" fill="{fill}"/>')
-    return f'<svg width="{size}" height="{size}" role="img">{"".join(cells)}</svg>'
+def script_json(obj) -> str:
+    """JSON safe inside <script>: no '<', '>' or '&' survives, so neither '</script>' nor '<!--' can appear."""
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _curve_svg(curve, w=420, h=300):
-    a, l = curve.alphas, curve.losses
-    finite = np.isfinite(l)
-    lo, hi = float(l[finite].min()), float(l[finite].max())
-    pts = " ".join(f"{(x - a[0]) / (a[-1] - a[0]) * w:.1f},{h - (y - lo) / (hi - lo or 1) * h:.1f}"
-                   for x, y, f in zip(a, l, finite) if f)
-    return (f'<svg width="{w}" height="{h}" role="img"><polyline fill="none" stroke="#1f77b4" '
-            f'stroke-width="2" points="{pts}"/></svg>')
+def page_html(widgets, *, title=None, info=None, bundle=None) -> str:
+    """The HTML of one offline page showing ``widgets`` (live widgets; their current state is frozen)."""
+    from .widgets._base import LiveWidget, bundle_source
+
+    widgets = list(widgets) if isinstance(widgets, (list, tuple)) else [widgets]
+    if not widgets or not all(isinstance(w, LiveWidget) for w in widgets):
+        raise TypeError("widgets must be a landscape_widgets widget or a list of them (SurfaceWidget, CurveWidget)")
+    if title is None:
+        title = next((w.title for w in widgets if w.title), "landscape_widgets")
+    if not isinstance(title, str):
+        raise TypeError(f"title must be a string, got {type(title).__name__}")
+    bundle = bundle_source() if bundle is None else bundle
+    parts = [f'<h1>{html.escape(title)}</h1>']
+    if info:
+        parts.append(f'<p class="lw-page-info">{html.escape(str(info))}</p>')
+    for k, w in enumerate(widgets):
+        parts.append(f'<section class="lw-host" id="lw-host-{k}"></section>')
+        parts.append(f'<script type="application/json" data-lw-state="lw-host-{k}">'
+                     f'{script_json(_encode(w._export_state()))}</script>')
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP)}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body><main>"
+            + "\n".join(parts)
+            + f'\n</main><script type="application/json" id="lw-bundle">{script_json(bundle)}</script>\n'
+            f'<script type="module">{_LOADER}</script>\n</body></html>\n')
 
 
-def write_demo_page(path, *, curve, surface, info):
-    esc = html.escape
-    body = (f"<h1>landscape_widgets demo</h1><p>{esc(str(info))}</p>"
-            f"<h2>Interpolation init &rarr; trained</h2>{_curve_svg(curve)}"
-            f"<h2>Filter-normalized random plane (log10 loss)</h2>{_surface_svg(surface)}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>landscape demo</title></head><body>{body}</body></html>"
+def write_html(path, widgets, *, title=None, info=None) -> str:
+    """Write :func:`page_html` to ``path`` (atomically); returns the path."""
     path = os.fspath(path)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(page)
+    text = page_html(widgets, title=title, info=info)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
     return path

@@ -1,11 +1,18 @@
-// Placeholder front end: the real widgets (plotly.js views) come with the widget issue.
+// anywidget entry point: one bundle for every landscape_widgets view; the `_view` trait picks the view.
+import { renderCurve } from "./curve.js";
+import { renderSurface } from "./surface.js";
+
+const VIEWS = { surface: renderSurface, curve: renderCurve };
+
 function render({ model, el }) {
-  const div = document.createElement("div");
-  div.className = "lw-placeholder";
-  const update = () => { div.textContent = `landscape_widgets: ${model.get("title") || "loading"}`; };
-  update();
-  model.on("change:title", update);
-  el.appendChild(div);
-  return () => model.off("change:title", update);
+  const name = model.get("_view");
+  const view = VIEWS[name];
+  if (!view) {
+    el.textContent = `landscape_widgets: unknown view ${JSON.stringify(name)} (widget and bundle out of sync?)`;
+    return undefined;
+  }
+  return view({ model, el });
 }
+
+export { reviveBuffers } from "./codec.js";
 export default { render };

@@ -1,0 +1,97 @@
+// Plotly figure builders: pure functions of the widget state and the theme (unit-tested with vitest).
+import { formatLoss, gridToRows, toFloat32, transform } from "./codec.js";
+
+export const UIREVISION = "lw"; // constant: zoom and the 3-D camera survive Plotly.react updates
+const COLORSCALE = "Viridis";
+
+/** The widget shows its title above the controls (as text); the figure itself carries none. */
+export function baseLayout(theme) {
+  return {
+    uirevision: UIREVISION,
+    autosize: true,
+    margin: { l: 60, r: 20, t: 28, b: 50 },
+    paper_bgcolor: theme.background,
+    plot_bgcolor: theme.background,
+    font: { color: theme.foreground, family: theme.fontFamily, size: 12 },
+    hoverlabel: { font: { family: theme.fontFamily } },
+    modebar: { bgcolor: "rgba(0,0,0,0)", color: theme.muted, activecolor: theme.foreground },
+  };
+}
+
+/** Plotly renders a subset of HTML in titles; user strings must stay text. */
+export function escapeForPlotly(s) {
+  return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+function axis(theme, title, extra = {}) {
+  return { title: { text: title }, gridcolor: theme.grid, zerolinecolor: theme.grid, linecolor: theme.grid,
+           color: theme.foreground, ...extra };
+}
+
+/**
+ * Surface state -> {data, layout}.  s: {losses, alphas, betas, shape:[nx, ny], done, logScale, view, title}.
+ * Rows i >= done / ny are not computed yet (tiles are whole rows): hover says "pending" there.
+ */
+export function surfaceFigure(s, theme) {
+  const [nx, ny] = s.shape;
+  const flat = toFloat32(s.losses);
+  const xs = Array.from(toFloat32(s.alphas));
+  const ys = Array.from(toFloat32(s.betas));
+  const z = gridToRows(flat, nx, ny, s.logScale);
+  const rowsDone = s.done == null ? nx : Math.floor(s.done / Math.max(ny, 1));
+  const text = new Array(ny);
+  for (let j = 0; j < ny; j++) {
+    const row = new Array(nx);
+    for (let i = 0; i < nx; i++) row[i] = i < rowsDone ? formatLoss(flat[i * ny + j]) : "pending";
+    text[j] = row;
+  }
+  const zLabel = s.logScale ? "log10 loss" : "loss";
+  const hovertemplate = "α %{x:.3f}<br>β %{y:.3f}<br>loss %{text}<extra></extra>";
+  const layout = baseLayout(theme);
+  let data;
+  if (s.view === "surface") {
+    data = [{ type: "surface", x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE,
+              connectgaps: false, colorbar: { title: { text: zLabel }, thickness: 14 } }];
+    layout.scene = { uirevision: UIREVISION, bgcolor: theme.background,
+                     xaxis: axis(theme, "α"), yaxis: axis(theme, "β"), zaxis: axis(theme, zLabel),
+                     aspectmode: "manual", aspectratio: { x: 1, y: 1, z: 0.7 } };
+    layout.margin = { l: 0, r: 0, t: layout.margin.t, b: 0 };
+  } else {
+    const common = { x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE, connectgaps: false,
+                     colorbar: { title: { text: zLabel }, thickness: 14 } };
+    data = [s.view === "heatmap"
+      ? { type: "heatmap", zsmooth: false, ...common }
+      : { type: "contour", ncontours: 24, contours: { coloring: "heatmap" }, line: { width: 0.5 }, ...common }];
+    if (xs.length && xs[0] <= 0 && xs[xs.length - 1] >= 0 && ys[0] <= 0 && ys[ys.length - 1] >= 0) {
+      data.push({ type: "scatter", mode: "markers", x: [0], y: [0], name: "model",
+                  marker: { symbol: "x", size: 9, color: theme.foreground, line: { width: 1 } },
+                  hovertemplate: "the model's weights<extra></extra>", showlegend: false });
+    }
+    layout.xaxis = axis(theme, "α  (direction d1)", { constrain: "domain" });
+    layout.yaxis = axis(theme, "β  (direction d2)", { scaleanchor: "x", scaleratio: 1, constrain: "domain" });
+  }
+  return { data, layout };
+}
+
+const CURVE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+
+/** Curve state -> {data, layout}.  s: {curves: [{label, alphas, losses, kind}], logScale, title}. */
+export function curveFigure(s, theme) {
+  const data = s.curves.map((c, k) => {
+    const xs = Array.from(toFloat32(c.alphas));
+    const raw = toFloat32(c.losses);
+    const ys = Array.from(raw, (v) => transform(v, false) ?? null);
+    return { type: "scatter", mode: xs.length <= 21 ? "lines+markers" : "lines", name: escapeForPlotly(c.label),
+             x: xs, y: s.logScale ? ys.map((v) => (v != null && v > 0 ? v : null)) : ys, connectgaps: false,
+             line: { color: CURVE_COLORS[k % CURVE_COLORS.length], width: 2 },
+             text: Array.from(raw, formatLoss),
+             hovertemplate: "α %{x:.3f}<br>loss %{text}<extra>%{fullData.name}</extra>" };
+  });
+  const layout = baseLayout(theme);
+  const interp = s.curves.length > 0 && s.curves.every((c) => c.kind === "interpolation");
+  layout.xaxis = axis(theme, interp ? "α  (0 = start, 1 = model)" : "α  (distance along the direction)");
+  layout.yaxis = axis(theme, "loss", { type: s.logScale ? "log" : "linear" });
+  layout.showlegend = s.curves.length > 1;
+  layout.legend = { bgcolor: "rgba(0,0,0,0)" };
+  return { data, layout };
+}

@@ -1,0 +1,40 @@
+// SurfaceWidget view: controls for the plane and a contour / heatmap / 3-D surface of the loss.
+import { surfaceFigure } from "./figure.js";
+import { createFrame } from "./view.js";
+
+export const LIMITS = { resolution: [5, 201], span: [1e-3, 1e3] };
+
+export function renderSurface({ model, el }) {
+  const f = createFrame({ model, el, view: "surface" });
+  f.range("resolution", "lw-resolution", "resolution", { min: LIMITS.resolution[0], max: LIMITS.resolution[1] });
+  const seed = f.number("seed", "lw-seed", "seed", { min: 0, step: 1 });
+  f.button("lw-new-seed", "new seed", () => {
+    model.set("seed", Math.floor(Math.random() * 1e6)); // a UI choice, not a computation: Math.random is fine here
+    model.save_changes();
+  }, { parent: seed.wrap });
+  f.select("normalization", "lw-normalization", "normalization",
+           [["filter", "filter"], ["layer", "layer"], ["model", "model"], ["none", "none"]]);
+  f.number("span", "lw-span", "span ±", { min: LIMITS.span[0], max: LIMITS.span[1], step: 0.1 });
+  f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
+  f.select("view", "lw-view-select", "view", [["contour", "contour"], ["heatmap", "heatmap"], ["surface", "3-D surface"]],
+           { kernel: false });
+
+  const state = () => ({
+    losses: model.get("_losses"), alphas: model.get("_alphas"), betas: model.get("_betas"),
+    shape: model.get("_shape") || [0, 0], done: model.get("_done"), logScale: !!model.get("log_scale"),
+    view: model.get("view"), title: model.get("title"), state: model.get("_state"),
+  });
+  let drawn = null;
+  f.setBuild((theme) => {
+    const s = state();
+    if (!s.shape[0] || !s.shape[1] || !s.losses) return null;
+    drawn = s;
+    return surfaceFigure(s, theme);
+  }, (plotDiv) => {
+    plotDiv.dataset.rows = String(drawn.shape[0]);
+    plotDiv.dataset.cols = String(drawn.shape[1]);
+    plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
+  });
+  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title"]) f.listen(`change:${k}`, f.request);
+  return f.dispose;
+}

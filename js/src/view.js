@@ -1,0 +1,177 @@
+// Shared widget frame: root, title, control helpers, plot lifecycle (newPlot once, then react), resize, theme.
+import Plotly from "./plotly.js";
+import { injectStyle } from "./style.js";
+import { readTheme, watchTheme } from "./theme.js";
+
+const CONFIG = { displaylogo: false, responsive: false, scrollZoom: false,
+                 modeBarButtonsToRemove: ["select2d", "lasso2d", "sendDataToCloud"] };
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c) node.appendChild(c);
+  return node;
+}
+export { h };
+
+/**
+ * Build the frame in el; returns helpers.  Everything registered through `listen` / `cleanup` is undone by
+ * `dispose` (model listeners, observers, the plotly graph), which render() returns to anywidget.
+ */
+export function createFrame({ model, el, view }) {
+  injectStyle();
+  const offline = model.get("_offline") === true;
+  const disposers = [];
+  const root = h("div", { class: "lw-widget", "data-view": view });
+  if (offline) root.dataset.offline = "true";
+  const title = h("div", { class: "lw-title" });
+  const note = offline ? h("div", { class: "lw-offline-note",
+    text: "Static snapshot: controls that need the kernel are disabled; view, log scale, hover and zoom work." }) : null;
+  const controls = h("div", { class: "lw-controls" });
+  const plotDiv = h("div", { class: "lw-plot", "data-renders": "0", "data-state": "preview" });
+  const status = h("span", { class: "lw-status", role: "status" });
+  const progress = h("progress", { class: "lw-progress", max: "1", value: "0" });
+  const footer = h("div", { class: "lw-footer" }, status, progress);
+  const error = h("div", { class: "lw-error", role: "alert" });
+  error.hidden = true;
+  root.append(title, ...(note ? [note] : []), controls, plotDiv, footer, error);
+  el.appendChild(root);
+
+  const listen = (event, fn) => { model.on(event, fn); disposers.push(() => model.off(event, fn)); };
+  const cleanup = (fn) => disposers.push(fn);
+
+  const syncTitle = () => {
+    const t = model.get("title") || "";
+    title.textContent = t; // text, never HTML
+    title.hidden = !t;
+  };
+  const syncStatus = () => {
+    const state = model.get("_state") || "";
+    root.dataset.state = state;
+    status.textContent = model.get("_status") || "";
+    const total = model.get("_total") || 0;
+    const done = model.get("_done") || 0;
+    const running = !offline && (state === "preview" || state === "partial");
+    progress.hidden = !running;
+    progress.value = total > 0 ? Math.min(1, done / total) : 0;
+    const msg = model.get("error") || "";
+    error.textContent = msg;
+    error.hidden = !msg;
+  };
+  syncTitle(); syncStatus();
+  listen("change:title", syncTitle);
+  for (const k of ["_state", "_status", "_done", "_total", "error"]) listen(`change:${k}`, syncStatus);
+
+  // -- controls ------------------------------------------------------------------------------------------
+  const commit = (key, value) => { model.set(key, value); model.save_changes(); };
+  function control(label, ...inputs) {
+    const wrap = h("label", { class: "lw-control" }, label ? h("span", { class: "lw-label", text: label }) : null,
+                   ...inputs);
+    controls.appendChild(wrap);
+    return wrap;
+  }
+  /** kernel: the control needs the kernel (disabled offline). */
+  function range(key, cls, label, { min, max, step = 1, kernel = true }) {
+    const input = h("input", { type: "range", class: cls, min, max, step, "aria-label": label });
+    const value = h("span", { class: "lw-value" });
+    const sync = () => { input.value = model.get(key); value.textContent = model.get(key); };
+    input.addEventListener("input", () => { value.textContent = input.value; });
+    input.addEventListener("change", () => commit(key, Number(input.value)));
+    sync(); listen(`change:${key}`, sync);
+    input.disabled = offline && kernel;
+    control(label, input, value);
+    return input;
+  }
+  function number(key, cls, label, { min, max, step, kernel = true, parse = Number }) {
+    const input = h("input", { type: "number", class: cls, min, max, step, "aria-label": label });
+    const sync = () => { input.value = model.get(key); };
+    input.addEventListener("change", () => commit(key, parse(input.value)));
+    sync(); listen(`change:${key}`, sync);
+    input.disabled = offline && kernel;
+    return { input, wrap: control(label, input) };
+  }
+  function select(key, cls, label, options, { kernel = true } = {}) {
+    const input = h("select", { class: cls, "aria-label": label });
+    for (const [value, text] of options) input.appendChild(h("option", { value, text }));
+    const sync = () => { input.value = model.get(key); };
+    input.addEventListener("change", () => commit(key, input.value));
+    sync(); listen(`change:${key}`, sync);
+    input.disabled = offline && kernel;
+    control(label, input);
+    return input;
+  }
+  function checkbox(key, cls, label, { kernel = false } = {}) {
+    const input = h("input", { type: "checkbox", class: cls });
+    const sync = () => { input.checked = !!model.get(key); };
+    input.addEventListener("change", () => commit(key, input.checked));
+    sync(); listen(`change:${key}`, sync);
+    input.disabled = offline && kernel;
+    control(null, input, h("span", { text: label }));
+    return input;
+  }
+  function button(cls, text, onClick, { kernel = true, parent } = {}) {
+    const b = h("button", { type: "button", class: cls, text });
+    b.addEventListener("click", onClick);
+    b.disabled = offline && kernel;
+    (parent || controls).appendChild(b);
+    return b;
+  }
+
+  // -- plot lifecycle --------------------------------------------------------------------------------------
+  let build = null, created = false, busy = false, again = false, pending = false, deferred = false;
+  let alive = true, renders = 0, afterDraw = null;
+  let theme = readTheme(root);
+  async function flush() {
+    pending = false;
+    if (!alive || !build) return;
+    if (busy) { again = true; return; }
+    if (!plotDiv.isConnected || plotDiv.clientWidth === 0) { deferred = true; return; } // drawn on first resize
+    deferred = false;
+    busy = true;
+    try {
+      const fig = build(theme);
+      if (!fig) return;
+      if (!created) { await Plotly.newPlot(plotDiv, fig.data, fig.layout, CONFIG); created = true; }
+      else await Plotly.react(plotDiv, fig.data, fig.layout, CONFIG);
+      renders += 1;
+      plotDiv.dataset.renders = String(renders);
+      afterDraw?.(plotDiv);
+    } catch (err) {
+      error.textContent = `could not draw: ${err && err.message ? err.message : err}`;
+      error.hidden = false;
+      plotDiv.dataset.state = "error";
+    } finally {
+      busy = false;
+      if (again && alive) { again = false; request(); }
+    }
+  }
+  function request() {
+    if (pending) return;
+    pending = true;
+    queueMicrotask(flush); // coalesce the several change events one kernel message fires
+  }
+  let resizeTimer = null;
+  const ro = new ResizeObserver(() => {
+    if (!alive) return;
+    if (deferred || !created) { request(); return; }
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => { if (alive && created && plotDiv.clientWidth > 0) Plotly.Plots.resize(plotDiv); }, 60);
+  });
+  ro.observe(root);
+  cleanup(() => { ro.disconnect(); clearTimeout(resizeTimer); });
+  cleanup(watchTheme(() => { theme = readTheme(root); request(); }));
+
+  function dispose() {
+    alive = false;
+    for (const fn of disposers.splice(0)) { try { fn(); } catch (_) { /* keep disposing */ } }
+    try { Plotly.purge(plotDiv); } catch (_) { /* already gone */ }
+    root.remove();
+  }
+
+  return { root, plotDiv, controls, offline, listen, cleanup, range, number, select, checkbox, button, control, h,
+           setBuild(fn, after) { build = fn; afterDraw = after; request(); }, request, dispose };
+}

@@ -1,0 +1,83 @@
+import { describe, expect, it } from "vitest";
+import { curveFigure, escapeForPlotly, surfaceFigure, UIREVISION } from "../src/figure.js";
+
+const THEME = { background: "rgb(255, 255, 255)", foreground: "rgb(0, 0, 0)", muted: "rgb(9, 9, 9)",
+                grid: "rgb(200, 200, 200)", fontFamily: "sans-serif" };
+const bytes = (values) => new DataView(new Float32Array(values).buffer);
+
+function surfaceState(extra = {}) {
+  // 3 x 2 grid: losses[i, j] = 10^(i + j), one NaN at (2, 1)
+  return { losses: bytes([1, 10, 10, 100, 100, NaN]), alphas: bytes([-1, 0, 1]), betas: bytes([-0.5, 0.5]),
+           shape: [3, 2], done: 6, logScale: true, view: "contour", title: "t", ...extra };
+}
+
+describe("surfaceFigure", () => {
+  it("draws log10 loss with alpha on x, beta on y, NaN as a gap", () => {
+    const { data, layout } = surfaceFigure(surfaceState(), THEME);
+    const t = data[0];
+    expect(t.type).toBe("contour");
+    expect(t.x).toEqual([-1, 0, 1]);
+    expect(t.y).toEqual([-0.5, 0.5]);
+    expect(t.z.length).toBe(2);
+    expect(t.z[0][0]).toBeCloseTo(0, 12);
+    expect(t.z[0][2]).toBeCloseTo(2, 6);
+    expect(t.z[1][1]).toBeCloseTo(2, 6);
+    expect(t.z[1][2]).toBeNull();
+    expect(t.text[1][2]).toBe("nan");
+    expect(t.text[0][1]).toBe("10");
+    expect(t.hovertemplate).toContain("α");
+    expect(t.hovertemplate).toContain("β");
+    expect(t.hovertemplate).toContain("loss");
+    expect(layout.uirevision).toBe(UIREVISION);
+    expect(data[1].type).toBe("scatter"); // the model's own weights at (0, 0)
+    expect(layout.paper_bgcolor).toBe(THEME.background);
+  });
+  it("linear scale keeps raw losses", () => {
+    const { data } = surfaceFigure(surfaceState({ logScale: false }), THEME);
+    expect(data[0].z[1][0]).toBe(10);
+    expect(data[0].colorbar.title.text).toBe("loss");
+  });
+  it("switches trace type with the view and keeps the camera through uirevision", () => {
+    expect(surfaceFigure(surfaceState({ view: "heatmap" }), THEME).data[0].type).toBe("heatmap");
+    const s = surfaceFigure(surfaceState({ view: "surface" }), THEME);
+    expect(s.data[0].type).toBe("surface");
+    expect(s.data.length).toBe(1);
+    expect(s.layout.scene.uirevision).toBe(UIREVISION);
+  });
+  it("labels rows that are not computed yet as pending", () => {
+    const { data } = surfaceFigure(surfaceState({ done: 2 }), THEME); // first row (i = 0) only
+    expect(data[0].text[0][0]).toBe("1");
+    expect(data[0].text[0][1]).toBe("pending");
+    expect(data[0].text[1][2]).toBe("pending");
+  });
+  it("puts no user string into the figure as HTML", () => {
+    const { layout } = surfaceFigure(surfaceState({ title: "<b>x</b>" }), THEME);
+    expect(JSON.stringify(layout)).not.toContain("<b>");
+  });
+});
+
+describe("curveFigure", () => {
+  const curves = [
+    { label: "interpolation", kind: "interpolation", alphas: bytes([0, 0.5, 1]), losses: bytes([2, NaN, 0.5]) },
+    { label: "<i>test</i>", kind: "interpolation", alphas: bytes([0, 0.5, 1]), losses: bytes([3, 1, -1]) },
+  ];
+  it("one trace per curve, legend when several, gaps for NaN", () => {
+    const { data, layout } = curveFigure({ curves, logScale: false, title: "" }, THEME);
+    expect(data.length).toBe(2);
+    expect(data[0].y).toEqual([2, null, 0.5]);
+    expect(data[0].text[1]).toBe("nan");
+    expect(layout.showlegend).toBe(true);
+    expect(layout.yaxis.type).toBe("linear");
+    expect(data[1].name).toBe("&lt;i&gt;test&lt;/i&gt;");
+    expect(layout.xaxis.title.text).toContain("0 = start");
+  });
+  it("log axis drops non-positive values instead of drawing garbage", () => {
+    const { data, layout } = curveFigure({ curves, logScale: true, title: "" }, THEME);
+    expect(layout.yaxis.type).toBe("log");
+    expect(data[1].y).toEqual([3, 1, null]);
+    expect(curveFigure({ curves: curves.slice(0, 1), logScale: true }, THEME).layout.showlegend).toBe(false);
+  });
+  it("escapes plotly's HTML subset", () => {
+    expect(escapeForPlotly("a<b>&")).toBe("a&lt;b&gt;&amp;");
+  });
+});

@@ -1,0 +1,5 @@
+"""Live Jupyter widgets (anywidget + plotly.js): ``SurfaceWidget`` and ``CurveWidget``."""
+from .curve import CurveWidget
+from .surface import SurfaceWidget
+
+__all__ = ["CurveWidget", "SurfaceWidget"]

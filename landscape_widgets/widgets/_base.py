@@ -1,0 +1,317 @@
+"""Shared machinery of the live widgets: the one JS bundle, browser-value validation, and the recompute loop.
+
+Recompute protocol.  A change of a compute trait (from the browser or from Python) bumps ``_generation``, sets
+the cancel event of the running job and submits a new job to the widget's single worker thread.  The job
+computes a coarse preview, then the full grid tile by tile; it never touches a trait.  It puts
+``(generation, kind, payload)`` messages into an inbox and asks the kernel's asyncio loop to drain it, so every
+trait update (and so every comm message) happens on the kernel's main thread: background-thread comm sends are
+unreliable under ipykernel 7 (ipywidgets #4001, #4020), and a computation on the main thread would queue every
+browser message behind it (ipywidgets #1349).  Messages of an older generation are dropped, so a stale result is
+never shown as current.  Without a running event loop (a plain script, the demo) the job runs synchronously.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import math
+import numbers
+import pathlib
+import queue
+import threading
+import time
+
+import anywidget
+import numpy as np
+import traitlets as t
+
+from .._checks import check_int
+from ..evaluator import Cancelled
+
+SEED_MAX = 2 ** 31 - 1  # stays an exact number in JavaScript
+STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
+BUNDLE = STATIC / "widget.js"
+NORMALIZATION_CHOICES = ("filter", "layer", "model", "none")
+SEND_INTERVAL_S = 0.15  # at most ~7 partial grids a second: the browser redraws, the kernel stays light
+
+
+def bundle_source() -> str:
+    if not BUNDLE.exists():
+        raise FileNotFoundError(f"{BUNDLE} is missing: build the front end with `cd js && npm ci && npm run build` "
+                                "(scripts/setup.sh does this)")
+    return BUNDLE.read_text(encoding="utf-8")
+
+
+def f32(values) -> bytes:
+    """float32 little-endian bytes of an array (what the browser reads as a Float32Array); NaN/inf kept."""
+    return np.ascontiguousarray(np.asarray(values, dtype="<f4")).tobytes()
+
+
+class Rejected(ValueError):
+    """A value from the browser that cannot be used; the message is shown in the widget."""
+
+
+# -- browser value checks: each returns the (possibly clamped) value and a note, or raises Rejected ---------------
+def browser_int(value, name, low, high):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise Rejected(f"{name} must be a whole number between {low} and {high}, got {value!r}")
+    if float(value) != int(value):
+        raise Rejected(f"{name} must be a whole number, got {value!r}")
+    v = int(value)
+    if v < low or v > high:
+        c = min(max(v, low), high)
+        return c, f"{name}={v} is outside {low}..{high}; clamped to {c}"
+    return v, None
+
+
+def browser_float(value, name, low, high):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise Rejected(f"{name} must be a finite number, got {value!r}")
+    v = float(value)
+    if v <= 0:
+        raise Rejected(f"{name}={v} must be positive")
+    if v < low or v > high:
+        c = min(max(v, low), high)
+        return c, f"{name}={v:g} is outside {low:g}..{high:g}; clamped to {c:g}"
+    return v, None
+
+
+def browser_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise Rejected(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value, None
+
+
+def browser_bool(value, name):
+    if not isinstance(value, bool):
+        raise Rejected(f"{name} must be true or false, got {value!r}")
+    return value, None
+
+
+def browser_text(value, name, limit=200):
+    if not isinstance(value, str):
+        raise Rejected(f"{name} must be text, got {value!r}")
+    return value[:limit], None
+
+
+def private_landscape(ls):
+    """A shallow copy of ``ls`` with its own private model copy, so the widget's worker thread never shares a
+    model copy with the user's own ``ls.plane()`` calls in the notebook (or with another widget)."""
+    from ..landscape import Landscape
+    if not isinstance(ls, Landscape):
+        raise TypeError(f"ls must be a landscape_widgets.Landscape, got {type(ls).__name__}; "
+                        "build one with lw.Landscape(model, loss_fn, data)")
+    clone = copy.copy(ls)
+    clone._private = None
+    return clone
+
+
+class LiveWidget(anywidget.AnyWidget):
+    """Base class: a compute job streamed to the browser with preview, progress, cancellation and errors."""
+
+    _esm = t.Unicode("").tag(sync=True)
+    _view = t.Unicode("").tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
+    log_scale = t.Bool(True).tag(sync=True)
+    error = t.Unicode("").tag(sync=True)
+    _state = t.Unicode("preview").tag(sync=True)   # preview | partial | done | error
+    _status = t.Unicode("").tag(sync=True)
+    _done = t.Int(0).tag(sync=True)
+    _total = t.Int(0).tag(sync=True)
+
+    #: traits whose change recomputes; subclasses set it
+    _compute_traits: tuple = ()
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("_esm", bundle_source())
+        self._generation = 0
+        self._finished = 0
+        self._cancel = threading.Event()
+        self._inbox = queue.SimpleQueue()
+        self._executor = None
+        self._loop = None
+        self._browser_notes = []
+        self._started = False
+        super().__init__(**kwargs)
+        self.observe(self._on_compute_trait, names=list(self._compute_traits))
+
+    # -- browser input ---------------------------------------------------------------------------------------
+    def _browser_check(self, name, value):
+        """Return (value, note) for a browser value of control ``name`` or raise Rejected; subclasses add theirs
+        and end with ``super()._browser_check``."""
+        if name == "log_scale":
+            return browser_bool(value, name)
+        if name == "title":
+            return browser_text(value, name)
+        if name == "seed" and "seed" in self.keys:
+            return browser_int(value, name, 0, SEED_MAX)
+        if name == "normalization" and "normalization" in self.keys:
+            return browser_choice(value, name, NORMALIZATION_CHOICES)
+        raise Rejected(f"{name} cannot be set from the browser")
+
+    def set_state(self, sync_data):
+        """Every value from the browser is validated and bounded here, before any work starts."""
+        clean, notes, clamped, rejected = {}, [], [], []
+        for name, value in sync_data.items():
+            try:
+                v, note = self._browser_check(name, value)
+            except Rejected as exc:
+                notes.append(str(exc))
+                rejected.append(name)
+                continue
+            clean[name] = v
+            if note:
+                notes.append(note)
+                clamped.append(note)
+        if notes:
+            self.error = "; ".join(notes)
+        self._browser_notes = clamped  # shown with the computation they cause; rejections clear on the next one
+        if clean:
+            super().set_state(clean)
+        if rejected:
+            self.send_state(rejected)  # put the browser's control back to the kernel's value
+
+    # -- recompute -------------------------------------------------------------------------------------------
+    def _on_compute_trait(self, change):
+        self._schedule()
+
+    def _params(self) -> dict:
+        raise NotImplementedError
+
+    def _job(self, params, emit, cancel):
+        """Run in the worker thread: emit("preview"|"tile"|"done", payload); check ``cancel`` between tiles."""
+        raise NotImplementedError
+
+    def _apply(self, kind, payload, params, t0):
+        """Run on the kernel's main thread: turn a job message (``t0``: when the job started) into trait updates."""
+        raise NotImplementedError
+
+    def _reset_partial(self):
+        """Forget the partial results of the previous generation (subclasses)."""
+
+    def _schedule(self):
+        self._reset_partial()
+        self._generation += 1
+        gen = self._generation
+        self._cancel.set()
+        cancel = self._cancel = threading.Event()
+        params = self._params()
+        # a browser note (clamped value) stays visible for the computation it caused; anything else is cleared
+        self.error = "; ".join(self._browser_notes)
+        self._browser_notes = []
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._run(gen, params, cancel, self._handle)
+            return
+        self._loop = loop
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lw-widget")
+
+        def post(msg):
+            self._inbox.put(msg)
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop closed: wait() still drains the inbox
+                pass
+        self._executor.submit(self._run, gen, params, cancel, post)
+
+    def _run(self, gen, params, cancel, post):
+        t0 = time.perf_counter()
+        try:
+            if cancel.is_set():  # superseded while queued behind the previous job
+                return
+            self._job(params, lambda kind, payload=None: post((gen, kind, payload, params, t0)), cancel)
+        except Cancelled:
+            pass
+        except Exception as exc:  # shown in the widget; the kernel carries on
+            post((gen, "error", exc, params, t0))
+        finally:
+            post((gen, "end", None, params, t0))
+
+    def _drain(self):
+        while True:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(msg)
+
+    def _handle(self, msg):
+        gen, kind, payload, params, t0 = msg
+        if kind == "end":
+            self._finished = max(self._finished, gen)
+            return
+        if gen != self._generation:
+            return  # stale: a newer change owns the display
+        if kind == "error":
+            with self.hold_sync():
+                self._state = "error"
+                self.error = f"{type(payload).__name__}: {payload}"
+                self._status = "computation failed; change a control to try again"
+            return
+        self._apply(kind, payload, params, t0)
+
+    def wait(self, timeout=None) -> "LiveWidget":
+        """Block until the latest computation has finished (for scripts and notebooks run top to bottom).
+
+        Inside a kernel the results are applied here, on the main thread, as they arrive."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._finished < self._generation:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"the computation did not finish within {timeout} s")
+            try:
+                msg = self._inbox.get(timeout=0.05 if left is None else min(0.05, left))
+            except queue.Empty:
+                continue
+            self._handle(msg)
+        self._drain()
+        return self
+
+    def close(self):
+        if hasattr(self, "_cancel"):  # close() also runs from __del__ of a widget whose __init__ failed
+            self._cancel.set()
+        if getattr(self, "_executor", None) is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        super().close()
+
+    # -- offline export --------------------------------------------------------------------------------------
+    def _export_state(self) -> dict:
+        keys = [k for k in self.keys if not k.startswith("_model") and not k.startswith("_view_")
+                and k not in ("_esm", "_css", "_anywidget_id", "layout", "comm", "tabbable", "tooltip", "_dom_classes")]
+        state = {k: getattr(self, k) for k in keys}
+        state["_offline"] = True
+        return state
+
+    def to_html(self, path, *, title=None) -> str:
+        """Write one self-contained offline HTML page (bundle, styles, data inline; no network requests)."""
+        from ..export import write_html
+        return write_html(path, [self], title=title)
+
+
+def check_normalization_choice(value, name="normalization"):
+    if value is None:
+        return "filter"
+    if value not in NORMALIZATION_CHOICES:
+        raise ValueError(f"{name}={value!r} is not known; pass one of "
+                         f"{', '.join(map(repr, NORMALIZATION_CHOICES))} or None for 'filter'")
+    return value
+
+
+class RandomDirectionWidget(LiveWidget):
+    """A widget whose directions are random: ``seed`` and ``normalization`` controls (Li et al. 2018, §4)."""
+
+    seed = t.Int(0).tag(sync=True)
+    normalization = t.Unicode("filter").tag(sync=True)
+
+    @t.validate("seed")
+    def _v_seed(self, proposal):
+        return check_int(proposal["value"], "seed", low=0, high=SEED_MAX)
+
+    @t.validate("normalization")
+    def _v_normalization(self, proposal):
+        return check_normalization_choice(proposal["value"])

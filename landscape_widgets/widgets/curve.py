@@ -1,0 +1,164 @@
+"""``CurveWidget``: 1-D loss profiles, live: the interpolation theta(a) = (1 - a) theta_start + a theta_model
+(Goodfellow et al. 2015, arXiv 1412.6544; Li et al. 2018 §3), or a filter-normalized random line when
+``start=None``.  Several curves overlay with a legend (``w.add``): another start, other data, another model.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import traitlets as t
+
+from .._checks import check_int, check_range
+from ._base import (SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int, check_normalization_choice, f32,
+                    private_landscape)
+
+STEPS = (3, 401)
+SPAN_LIMIT = 1e3
+PREVIEW = 11
+
+
+def _span_pair(value, name="span"):
+    a, b = check_range(value, name)
+    if max(abs(a), abs(b)) > SPAN_LIMIT:
+        raise ValueError(f"{name}=({a:g}, {b:g}) is out of range; pass values within ±{SPAN_LIMIT:g}")
+    return [a, b]
+
+
+class CurveWidget(RandomDirectionWidget):
+    """Live loss curves.  ``start`` (a state_dict or a model) gives the interpolation from ``start`` to the model;
+    ``None`` a random line through the model (seed and normalization controls appear).  ``w.curve`` is the
+    latest full :class:`~landscape_widgets.Curve` of the first curve, ``w.curves`` all of them."""
+
+    _view = t.Unicode("curve").tag(sync=True)
+    steps = t.Int(51).tag(sync=True)
+    span = t.List(t.Float(), [-0.5, 1.5], minlen=2, maxlen=2).tag(sync=True)
+    _random = t.Bool(False).tag(sync=True)
+    _curves = t.List().tag(sync=True)  # [{label, kind, alphas: f32 bytes, losses: f32 bytes}]
+
+    _compute_traits = ("steps", "span", "seed", "normalization")
+
+    def __init__(self, ls, start=None, *, steps=51, span=(-0.5, 1.5), title=None, label=None, seed=0,
+                 normalization=None):
+        self._specs = []
+        self.curves = []
+        self._partial = None
+        self._grid = None
+        self._grid_k = None
+        self._last_send = 0.0
+        super().__init__(steps=steps, span=list(span) if isinstance(span, (tuple, list)) else span, seed=seed,
+                         normalization=check_normalization_choice(normalization), title="" if title is None else title)
+        self._add_spec(ls, start, label)
+        self._schedule()
+
+    @property
+    def curve(self):
+        return self.curves[0] if self.curves else None
+
+    def add(self, start=None, *, landscape=None, label=None) -> "CurveWidget":
+        """Overlay another curve: another ``start``, or another ``landscape`` (a test split, another model)."""
+        self._add_spec(landscape if landscape is not None else self._specs[0]["ls"], start, label)
+        self._schedule()
+        return self
+
+    def _add_spec(self, ls, start, label):
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a string or None, got {type(label).__name__}")
+        k = len(self._specs) + 1
+        if label is None:
+            label = ("random line" if start is None else "interpolation") + ("" if k == 1 else f" {k}")
+        self._specs.append({"ls": private_landscape(ls), "start": start, "label": label})
+        self._random = self._random or start is None
+
+    # -- checks ------------------------------------------------------------------------------------------------
+    @t.validate("steps")
+    def _v_steps(self, proposal):
+        return check_int(proposal["value"], "steps", low=STEPS[0], high=STEPS[1])
+
+    @t.validate("span")
+    def _v_span(self, proposal):
+        return _span_pair(proposal["value"])
+
+    def _browser_check(self, name, value):
+        if name == "steps":
+            return browser_int(value, name, *STEPS)
+        if name == "span":
+            try:
+                return _span_pair(value), None
+            except (TypeError, ValueError) as exc:
+                raise Rejected(str(exc)) from None
+        return super()._browser_check(name, value)
+
+    # -- computation -------------------------------------------------------------------------------------------
+    def _params(self):
+        return {"steps": self.steps, "span": tuple(self.span), "seed": self.seed,
+                "normalization": self.normalization, "specs": list(self._specs)}
+
+    def _reset_partial(self):
+        self._partial = None
+        self._grid = None
+
+    @staticmethod
+    def _one(spec, p, steps, cancel, callback=None):
+        kw = {"steps": steps, "span": p["span"], "progress": False, "cancel": cancel, "callback": callback}
+        if spec["start"] is None:
+            return spec["ls"].line(seed=p["seed"], normalization=p["normalization"], **kw)
+        return spec["ls"].interpolate(spec["start"], **kw)
+
+    def _job(self, p, emit, cancel):
+        if p["steps"] > PREVIEW:
+            emit("preview", [self._one(s, p, PREVIEW, cancel) for s in p["specs"]])
+        done = []
+        for k, spec in enumerate(p["specs"]):
+            done.append(self._one(spec, p, p["steps"], cancel, lambda tile, k=k: emit("tile", (k, tile))))
+            emit("curve", (k, done[-1]))
+        emit("done", done)
+
+    def _entry(self, spec, curve_alphas, losses, kind):
+        return {"label": spec["label"], "kind": kind, "alphas": f32(curve_alphas), "losses": f32(losses)}
+
+    def _apply(self, kind, payload, p, t0):
+        specs, steps = p["specs"], p["steps"]
+        total = steps * len(specs)
+        if kind == "preview":
+            self._partial = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]
+            with self.hold_sync():  # the arrays last: an observer of _curves sees the state that goes with them
+                self._done, self._total = 0, total
+                self._state = "preview"
+                self._status = f"coarse {PREVIEW}-point preview; computing {steps} points per curve…"
+                self._curves = list(self._partial)
+        elif kind == "tile":
+            k, tile = payload
+            if self._partial is None:
+                self._partial = [None] * len(specs)
+            if self._grid is None or self._grid_k != k:
+                self._grid_k, self._grid = k, np.full(steps, np.nan, dtype=np.float32)
+            self._grid[tile.start:tile.stop] = tile.values
+            done = k * steps + tile.done
+            now = time.perf_counter()
+            with self.hold_sync():
+                self._done, self._total = done, total
+                self._status = f"computing: {done} of {total} points"
+                if now - self._last_send >= SEND_INTERVAL_S and done < total:
+                    self._last_send = now
+                    a0, a1 = p["span"]
+                    kind_k = "line" if specs[k]["start"] is None else "interpolation"
+                    self._partial[k] = self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k)
+                    self._state = "partial"
+                    self._curves = [e for e in self._partial if e is not None]
+        elif kind == "curve":
+            k, curve = payload
+            if self._partial is None:
+                self._partial = [None] * len(specs)
+            self._partial[k] = self._entry(specs[k], curve.alphas, curve.losses, curve.meta["kind"])
+            self._grid = None
+        elif kind == "done":
+            self.curves = payload
+            self._grid = None
+            with self.hold_sync():
+                self._done = self._total = total
+                self._state = "done"
+                n = len(specs)
+                self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
+                                f"{time.perf_counter() - t0:.2f} s")
+                self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]
