@@ -1,0 +1,98 @@
+"""The widgets in a real JupyterLab, driven through Debian's chromium: run the notebooks, move the controls, and
+check that the plot shows the grid the kernel computed (test hooks data-rows/data-cols, plotly's gd.data)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import cell_errors, close_notebook, kernel_print, open_notebook, run_all, wait_idle_after_run
+
+pytestmark = pytest.mark.browser
+
+CELL_SURFACE = ".jp-Notebook .jp-OutputArea .lw-widget[data-view='surface']"
+CELL_CURVE = ".jp-Notebook .jp-OutputArea .lw-widget[data-view='curve']"
+
+
+def plot_z(page, root_selector, index=0):
+    """The z rows plotly holds for the surface in the ``index``-th widget matching ``root_selector``."""
+    return page.evaluate("""([sel, i]) => {
+      const gd = document.querySelectorAll(sel + " .lw-plot")[i];
+      const trace = gd.data.find(t => t.z);
+      return trace.z.map(row => Array.from(row, v => v === null || v === undefined ? null : Number(v)));
+    }""", [root_selector, index])
+
+
+def kernel_log_losses(page, name="surface"):
+    out = kernel_print(page, f"import json, numpy as np\nprint(json.dumps([{name}.resolution, "
+                             f"np.log10({name}.surface.losses).tolist()]))")
+    resolution, grid = json.loads(out)
+    return resolution, np.array(grid)
+
+
+def assert_plot_is_kernel_grid(page, selector, n, index=0):
+    z = np.array(plot_z(page, selector, index), dtype=float)
+    assert z.shape == (n, n)
+    resolution, log_losses = kernel_log_losses(page)
+    assert resolution == n and log_losses.shape == (n, n)
+    # the figure holds rows of beta (z[j][i]); float32 on the wire
+    np.testing.assert_allclose(z, log_losses.T, rtol=1e-5, atol=1e-6)
+
+
+def test_quickstart_slider_recomputes_in_the_kernel(lab, page, artifacts):
+    open_notebook(page, lab, "quickstart.ipynb")
+    try:
+        run_all(page)
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-plot[data-rows='21'][data-cols='21'][data-state='done']")
+        page.wait_for_selector(f"{CELL_CURVE} .lw-plot[data-rows='2'][data-cols='51'][data-state='done']")
+        wait_idle_after_run(page)
+        assert cell_errors(page) == []
+        assert_plot_is_kernel_grid(page, CELL_SURFACE, 21)
+        renders = int(page.get_attribute(f"{CELL_SURFACE} .lw-plot", "data-renders"))
+
+        page.locator(f"{CELL_SURFACE} .lw-resolution").fill("31")
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-plot[data-rows='31'][data-cols='31'][data-state='done']")
+        assert int(page.get_attribute(f"{CELL_SURFACE} .lw-plot", "data-renders")) > renders
+        assert_plot_is_kernel_grid(page, CELL_SURFACE, 31)
+        assert page.locator(f"{CELL_SURFACE} .lw-error").is_hidden()
+        assert "31×31" in page.inner_text(f"{CELL_SURFACE} .lw-status")
+
+        # a view change needs no kernel round trip but must redraw as a WebGL surface
+        page.locator(f"{CELL_SURFACE} .lw-view-select").select_option("surface")
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-plot .gl-container canvas")
+        page.locator(f"{CELL_SURFACE}").scroll_into_view_if_needed()
+        page.wait_for_timeout(500)  # let WebGL finish its first frame before the screenshot
+        page.screenshot(path=str(artifacts / "lab-quickstart.png"), full_page=False)
+        page.locator(CELL_SURFACE).screenshot(path=str(artifacts / "lab-quickstart-surface.png"))
+        page.locator(CELL_CURVE).screenshot(path=str(artifacts / "lab-quickstart-curve.png"))
+
+        assert page.recorder.errors == []
+        assert page.recorder.external([lab.url]) == []  # no CDN, ever
+    finally:
+        close_notebook(page)
+
+
+def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
+    open_notebook(page, lab, "sidepanel.ipynb")
+    panel = ".lm-DockPanel .lm-Widget:not(.jp-NotebookPanel) .lw-widget[data-view='surface']"
+    try:
+        run_all(page)
+        wait_idle_after_run(page)
+        assert cell_errors(page) == []
+        page.wait_for_selector(f"{panel} .lw-plot[data-rows='31'][data-state='done'] .gl-container canvas")
+        # the widget lives in the side panel, not in the notebook
+        assert page.locator(f".jp-Notebook .lw-widget").count() == 0
+        assert_plot_is_kernel_grid(page, panel, 31)
+
+        width = lambda: page.evaluate(f"() => document.querySelector(\"{panel} .lw-plot\")._fullLayout.width")
+        before = width()
+        page.set_viewport_size({"width": 1700, "height": 900})
+        page.wait_for_function(f"""w => {{
+          const gd = document.querySelector("{panel} .lw-plot");
+          return gd._fullLayout.width > w + 50 && Math.abs(gd._fullLayout.width - gd.clientWidth) < 4;
+        }}""", arg=before)
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(artifacts / "lab-sidepanel.png"))
+        assert page.recorder.errors == []
+    finally:
+        close_notebook(page)
