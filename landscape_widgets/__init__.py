@@ -9,10 +9,13 @@ __version__ = "0.1.0"
 from .evaluator import Cancelled, Tile  # noqa: E402
 from .landscape import Landscape  # noqa: E402
 from .results import Curve, Surface, load  # noqa: E402
+from .hessian import Spectrum  # noqa: E402
+from .hessian.trust import SeedSpread  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
 
-__all__ = ["Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
+__all__ = ["SeedSpread", "Spectrum",  # the Hessian views (issue 4)
+           "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 _WIDGETS = ("CurveWidget", "SurfaceWidget")  # imported on first use: anywidget/ipywidgets stay out of the import
 

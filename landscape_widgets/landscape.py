@@ -19,6 +19,8 @@ from .directions import cosine, make_directions
 from .batched import VmapEvaluator, resolve_evaluator
 from .evaluator import Moving, PointEvaluator, Timer, grid_tile_size
 from .results import Curve, Surface
+from .hessian import Spectrum, api as hessian_api
+from .hessian.trust import SeedSpread
 from .store import local_compute, open_store, run_settings, run_tiles
 
 BUFFER_MODES = ("interpolate", "model", "recompute")
@@ -151,7 +153,8 @@ class Landscape:
         timer = Timer()
         private = self._fresh()
         (d1,), dmeta = make_directions(direction, private, 1, argname="direction", seed=seed,
-                                       normalization=normalization, ignore=ignore)
+                                       normalization=normalization, ignore=ignore,
+                                       **self._kind_options(direction, cancel))
         alphas = axis((a0, a1), steps)
         t_dir = timer()
         losses, run_info = self._run(private, [d1], alphas[:, None], kind="line", tile_size=max(1, -(-steps // 8)),
@@ -164,7 +167,7 @@ class Landscape:
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
               progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
-              trajectory=None) -> Surface:
+              trajectory=None, trust=False) -> Surface:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
@@ -173,7 +176,10 @@ class Landscape:
 
         ``span=None`` is the direction kind's default: 1.0 for random and explicit directions; for
         ``directions="pca"`` (Li et al. §7, needs ``trajectory=lw.Trajectory``) a grid covering the projected path,
-        which ``surf.path`` [n, 2] holds.
+        which ``surf.path`` [n, 2] holds; for ``directions="hessian"`` (unit eigenvectors of lambda_max and of the
+        most negative eigenvalue, Böttcher & Wheeler 2022; normalization "none") ``sqrt(2 max(L0, 0.1) / lambda_max)``
+        on both axes, where the quadratic model doubles the loss (``.meta``: lambda_max, lambda_min, span_rule).
+        ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.meta["trust"]``.
 
         Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
         "loop" or "vmap"; ``client`` a ``dask.distributed.Client`` (or :class:`~landscape_widgets.distributed.Workers`)
@@ -185,6 +191,7 @@ class Landscape:
         timer = Timer()
         private = self._fresh()
         extra = {} if trajectory is None else {"trajectory": trajectory}
+        extra.update(self._kind_options(directions, cancel))
         (d1, d2), dmeta = make_directions(directions, private, 2, argname="directions", seed=seed,
                                           normalization=normalization, ignore=ignore, **extra)
         path, kind_span = dmeta.pop("path", None), dmeta.pop("default_span", None)
@@ -201,7 +208,44 @@ class Landscape:
         meta = self._meta(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
                           timings=_timings(t_dir, timer(), nx * ny), **run_info)
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
-        return Surface(alphas, betas, losses, dirs, meta, path=path)
+        surface = Surface(alphas, betas, losses, dirs, meta, path=path)
+        if trust:
+            surface.meta["trust"] = self.trust(surface, cancel=cancel)
+        return surface
+
+    def spectrum(self, k=5, *, bottom=1, density=True, seed=0, steps=90, runs=10, trace_samples=99,
+                 trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
+        """Eigen-spectrum of the Hessian of the loss over all data (eval mode) at the model's weights.
+
+        ``k`` largest and ``bottom`` smallest eigenvalues by Lanczos (scipy ``eigsh``, relative accuracy ``tol``),
+        the trace by Hutch++ (``trace_method="hutchinson"`` for plain Rademacher) from ``trace_samples`` products,
+        and with ``density=True`` the spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019,
+        arXiv 1901.10159) from ``runs`` runs of ``steps`` steps.  ``callback(dict(stage, done, total, hvps))``
+        reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product.
+        """
+        return hessian_api.spectrum(self, k, bottom=bottom, density=density, seed=seed, steps=steps, runs=runs,
+                                    trace_samples=trace_samples, trace_method=trace_method, tol=tol,
+                                    backend=backend, callback=callback, cancel=cancel)
+
+    def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
+        """The trust panel of ``surface``: ``kappa`` (``d^T H d / ||d||^2`` per direction), ``lambda_max``,
+        ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``hides_saddle`` (``lambda_min < 0``
+        while both kappas are > 0; Böttcher & Wheeler 2022).  Pass ``spectrum`` to reuse its eigenvalues and trace.
+        """
+        return hessian_api.trust(self, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples, tol=tol,
+                                 cancel=cancel)
+
+    def seed_spread(self, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
+        """The same plane for ``seeds`` (a count or a list): per-cell ``median`` and ``iqr`` and one ``sharpness``
+        per seed (Keskar et al. 2017 Metric 2.1 on the grid), to see whether the picture depends on the seed.
+        ``callback(k, tile)`` gets the tiles of the k-th seed; other options go to :meth:`plane`.
+        """
+        return hessian_api.seed_spread(self, seeds, directions=directions, callback=callback, cancel=cancel,
+                                       **plane_options)
+
+    def _kind_options(self, spec, cancel):
+        # the Hessian kind needs what the others do not: the loss, the data, and the cancel flag of the caller
+        return {"loss_fn": self.loss_fn, "data": self.data, "cancel": cancel} if spec == "hessian" else {}
 
     def __repr__(self):
         return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "

@@ -7,9 +7,11 @@ from __future__ import annotations
 from .explicit import explicit_directions
 from .normalization import NORMALIZATIONS, check_ignore, check_normalization, cosine, normalize
 from .gaussian import random_directions
+from .hessian import hessian_directions
 from .pca import pca_directions
 
 KINDS = {"random": random_directions}
+KINDS["hessian"] = hessian_directions  # Böttcher & Wheeler 2022; Landscape passes loss_fn= and data=
 KINDS["pca"] = pca_directions  # Li et al. 2018 §7, needs trajectory=
 
 

@@ -1,0 +1,186 @@
+"""Hessian-vector products of the full-data loss over a :class:`~landscape_widgets._model.PrivateModel`.
+
+Pearlmutter's trick (Pearlmutter 1994, "Fast exact multiplication by the Hessian", eq. 4):
+``H v = d/dr grad L(theta + r v)|_{r=0} = grad_theta[(grad_theta L) . v]``, i.e. double backward.
+
+The loss is the sample-weighted mean over the data, so ``H v = sum_b (n_b / N) H_b v`` (batch losses are means).
+The parameters enter through ``torch.func.functional_call`` as fresh leaf tensors that share storage with the
+private copy's base weights: nothing is written, neither to the user's model nor to the private copy.  The
+module stays in eval mode, so BatchNorm uses its running statistics: this is the Hessian of the eval-mode loss.
+
+With one batch of data the first-order graph (``grad L`` with ``create_graph=True``) is built once and reused by
+every product (``backend="graph"``); with several batches the graph of each batch is rebuilt per pass and a whole
+block of vectors is applied to it, so a pass over a DataLoader serves all vectors of the block.  ``backend="func"``
+uses ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse) instead; ``benchmarks/hessian.py`` measures
+both.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from ..evaluator import Cancelled, _is_cancelled, check_loss
+
+BACKENDS = ("graph", "func")
+
+
+class HessianOperator:
+    """``H`` of ``loss_fn`` over all of ``data`` at the private copy's base weights, as a matrix-free operator.
+
+    Vectors are flat over ``private.names`` in ``named_parameters()`` order (``flatten``/``unflatten`` convert).
+    ``matmat_torch(V)`` takes ``V[m, P]`` in the parameters' dtype; ``matvec``/``matmat`` take float64 numpy and
+    return float64 (what scipy's Lanczos works in).  ``hvps`` counts products; ``cancel`` (Event or callable) is
+    checked before every pass and raises :class:`~landscape_widgets.Cancelled`.
+    """
+
+    def __init__(self, private, data, loss_fn, *, backend="graph", cancel=None, on_hvp=None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not known; pass one of {', '.join(map(repr, BACKENDS))}")
+        self.private = private
+        self.data = data
+        self.loss_fn = loss_fn
+        self.backend = backend
+        self.cancel = cancel
+        self.on_hvp = on_hvp
+        self.names = list(private.names)
+        self.shapes = [tuple(private.base[n].shape) for n in self.names]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.num_parameters = int(sum(self.sizes))
+        self.dtype = private.base[self.names[0]].dtype
+        self.device = private.device
+        self.hvps = 0
+        self.loss = None  # the full-data loss at the base weights, known after the first pass
+        self._graph = None
+
+    # -- flat <-> dict ---------------------------------------------------------------------------------------
+    def flatten(self, d: dict) -> torch.Tensor:
+        return torch.cat([d[n].reshape(-1).to(self.dtype) for n in self.names])
+
+    def unflatten(self, v: torch.Tensor) -> dict:
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(v, self.sizes), self.shapes)}
+
+    # -- products --------------------------------------------------------------------------------------------
+    def _leaves(self):
+        return [self.private.base[n].detach().requires_grad_(True) for n in self.names]
+
+    def _batch_loss(self, leaves, x, y):
+        params = dict(zip(self.names, leaves))
+        out = _call(self.private.module, params, x)
+        loss = check_loss(self.loss_fn(out, y))
+        if not loss.requires_grad:
+            raise ValueError("loss_fn(outputs, targets) does not depend on the model's parameters (no gradient); "
+                             "pass a differentiable loss such as torch.nn.CrossEntropyLoss()")
+        return loss
+
+    def _first_order(self, x, y):
+        leaves = self._leaves()
+        loss = self._batch_loss(leaves, x, y)
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        # a gradient that does not require grad is constant in theta: its Hessian block is zero
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return leaves, grads, live, loss.detach()
+
+    def _apply_graph(self, first, V):
+        leaves, grads, live, _ = first
+        out = torch.zeros_like(V)
+        if not live:
+            return out
+        for r in range(V.shape[0]):
+            vs = self.unflatten(V[r])
+            hv = torch.autograd.grad([grads[i] for i in live], leaves, grad_outputs=[vs[self.names[i]] for i in live],
+                                     retain_graph=True, allow_unused=True)
+            out[r] = torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
+                                for h, p in zip(hv, leaves)])
+        return out
+
+    def _apply_func(self, x, y, V):
+        base = {n: self.private.base[n].detach() for n in self.names}
+        module, loss_fn = self.private.module, self.loss_fn
+
+        def loss_of(params):
+            return check_loss(loss_fn(_call(module, params, x), y))
+
+        grad_fn = torch.func.grad(loss_of)
+        out = torch.empty_like(V)
+        for r in range(V.shape[0]):
+            _, hv = torch.func.jvp(grad_fn, (base,), (self.unflatten(V[r]),))
+            out[r] = self.flatten(hv)
+        return out
+
+    def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
+        """``H V^T`` row by row: ``V[m, P]`` -> ``[m, P]`` (one pass over the data for the whole block)."""
+        if V.ndim != 2 or V.shape[1] != self.num_parameters:
+            raise ValueError(f"vectors must have shape [m, {self.num_parameters}], got {tuple(V.shape)}")
+        if _is_cancelled(self.cancel):
+            raise Cancelled(f"cancelled after {self.hvps} Hessian-vector products")
+        V = V.to(device=self.device, dtype=self.dtype)
+        with torch.enable_grad():
+            if self.data.single is not None:
+                if self.backend == "graph":
+                    if self._graph is None:
+                        (x, y, _n), = self.data.batches(self.device)
+                        self._graph = self._first_order(x, y)
+                        self.loss = float(self._graph[3])
+                    out = self._apply_graph(self._graph, V)
+                else:
+                    (x, y, _n), = self.data.batches(self.device)
+                    out = self._apply_func(x, y, V)
+            else:
+                out = torch.zeros_like(V)
+                total, acc = 0, 0.0
+                for x, y, n in self.data.batches(self.device):
+                    if self.backend == "graph":
+                        first = self._first_order(x, y)
+                        out += self._apply_graph(first, V) * n
+                        acc += float(first[3]) * n
+                        del first
+                    else:
+                        out += self._apply_func(x, y, V) * n
+                    total += n
+                out /= total
+                if self.backend == "graph":
+                    self.loss = acc / total
+        self.hvps += V.shape[0]
+        if self.on_hvp is not None:
+            self.on_hvp(self.hvps)
+        return out.detach()
+
+    def matvec_torch(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat_torch(v.reshape(1, -1))[0]
+
+    def matvec(self, v) -> np.ndarray:
+        v = torch.from_numpy(np.ascontiguousarray(np.asarray(v, dtype=np.float64).reshape(-1)))
+        return self.matvec_torch(v).double().cpu().numpy()
+
+    def matmat(self, V) -> np.ndarray:
+        """float64 numpy ``V[P, m]`` -> ``H V`` as ``[P, m]`` (scipy's LinearOperator convention)."""
+        V = torch.from_numpy(np.ascontiguousarray(np.asarray(V, dtype=np.float64).T))
+        return self.matmat_torch(V).double().cpu().numpy().T
+
+    def linear_operator(self):
+        from scipy.sparse.linalg import LinearOperator
+
+        P = self.num_parameters
+        return LinearOperator((P, P), matvec=self.matvec, matmat=self.matmat, rmatvec=self.matvec,
+                              dtype=np.float64)
+
+    def quadratic_form(self, d: dict) -> float:
+        """``d^T H d`` for a direction dict (float64 result)."""
+        v = self.flatten({n: d[n].to(self.device) for n in self.names})
+        return float((self.matvec_torch(v).double() * v.double()).sum())
+
+    def release(self):
+        """Free the stored graph (it holds the activations of the whole batch)."""
+        self._graph = None
+
+
+def _call(module, params, x):
+    if isinstance(x, dict):
+        return functional_call(module, params, (), x)
+    if isinstance(x, (tuple, list)):
+        return functional_call(module, params, tuple(x))
+    return functional_call(module, params, (x,))
+
+
+__all__ = ["BACKENDS", "HessianOperator"]

@@ -1,0 +1,98 @@
+"""The trust panel: evidence, next to a surface, of what its 2-D slice hides.
+
+- Curvature along each plotted direction, ``kappa(d) = d^T H d / ||d||^2`` (one Hessian-vector product each), beside
+  ``lambda_max``, ``lambda_min`` and ``tr(H)/N``.  For random directions ``E[kappa] = tr(H)/N`` (Böttcher & Wheeler
+  2022, arXiv 2208.13219, eq. 10), so both kappas come out positive at a saddle whose trace is positive:
+  ``hides_saddle`` flags ``lambda_min < 0`` while both kappas are ``> 0``.
+- Seed spread: the same plane for K seeds, the per-cell median and inter-quartile range, and one sharpness number
+  per seed: Keskar et al.'s sharpness (2017, arXiv 1609.04836, Metric 2.1),
+  ``100 (max_C L(theta + y) - L(theta)) / (1 + L(theta))``, with the box ``C`` replaced by the plotted grid.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..results import Result, register_result
+from .hutchinson import hutchinson_trace
+from .lanczos import extreme_eigenpairs
+from .spectrum import seed_streams
+
+NEGATIVE_RTOL = 1e-6  # lambda_min counts as negative below -1e-6 |lambda_max|: above that it is rounding noise
+
+
+def curvature(op, d: dict) -> float:
+    """``kappa(d) = d^T H d / ||d||^2``; NaN for a zero direction."""
+    v = op.flatten({n: d[n].to(op.device) for n in op.names}).double()
+    norm2 = float((v * v).sum())
+    if norm2 == 0.0:
+        return float("nan")
+    return op.quadratic_form(d) / norm2
+
+
+def trust_panel(op, directions, *, spectrum=None, lambdas=None, seed=0, trace_samples=99, tol=1e-6):
+    """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; stored in ``surface.meta``).
+
+    ``spectrum`` (an ``lw.Spectrum`` at the same weights) or ``lambdas=(lambda_max, lambda_min)`` saves the
+    eigenvalue and trace computations.
+    """
+    h0 = op.hvps
+    kappas = [curvature(op, d) for d in directions]
+    trace = stderr = None
+    if spectrum is not None:
+        lmax, lmin = spectrum.lambda_max, spectrum.lambda_min
+        trace, stderr = spectrum.trace, spectrum.trace_stderr
+    elif lambdas is not None:
+        lmax, lmin = (float(v) for v in lambdas)
+    else:
+        rng_top, rng_bottom, _, _ = seed_streams(seed)
+        lmax = float(extreme_eigenpairs(op, 1, "LA", rng=rng_top, tol=tol)[0][0])
+        lmin = float(extreme_eigenpairs(op, 1, "SA", rng=rng_bottom, tol=tol)[0][0])
+    if trace is None:
+        trace, stderr, _ = hutchinson_trace(op, trace_samples, rng=seed_streams(seed)[3])
+    N = op.num_parameters
+    negative = lmin < -NEGATIVE_RTOL * abs(lmax)
+    hides = bool(negative and all(k > 0 for k in kappas))
+    return {"kappa": [float(k) for k in kappas], "lambda_max": float(lmax), "lambda_min": float(lmin),
+            "trace": float(trace), "trace_stderr": float(stderr), "trace_over_n": float(trace) / N,
+            "trace_over_n_stderr": float(stderr) / N, "num_parameters": N,
+            "eig_ratio": abs(lmin / lmax) if lmax != 0 else float("nan"), "negative_curvature": bool(negative),
+            "hides_saddle": hides, "hvps": op.hvps - h0,
+            "warning": ("lambda_min < 0 but both plotted directions curve upwards: this slice hides a saddle"
+                        if hides else None)}
+
+
+@register_result
+class SeedSpread(Result):
+    """The same plane for several seeds: ``losses[k, i, j]`` for ``seeds[k]``, the per-cell ``median`` and ``iqr``
+    (75th minus 25th percentile, NaN-aware), and ``sharpness[k]`` (Keskar et al. 2017 Metric 2.1 on the grid)."""
+
+    _arrays = ("alphas", "betas", "seeds", "losses", "median", "iqr", "sharpness")
+
+    def __init__(self, alphas, betas, seeds, losses, meta=None):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.betas = np.asarray(betas, dtype=np.float64)
+        self.seeds = np.asarray(seeds, dtype=np.int64)
+        self.losses = np.asarray(losses, dtype=np.float64)
+        self.meta = dict(meta or {})
+        center = self.meta.get("center_loss")
+        self.median, self.iqr = spread(self.losses)
+        self.sharpness = np.array([sharpness(s, center) for s in self.losses])
+
+
+def spread(losses):
+    """Per-cell median and inter-quartile range over the first axis (NaN losses are ignored, all-NaN stays NaN)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
+        q25, med, q75 = np.nanpercentile(losses, [25, 50, 75], axis=0)
+    return med, q75 - q25
+
+
+def sharpness(losses, center_loss) -> float:
+    """``100 (max L - L0) / (1 + L0)`` over the finite losses of one grid (Keskar et al. 2017, Metric 2.1)."""
+    finite = np.asarray(losses, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0 or center_loss is None or not np.isfinite(center_loss):
+        return float("nan")
+    return float(100.0 * (finite.max() - center_loss) / (1.0 + center_loss))
