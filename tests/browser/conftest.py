@@ -195,8 +195,16 @@ class Recorder:
         return [u for u in self.requests if not u.startswith(ok)]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.lw_failed = report.failed
+    return report
+
+
 @pytest.fixture
-def page(browser):
+def page(browser, request):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
     pg = context.new_page()
     pg.set_default_timeout(60_000)
@@ -204,6 +212,12 @@ def page(browser):
     try:
         yield pg
     finally:
+        if getattr(request.node, "lw_failed", False):  # what the page showed when the test failed
+            ARTIFACTS.mkdir(exist_ok=True)
+            try:
+                pg.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"))
+            except Exception:
+                pass
         context.close()
 
 
@@ -212,6 +226,7 @@ _KERNEL_READY_JS = """async () => {
   const app = window.jupyterapp;
   const nb = app.shell.currentWidget;
   if (!nb || !nb.sessionContext) return "no notebook";
+  window.__lwNotebook = nb;  // the notebook under test, even when another panel (an output view) is current
   await nb.context.ready;
   await nb.sessionContext.ready;
   const deadline = Date.now() + 90000;
@@ -226,7 +241,8 @@ _KERNEL_READY_JS = """async () => {
 
 def open_notebook(page, lab, name, *, timeout=90_000):
     """Open ``name`` in Lab and wait until its kernel is connected and idle (the only reliable signal)."""
-    page.goto(f"{lab.url}/lab/tree/{name}", timeout=timeout)
+    # ?reset: a fresh workspace, so notebooks of earlier tests are not reopened (each would start a kernel)
+    page.goto(f"{lab.url}/lab/tree/{name}?reset", timeout=timeout)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
                            "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=timeout)
     state = page.evaluate(_KERNEL_READY_JS)
@@ -235,13 +251,14 @@ def open_notebook(page, lab, name, *, timeout=90_000):
 
 def run_all(page):
     # not awaited: the promise resolves only when every cell has finished
-    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.evaluate("() => { window.jupyterapp.shell.activateById(window.__lwNotebook.id); "
+                  "window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
 
 def wait_idle_after_run(page, timeout=120_000):
     """Wait until every code cell has an execution count and the kernel is idle again."""
     page.wait_for_function("""() => {
-      const nb = window.jupyterapp.shell.currentWidget;
+      const nb = window.__lwNotebook;
       const k = nb.sessionContext.session && nb.sessionContext.session.kernel;
       const cells = nb.content.widgets.filter(c => c.model.type === 'code');
       return k && k.status === 'idle' && cells.every(c => c.model.executionCount !== null);
@@ -261,7 +278,7 @@ def kernel_print(page, code: str, timeout=60_000) -> str:
     Reads the kernel's state directly, so a test can compare what the plot shows with what the kernel holds.
     """
     return page.evaluate("""async ([code, timeout]) => {
-      const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+      const k = window.__lwNotebook.sessionContext.session.kernel;
       let out = "";
       const future = k.requestExecute({ code, silent: false, store_history: false });
       future.onIOPub = (msg) => {
@@ -277,7 +294,7 @@ def close_notebook(page):
     """Shut the notebook's kernel down (the server lives for the whole session; idle kernels cost CPU)."""
     try:
         page.evaluate("""async () => {
-          const nb = window.jupyterapp.shell.currentWidget;
+          const nb = window.__lwNotebook;
           if (nb && nb.sessionContext) await nb.sessionContext.shutdown();
         }""")
     except Exception:  # the page may already be gone; the server's shutdown stops the kernel anyway

@@ -96,3 +96,68 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         assert page.recorder.errors == []
     finally:
         close_notebook(page)
+
+
+VIEWS_NB = """import torch
+import landscape_widgets as lw
+from landscape_widgets import examples
+x, y = examples.digits()
+ls = lw.Landscape(examples.digits_mlp(seed=0), torch.nn.CrossEntropyLoss(), (x[:256], y[:256]), device="cpu")
+surface = lw.SurfaceWidget(ls, resolution=9, span=1.0, title="two views of one model")
+surface"""
+
+
+def test_second_view_of_the_output_follows_and_zoom_survives(lab, page, artifacts):
+    """JupyterLab's "Create New View for Output": two views of the same model, both redrawn by one kernel update;
+    a zoom survives the update (constant uirevision); closing the second view leaves the first intact."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(VIEWS_NB)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, lab.root / "views.ipynb")
+    page.set_viewport_size({"width": 1280, "height": 1500})  # room for both views
+    open_notebook(page, lab, "views.ipynb")
+    linked = ".jp-LinkedOutputView .lw-widget[data-view='surface']"
+    try:
+        run_all(page)
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-plot[data-rows='9'][data-state='done']")
+        wait_idle_after_run(page)
+        page.evaluate("""() => { const nb = window.__lwNotebook;
+                                 nb.content.activeCellIndex = 0;
+                                 return window.jupyterapp.commands.execute('notebook:create-output-view'); }""")
+        page.wait_for_selector(f"{linked} .lw-plot[data-rows='9'][data-state='done']")
+        assert page.locator(".lw-widget[data-view='surface']").count() == 2
+
+        # zoom the second view with the mouse: drag a box on the plot (top part: the panel may cut the bottom)
+        drag = page.locator(f"{linked} .lw-plot .nsewdrag")
+        drag.scroll_into_view_if_needed()
+        box = drag.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.1)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.4, steps=8)
+        page.mouse.up()
+        xrange = f"() => Array.from(document.querySelector(\"{linked} .lw-plot\")._fullLayout.xaxis.range)"
+        page.wait_for_function(f"() => ({xrange})()[1] < 0.9")
+        zoomed = page.evaluate(xrange)
+
+        # the slider in the second view drives the one kernel model; both views redraw the new grid
+        page.locator(f"{linked} .lw-resolution").fill("13")
+        for sel in (CELL_SURFACE, linked):
+            page.wait_for_selector(f"{sel} .lw-plot[data-rows='13'][data-cols='13'][data-state='done']")
+        assert_plot_is_kernel_grid(page, CELL_SURFACE, 13)
+        assert_plot_is_kernel_grid(page, linked, 13)
+        np.testing.assert_allclose(page.evaluate(xrange), zoomed)  # uirevision kept the zoom
+        page.screenshot(path=str(artifacts / "lab-output-views.png"))
+
+        # close the second view: its plot is purged, the cell's view keeps working
+        closed = page.evaluate("""() => { let n = 0;
+          for (const w of Array.from(window.jupyterapp.shell.widgets('main')))
+            if (w !== window.__lwNotebook && (w.node.classList.contains('jp-LinkedOutputView')
+                                              || w.node.querySelector('.jp-LinkedOutputView'))) { w.close(); n++; }
+          return n; }""")
+        assert closed == 1
+        page.wait_for_function("() => document.querySelectorAll('.lw-widget').length === 1")
+        page.locator(f"{CELL_SURFACE} .lw-resolution").fill("7")
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-plot[data-rows='7'][data-state='done']")
+        assert page.recorder.errors == []
+    finally:
+        close_notebook(page)
