@@ -1,7 +1,7 @@
 """Embeddings of optimization paths: PCA, UMAP or an autoencoder, with the measures that say whether to trust them.
 
-- PCA (Li et al. 2018, arXiv 1712.09913, §7) by scikit-learn; UMAP (McInnes et al. 2018, arXiv 1802.03426) by
-  umap-learn; an autoencoder in torch (as Neuro-Visualizer, Elhamod & Karpatne 2023, arXiv 2309.14601).
+- PCA (Li et al. 2018, arXiv 1712.09913, §7) by :class:`SnapshotPCA` (exact, tested equal to scikit-learn's);
+  UMAP (McInnes et al. 2018, arXiv 1802.03426) by umap-learn; an autoencoder in torch (as Neuro-Visualizer, Elhamod & Karpatne 2023, arXiv 2309.14601).
 - ``trustworthiness``: Venna & Kaski (2001), scikit-learn's ``sklearn.manifold.trustworthiness`` with
   ``k = meta["n_neighbors"]``: 1 when every embedding neighbour is a true neighbour.
 - ``reconstruction_error``: in-sample, relative, ``sum ||x - x_hat||^2 / sum ||x - mean||^2``; PCA maps back with
@@ -15,14 +15,20 @@ import warnings
 import numpy as np
 import torch
 
+from contextlib import contextmanager
+
 from . import __version__
 from ._checks import check_int
 from .directions.gaussian import check_seed
 from .results import Result, register_result
 
 METHODS = ("pca", "umap", "autoencoder")
-# float64 makes the in-sample identities exact to ~1e-12; above this many entries stay in float32 to halve memory
-FLOAT64_MAX_ENTRIES = 2 ** 25
+BLOCK = 2 ** 16  # columns per float64 block: the [n, P] snapshots are never copied whole
+RANK_TOL = 1e-12  # eigenvalues of the Gram matrix below this fraction of the largest are round-off, not directions
+AE_MAX_COMPONENTS = 64
+# umap-learn's inverse_transform optimizes every point in parameter space: minutes for 33 snapshots of 1M parameters
+# (benchmarks/trajectory.py), so by default it runs only up to this many snapshot entries
+UMAP_INVERSE_MAX_ENTRIES = 2 ** 24
 
 
 @register_result
@@ -85,36 +91,113 @@ def _check_trajectories(trajectories):
     return list(trajs)
 
 
-def total_variation(X, mean) -> float:
-    """``sum_i ||x_i - mean||^2``, row by row so no second [n, P] array is made."""
-    return float(sum(((x.astype(np.float64) - mean) ** 2).sum() for x in X))
+def blocks(num):
+    for start in range(0, num, BLOCK):
+        yield slice(start, min(num, start + BLOCK))
+
+
+class SnapshotPCA:
+    """Exact PCA of ``n`` snapshots of ``P`` parameters (n << P) through the n x n Gram matrix of the centred rows.
+
+    ``eigh(Xc Xc^T) = V diag(lam) V^T`` gives the components ``V^T Xc / sqrt(lam)`` (the right singular vectors
+    that scikit-learn's PCA gets from an SVD of Xc) and the coordinates ``V sqrt(lam)``, in O(n^2 P) flops on
+    float64 column blocks with no [n, P] copy: for 33 snapshots of 1M parameters this is about 5x faster than the SVD
+    and uses a fifth of the memory (benchmarks/trajectory.py).  Signs: the largest-magnitude coordinate of each
+    component is positive (scikit-learn's ``svd_flip`` with ``u_based_decision``).
+    """
+
+    def __init__(self, X):
+        self.X = X
+        n, P = X.shape
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        if len(bad):
+            raise ValueError(f"snapshots {bad[:5].tolist()} contain NaN or inf weights (a diverged run); drop them "
+                             "before embedding")
+        self.mean = np.empty(P)
+        gram = np.zeros((n, n))
+        for sl in blocks(P):
+            block = X[:, sl].astype(np.float64)
+            self.mean[sl] = block.mean(axis=0)
+            block -= self.mean[sl]
+            gram += block @ block.T
+        lam, V = np.linalg.eigh(gram)
+        lam, V = lam[::-1], V[:, ::-1]
+        self.total = float(np.trace(gram))  # sum_i ||x_i - mean||^2
+        if not self.total > 0:
+            raise ValueError(f"all {n} snapshots are identical, so there is no path to embed; record the model "
+                             "while it trains (after optimizer steps)")
+        keep = lam > RANK_TOL * lam[0]
+        V = V[:, keep]
+        V *= np.sign(V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])])
+        self.lam, self.V = lam[keep], V
+        self.rank = int(keep.sum())
+
+    def coords(self, k):
+        """``[n, k]``: the snapshots' coordinates on the first k components (zero beyond their rank)."""
+        out = np.zeros((len(self.V), k))
+        out[:, :self.rank] = self.V[:, :k] * np.sqrt(self.lam[:k])
+        return out
+
+    def explained_variance_ratio(self, k):
+        out = np.zeros(k)
+        out[:self.rank] = self.lam[:k] / self.total
+        return out
+
+    def _back(self, C):
+        # coordinates C [m, k] -> weights of Xc's rows that rebuild C @ components: C diag(1/sqrt(lam)) V^T
+        k = min(C.shape[1], self.rank)
+        return (np.asarray(C, dtype=np.float64)[:, :k] / np.sqrt(self.lam[:k])) @ self.V[:, :k].T
+
+    def components(self, k):
+        """``[k, P]`` unit, orthogonal components (k <= rank)."""
+        if k > self.rank:
+            raise ValueError(f"the snapshots span only {self.rank} direction(s), fewer than the {k} asked for")
+        return self.inverse_transform(np.eye(k), centred=True)
+
+    def inverse_transform(self, C, *, centred=False):
+        """``mean + C @ components`` for coordinates ``C [m, k]``: ``[m, P]`` float64."""
+        W = self._back(C)
+        out = np.empty((len(W), self.X.shape[1]))
+        for sl in blocks(self.X.shape[1]):
+            out[:, sl] = W @ (self.X[:, sl].astype(np.float64) - self.mean[sl])
+            if not centred:
+                out[:, sl] += self.mean[sl]
+        return out
+
+    def residual(self, C):
+        """``sum_i ||x_i - inverse_transform(C)_i||^2`` for coordinates ``C [n, k]`` of the snapshots themselves,
+        block by block, so the [n, P] reconstruction is never held."""
+        W = self._back(C)
+        out = 0.0
+        for sl in blocks(self.X.shape[1]):
+            block = self.X[:, sl].astype(np.float64) - self.mean[sl]
+            out += float(((block - W @ block) ** 2).sum())
+        return out
 
 
 def residual(X, X_hat) -> float:
     return float(sum(((x.astype(np.float64) - xh) ** 2).sum() for x, xh in zip(X, X_hat)))
 
 
-def check_spread(X, what="snapshots"):
-    """The rows must be finite and not all equal; returns their mean and total variation."""
-    n = len(X)
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-    if len(bad):
-        raise ValueError(f"{what} {bad[:5].tolist()} contain NaN or inf weights (a diverged run); drop them "
-                         "before embedding")
-    mean = X.mean(axis=0, dtype=np.float64)
-    tot = total_variation(X, mean)
-    if not tot > 0:
-        raise ValueError(f"all {n} {what} are identical, so there is no path to embed; record the model while "
-                         "it trains (after optimizer steps)")
-    return mean, tot
+@contextmanager
+def _single_thread():
+    """Tiny matmuls run 25x slower on two busy cores with torch's intra-op threads than with one (measured in
+    benchmarks/trajectory.py); restore the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust_neighbors=None, labels=None,
-          epochs=2000, hidden=64) -> Embedding:
+          epochs=2000, hidden=64, umap_inverse=None) -> Embedding:
     """Embed the snapshots of one trajectory, or of several together (one picture to compare optimizers).
 
-    ``method``: "pca", "umap" (``n_neighbors``: UMAP's, default min(15, n - 1)) or "autoencoder" (``hidden``
-    units, ``epochs`` of full-batch Adam, on the exact PCA coordinates of the centred snapshots).  ``seed`` fixes
+    ``method``: "pca", "umap" (``n_neighbors``: UMAP's, default min(15, n - 1); ``umap_inverse``: map back for the
+    reconstruction error, None: only up to ``UMAP_INVERSE_MAX_ENTRIES`` n x P) or "autoencoder" (``hidden`` units,
+    ``epochs`` of full-batch Adam, on the exact PCA coordinates of the centred snapshots).  ``seed`` fixes
     UMAP and the autoencoder through private generators.  ``trust_neighbors``: k of the trustworthiness, default
     min(5, (n - 1) // 2) (it needs k < n / 2).
     """
@@ -128,9 +211,7 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
     if n < max(3, dims + 1):
         raise ValueError(f"an embedding in {dims} dimensions needs at least {max(3, dims + 1)} snapshots, the "
                          f"trajectories hold {n}; record more steps (or epochs)")
-    if X.size <= FLOAT64_MAX_ENTRIES:
-        X = X.astype(np.float64)
-    _mean, tot = check_spread(X)
+    pca = SnapshotPCA(X)
     k = (min(5, (n - 1) // 2) if trust_neighbors is None
          else check_int(trust_neighbors, "trust_neighbors", low=1, high=(n - 1) // 2, hint=" (k < n / 2)"))
     meta = {"library": "landscape_widgets", "version": __version__, "kind": "embedding", "method": method,
@@ -142,18 +223,22 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
         raise ValueError(f"labels has {len(meta['labels'])} entries for {len(trajs)} trajectories")
     explained = None
     if method == "pca":
-        coords, err, explained, inverse = _pca(X, dims, tot)
+        coords = pca.coords(dims)
+        err, explained, inverse = pca.residual(coords) / pca.total, pca.explained_variance_ratio(dims), \
+            pca.inverse_transform
     elif method == "umap":
         nn = (min(15, n - 1) if n_neighbors is None
               else check_int(n_neighbors, "n_neighbors", low=2, high=n - 1, hint=" (UMAP's, < snapshots)"))
         meta["umap_n_neighbors"] = nn
-        coords, err, inverse, reason = _umap(X, dims, nn, seed, tot)
+        if umap_inverse is None:
+            umap_inverse = X.size <= UMAP_INVERSE_MAX_ENTRIES
+        coords, err, inverse, reason = _umap(X, dims, nn, seed, pca.total, bool(umap_inverse))
         if reason:
             meta["reconstruction_error_reason"] = reason
     else:
         epochs = check_int(epochs, "epochs", low=1)
         hidden = check_int(hidden, "hidden", low=1)
-        coords, err, inverse, ae_meta = _autoencoder(X, tot, dims, seed, epochs, hidden)
+        coords, err, inverse, ae_meta = _autoencoder(pca, dims, seed, epochs, hidden)
         meta.update(ae_meta)
     from sklearn.manifold import trustworthiness
 
@@ -163,16 +248,7 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
                      meta, inverse)
 
 
-def _pca(X, dims, tot):
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=dims, svd_solver="full")
-    coords = pca.fit_transform(X)
-    err = residual(X, pca.inverse_transform(coords)) / tot
-    return coords, err, pca.explained_variance_ratio_.copy(), pca.inverse_transform
-
-
-def _umap(X, dims, n_neighbors, seed, tot):
+def _umap(X, dims, n_neighbors, seed, tot, invert):
     import umap
 
     reducer = umap.UMAP(n_components=dims, n_neighbors=n_neighbors, random_state=seed, transform_seed=seed)
@@ -180,6 +256,9 @@ def _umap(X, dims, n_neighbors, seed, tot):
         # "n_jobs overridden to 1 by setting random_state": the determinism we ask for
         warnings.simplefilter("ignore", UserWarning)
         coords = reducer.fit_transform(X).astype(np.float64)
+    if not invert:
+        return coords, None, None, (f"skipped umap-learn's inverse_transform for {X.shape[0]} x {X.shape[1]} "
+                                    "snapshot entries (it takes minutes there); pass umap_inverse=True to run it")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -189,18 +268,13 @@ def _umap(X, dims, n_neighbors, seed, tot):
     return coords, err, lambda c: reducer.inverse_transform(np.asarray(c, np.float32)).astype(np.float64), None
 
 
-def _autoencoder(X, tot, dims, seed, epochs, hidden):
-    """Encoder q -> hidden -> dims, decoder dims -> hidden -> q (tanh), on the PCA coordinates of the centred
-    snapshots: they keep every direction the n snapshots span when q = n - 1, so the network stays small for any P,
-    and the part outside the q components enters the error exactly (it is orthogonal to them)."""
-    from sklearn.decomposition import PCA
-
-    n = len(X)
-    q = min(n - 1, X.shape[1], 64)
-    pca = PCA(n_components=q, svd_solver="full")
-    P = pca.fit_transform(X)
-    outside = max(tot - float((P.astype(np.float64) ** 2).sum()), 0.0)
-    scale = float(np.sqrt((P ** 2).mean())) or 1.0
+def _autoencoder(pca, dims, seed, epochs, hidden):
+    """Encoder q -> hidden -> dims, decoder dims -> hidden -> q (tanh), on the coordinates of the first q principal
+    components (q = the snapshots' rank, at most 64): the network stays small for any P, nothing the snapshots span
+    is lost when q is their rank, and the error is measured against the snapshots themselves."""
+    q = min(pca.rank, AE_MAX_COMPONENTS)
+    P = pca.coords(q)
+    scale = float(np.sqrt((P ** 2).mean()))
     gen = torch.Generator().manual_seed(seed)
     sizes = [(q, hidden), (hidden, dims), (dims, hidden), (hidden, q)]
     weights = []
@@ -214,9 +288,9 @@ def _autoencoder(X, tot, dims, seed, epochs, hidden):
     def decode(z):
         return torch.tanh(z @ weights[4] + weights[5]) @ weights[6] + weights[7]
 
-    data = torch.from_numpy(np.asarray(P, dtype=np.float64) / scale)
+    data = torch.from_numpy(P / scale)
     opt = torch.optim.Adam(weights, lr=1e-2)
-    with torch.enable_grad():
+    with _single_thread(), torch.enable_grad():
         for _ in range(epochs):
             opt.zero_grad()
             loss = ((decode(encode(data)) - data) ** 2).mean()
@@ -224,8 +298,7 @@ def _autoencoder(X, tot, dims, seed, epochs, hidden):
             opt.step()
     with torch.no_grad():
         coords = encode(data)
-        P_hat = (decode(coords) * scale).numpy()
-    err = (float(((P - P_hat) ** 2).sum()) + outside) / tot
+        err = pca.residual(decode(coords).numpy() * scale) / pca.total
 
     def inverse(c):
         with torch.no_grad():

@@ -119,6 +119,9 @@ def test_umap_is_deterministic_for_a_seed(run):
         assert "inverse_transform" in a.meta["reconstruction_error_reason"]
     else:
         assert a.reconstruction_error == pytest.approx(relative_error(X, a.inverse_transform(a.coords)), rel=1e-5)
+    skipped = traj.embed(method="umap", seed=0, n_neighbors=5, umap_inverse=False)
+    np.testing.assert_array_equal(skipped.coords, a.coords)
+    assert skipped.reconstruction_error is None and "umap_inverse=True" in skipped.meta["reconstruction_error_reason"]
 
 
 def test_several_runs_embed_together_and_round_trip(tmp_path, run):

@@ -38,7 +38,8 @@ def test_directions_and_path_equal_a_manual_projection_on_sklearn_pca(run):
     assert abs(D[:, 0] @ D[:, 1]) < 1e-6
     np.testing.assert_allclose(surf.path, (M @ ref.components_.T) * signs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(surf.path[-1], 0.0, atol=1e-6)  # the model itself is the final snapshot
-    np.testing.assert_allclose(surf.meta["explained_variance"], ref.explained_variance_ratio_, rtol=1e-9)
+    # (the library differences theta_i - theta_final in float32, the reference in float64)
+    np.testing.assert_allclose(surf.meta["explained_variance"], ref.explained_variance_ratio_, rtol=1e-6)
     assert surf.meta["normalization"] == "none" and surf.meta["direction_kind"] == "pca"
     assert surf.meta["path_steps"] == traj.steps.tolist() and len(surf.meta["path_losses"]) == len(traj)
     assert surf.meta["trajectory_end_distance"] == pytest.approx(0.0, abs=1e-6)

@@ -1,7 +1,8 @@
 """PCA directions of an optimization path (Li et al. 2018, arXiv 1712.09913, §7).
 
 The rows ``m_i = theta_i - theta_final`` (``theta_final``: the model's current weights, where the plane is
-centred) go through scikit-learn's PCA (which centres the columns); ``d1, d2`` are the first two components: unit,
+centred) go through an exact PCA (:class:`~landscape_widgets.embedding.SnapshotPCA`, equal to scikit-learn's, which
+also centres the columns); ``d1, d2`` are the first two components: unit,
 orthogonal directions in raw parameter units, so the normalization defaults to "none".  ``meta["path"]`` holds
 each ``m_i`` projected on the directions (least squares on ``[d1 d2]``, the dot products when they are
 orthonormal), ``meta["default_span"]`` a grid that covers the path with a margin.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..embedding import FLOAT64_MAX_ENTRIES, check_spread
+from ..embedding import SnapshotPCA, blocks
 from .gaussian import check_seed
 from .normalization import ignored, normalize
 
@@ -55,8 +56,6 @@ def _path_span(path):
 
 
 def pca_directions(private, count, *, trajectory=None, normalization=None, ignore="biasbn", seed=0, **_):
-    from sklearn.decomposition import PCA
-
     from ..trajectory import Trajectory
 
     if trajectory is None:
@@ -71,28 +70,30 @@ def pca_directions(private, count, *, trajectory=None, normalization=None, ignor
         raise ValueError(f"directions='pca' needs at least {count + 1} snapshots in the trajectory, it holds {n}; "
                          "record more steps (or epochs)")
     base = torch.cat([private.base[name].detach().reshape(-1).cpu().double() for name in private.names]).numpy()
-    big = n * len(base) > FLOAT64_MAX_ENTRIES
-    M = trajectory.matrix(private.names, dtype=np.float32 if big else np.float64)
-    M -= base.astype(M.dtype)
-    end = float(np.linalg.norm(M[-1]))
+    M = trajectory.matrix(private.names)
+    M -= base.astype(np.float32)  # float32 differences of nearby float32 weights are (nearly) exact
+    end = float(np.linalg.norm(M[-1].astype(np.float64)))
     # with ignore="biasbn" the bias and norm-layer entries take no part (Li et al.'s ``ignore_biasbn``)
     keep = np.concatenate([np.full(private.base[name].numel(), not ignored(private.base[name], ignore))
                            for name in private.names])
     M[:, ~keep] = 0.0
-    check_spread(M, "snapshots (after ignore=%r)" % ignore)
-    pca = PCA(n_components=count, svd_solver="full").fit(M)
+    pca = SnapshotPCA(M)
+    if pca.rank < count:
+        raise ValueError(f"the path spans {pca.rank} direction(s) only (with ignore={ignore!r}); a plane needs "
+                         f"{count}: record more, or more varied, snapshots")
     sizes = [private.base[name].numel() for name in private.names]
     dirs = []
-    for comp in pca.components_:
+    for comp in pca.components(count):
         parts = np.split(comp, np.cumsum(sizes)[:-1])
         raw = {name: torch.from_numpy(part.reshape(private.base[name].shape).copy()).to(
             device=private.device, dtype=private.base[name].dtype) for name, part in zip(private.names, parts)}
         dirs.append(raw if normalization == "none" else normalize(raw, private.base, normalization, ignore))
     D = np.stack([torch.cat([d[name].reshape(-1).cpu().double() for name in private.names]).numpy()
                   for d in dirs], axis=1)
-    path = np.linalg.lstsq(D, M.T, rcond=None)[0].T
+    DtM = sum(D[sl].T @ M[:, sl].T.astype(np.float64) for sl in blocks(len(base)))
+    path = np.linalg.solve(D.T @ D, DtM).T  # least squares on [d1 d2]: the dot products when orthonormal
     meta = {"direction_kind": "pca", "seed": seed, "normalization": normalization, "ignore": ignore,
-            "explained_variance": pca.explained_variance_ratio_.tolist(),
+            "explained_variance": pca.explained_variance_ratio(count).tolist(),
             "random_walk_explained_variance": random_walk_explained_variance(
                 n, int(keep.sum()), count, seed=seed).tolist(),
             "random_walk_draws": BASELINE_DRAWS, "num_snapshots": n, "trajectory_stride": trajectory.stride,
