@@ -54,7 +54,8 @@ export function surfaceFigure(s, theme) {
               connectgaps: false, colorbar: { title: { text: zLabel }, thickness: 14 } }];
     layout.scene = { uirevision: UIREVISION, bgcolor: theme.background,
                      xaxis: axis(theme, "α"), yaxis: axis(theme, "β"), zaxis: axis(theme, zLabel),
-                     aspectmode: "manual", aspectratio: { x: 1, y: 1, z: 0.7 } };
+                     aspectmode: "manual", aspectratio: { x: 1, y: 1, z: 0.6 },
+                     camera: { eye: { x: 1.45, y: -1.45, z: 0.95 } } }; // initial only: uirevision keeps the user's
     layout.margin = { l: 0, r: 0, t: layout.margin.t, b: 0 };
   } else {
     const common = { x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE, connectgaps: false,

@@ -2,7 +2,7 @@
 
 const LIGHT = { background: "rgb(255, 255, 255)", foreground: "rgb(33, 33, 33)", muted: "rgb(117, 117, 117)",
                 grid: "rgb(224, 224, 224)", fontFamily: "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif" };
-const DARK = { background: "rgb(17, 17, 17)", foreground: "rgb(230, 230, 230)", muted: "rgb(160, 160, 160)",
+const DARK = { background: "rgb(22, 22, 22)", foreground: "rgb(230, 230, 230)", muted: "rgb(160, 160, 160)",
                grid: "rgb(66, 66, 66)", fontFamily: LIGHT.fontFamily };
 
 function resolveColor(el, cssValue) {

@@ -178,6 +178,9 @@ class LiveWidget(anywidget.AnyWidget):
     def _params(self) -> dict:
         raise NotImplementedError
 
+    def _pending_status(self, params) -> str:
+        return "computing…"
+
     def _job(self, params, emit, cancel):
         """Run in the worker thread: emit("preview"|"tile"|"done", payload); check ``cancel`` between tiles."""
         raise NotImplementedError
@@ -207,6 +210,10 @@ class LiveWidget(anywidget.AnyWidget):
             self._run(gen, params, cancel, self._handle)
             return
         self._loop = loop
+        with self.hold_sync():  # what is on screen is no longer current: say so until the preview arrives
+            self._state = "partial"
+            self._done = 0
+            self._status = self._pending_status(params)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lw-widget")
 

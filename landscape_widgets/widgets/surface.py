@@ -99,6 +99,9 @@ class SurfaceWidget(RandomDirectionWidget):
             emit("preview", self._ls.plane(resolution=PREVIEW, **kw))
         emit("done", self._ls.plane(resolution=p["resolution"], callback=lambda tile: emit("tile", tile), **kw))
 
+    def _pending_status(self, p):
+        return f"computing {p['resolution']}×{p['resolution']}…"
+
     def _reset_partial(self):
         self._grid = None
 
