@@ -107,13 +107,18 @@ surface = lw.SurfaceWidget(ls, resolution=9, span=1.0, title="two views of one m
 surface"""
 
 
-def test_second_view_of_the_output_follows_and_zoom_survives(lab, page, artifacts):
-    """JupyterLab's "Create New View for Output": two views of the same model, both redrawn by one kernel update;
-    a zoom survives the update (constant uirevision); closing the second view leaves the first intact."""
+def small_notebook(lab, name):
+    """A one-cell notebook with a fast widget (untrained MLP, 256 samples) in the server's root."""
     import nbformat
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(VIEWS_NB)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, lab.root / "views.ipynb")
+    nbformat.write(nb, lab.root / name)
+
+
+def test_second_view_of_the_output_follows_and_zoom_survives(lab, page, artifacts):
+    """JupyterLab's "Create New View for Output": two views of the same model, both redrawn by one kernel update;
+    a zoom survives the update (constant uirevision); closing the second view leaves the first intact."""
+    small_notebook(lab, "views.ipynb")
     page.set_viewport_size({"width": 1280, "height": 1500})  # room for both views
     open_notebook(page, lab, "views.ipynb")
     linked = ".jp-LinkedOutputView .lw-widget[data-view='surface']"
@@ -158,6 +163,35 @@ def test_second_view_of_the_output_follows_and_zoom_survives(lab, page, artifact
         page.wait_for_function("() => document.querySelectorAll('.lw-widget').length === 1")
         page.locator(f"{CELL_SURFACE} .lw-resolution").fill("7")
         page.wait_for_selector(f"{CELL_SURFACE} .lw-plot[data-rows='7'][data-state='done']")
+        assert page.recorder.errors == []
+    finally:
+        close_notebook(page)
+
+
+def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page):
+    small_notebook(lab, "errors.ipynb")
+    open_notebook(page, lab, "errors.ipynb")
+    try:
+        run_all(page)
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-plot[data-rows='9'][data-state='done']")
+        wait_idle_after_run(page)
+        error = page.locator(f"{CELL_SURFACE} .lw-error")
+        assert error.is_hidden()
+
+        page.locator(f"{CELL_SURFACE} .lw-span").fill("0")
+        page.locator(f"{CELL_SURFACE} .lw-span").press("Tab")  # a number input commits on blur
+        page.wait_for_selector(f"{CELL_SURFACE} .lw-error:not([hidden])")
+        assert "span" in error.inner_text()
+        # the control shows the kernel's value again (a separate message, after the error)
+        page.wait_for_function(f"() => document.querySelector(\"{CELL_SURFACE} .lw-span\").value === '1'")
+        assert kernel_print(page, "print(surface.span)").strip() == "1.0"
+
+        page.locator(f"{CELL_SURFACE} .lw-span").fill("0.5")
+        page.locator(f"{CELL_SURFACE} .lw-span").press("Tab")
+        page.wait_for_function(f"""() => {{ const gd = document.querySelector("{CELL_SURFACE} .lw-plot");
+          return gd.dataset.state === 'done' && Math.abs(gd.data[0].x[0] + 0.5) < 1e-6; }}""")
+        assert error.is_hidden()
+        assert_plot_is_kernel_grid(page, CELL_SURFACE, 9)
         assert page.recorder.errors == []
     finally:
         close_notebook(page)
