@@ -17,7 +17,8 @@ from .embedding import Embedding, embed  # noqa: E402
 __all__ = ["SeedSpread", "Spectrum",  # the Hessian views (issue 4)
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
-_WIDGETS = ("CurveWidget", "SurfaceWidget")  # imported on first use: anywidget/ipywidgets stay out of the import
+# imported on first use: anywidget/ipywidgets stay out of the import
+_WIDGETS = ("CurveWidget", "SurfaceWidget", "TrajectoryWidget")
 
 
 def __getattr__(name):

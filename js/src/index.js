@@ -1,8 +1,9 @@
 // anywidget entry point: one bundle for every landscape_widgets view; the `_view` trait picks the view.
 import { renderCurve } from "./curve.js";
 import { renderSurface } from "./surface.js";
+import { renderTrajectory } from "./trajectory.js";
 
-const VIEWS = { surface: renderSurface, curve: renderCurve };
+const VIEWS = { surface: renderSurface, curve: renderCurve, trajectory: renderTrajectory };
 
 function render({ model, el }) {
   const name = model.get("_view");
