@@ -228,6 +228,28 @@ def test_error_is_shown_and_the_next_change_recovers(small):
     assert w._state == "done" and w.error == "" and w.surface.meta["seed"] == 2
 
 
+def test_nan_and_inf_losses_are_data_not_errors(small):
+    model, data = small
+
+    def loss_fn(out, y):  # inf far out, NaN in a band: what a diverging model gives
+        loss = CE(out, y)
+        if loss > 3.0:
+            return loss * float("inf")
+        return loss * float("nan") if 2.0 < loss < 2.2 else loss
+
+    ls = lw.Landscape(model, loss_fn, data, device="cpu")
+    w = lw.SurfaceWidget(ls, resolution=15, span=3.0)
+    ref = ls.plane(resolution=15, span=3.0, progress=False).losses
+    assert w._state == "done" and w.error == ""
+    n_nan, n_inf = int(np.isnan(ref).sum()), int(np.isinf(ref).sum())
+    assert n_nan > 0 and n_inf > 0
+    sent = f32(w._losses, (15, 15))
+    np.testing.assert_array_equal(np.isnan(sent), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(sent), np.isposinf(ref))
+    np.testing.assert_array_equal(sent[np.isfinite(ref)], ref[np.isfinite(ref)].astype(np.float32))
+    assert f"{n_nan} NaN, {n_inf} inf points drawn as gaps" in w._status
+
+
 def test_model_and_global_rng_untouched(small, ls):
     model, _ = small
     snap = snapshot(model)

@@ -47,6 +47,16 @@ def f32(values) -> bytes:
     return np.ascontiguousarray(np.asarray(values, dtype="<f4")).tobytes()
 
 
+def gaps_note(losses) -> str:
+    """' · 3 NaN, 5 inf points drawn as gaps' when there are any: NaN/inf losses are data, say so."""
+    losses = np.asarray(losses)
+    n_nan, n_inf = int(np.isnan(losses).sum()), int(np.isinf(losses).sum())
+    if not n_nan and not n_inf:
+        return ""
+    parts = [f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "inf")) if n]
+    return f" · {', '.join(parts)} point{'s' if n_nan + n_inf > 1 else ''} drawn as gaps"
+
+
 class Rejected(ValueError):
     """A value from the browser that cannot be used; the message is shown in the widget."""
 

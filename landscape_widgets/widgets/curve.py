@@ -11,7 +11,7 @@ import traitlets as t
 
 from .._checks import check_int, check_range
 from ._base import (SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int, check_normalization_choice, f32,
-                    private_landscape)
+                    gaps_note, private_landscape)
 
 STEPS = (3, 401)
 SPAN_LIMIT = 1e3
@@ -160,5 +160,6 @@ class CurveWidget(RandomDirectionWidget):
                 self._state = "done"
                 n = len(specs)
                 self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
-                                f"{time.perf_counter() - t0:.2f} s")
+                                f"{time.perf_counter() - t0:.2f} s"
+                                + gaps_note(np.concatenate([c.losses for c in payload])))
                 self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]

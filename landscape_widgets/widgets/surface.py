@@ -14,7 +14,7 @@ import traitlets as t
 
 from .._checks import check_int
 from ._base import (SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
-                    check_normalization_choice, f32, private_landscape)
+                    check_normalization_choice, f32, gaps_note, private_landscape)
 
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
@@ -138,7 +138,8 @@ class SurfaceWidget(RandomDirectionWidget):
             with self.hold_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
-                self._status = f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p)}"
+                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p)}"
+                                + gaps_note(payload.losses))
                 self._show(payload.alphas, payload.betas, payload.losses)
 
     def _show(self, alphas, betas, losses):
