@@ -175,3 +175,32 @@ def test_degenerate_trajectories_give_clear_errors():
         nan.record(model)
     with pytest.raises(ValueError, match=r"snapshots \[2\] contain NaN"):
         nan.embed()
+
+
+def test_snapshot_pca_components_and_rank_deficient_paths():
+    from landscape_widgets.embedding import BLOCK, SnapshotPCA
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((7, BLOCK + 123)).astype(np.float32)  # more than one column block
+    pca = SnapshotPCA(X)
+    ref = PCA(n_components=3, svd_solver="full").fit(X.astype(np.float64))
+    comps = pca.components(3)
+    signs = np.sign((comps * ref.components_).sum(1))
+    np.testing.assert_allclose(comps, ref.components_ * signs[:, None], atol=1e-9)
+    np.testing.assert_allclose(pca.coords(3), ref.transform(X.astype(np.float64)) * signs, atol=1e-8)
+    np.testing.assert_allclose(pca.inverse_transform(pca.coords(3)), ref.inverse_transform(ref.transform(
+        X.astype(np.float64))), atol=1e-8)
+    assert pca.rank == 6  # 7 centred rows
+    # a straight path spans one direction: the second coordinate is zero, not a crash
+    model = nn.Linear(3, 2)
+    line = lw.Trajectory()
+    for k in range(4):
+        with torch.no_grad():
+            model.bias.fill_(float(k))
+        line.record(model)
+    emb = line.embed()
+    np.testing.assert_allclose(emb.coords[:, 1], 0.0)
+    np.testing.assert_allclose(emb.explained_variance, [1.0, 0.0])
+    assert emb.reconstruction_error == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="span only 1 direction"):
+        SnapshotPCA(line.matrix()).components(2)

@@ -132,3 +132,13 @@ def test_pca_plane_errors_are_clear(run):
         other.record(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="no record of parameter"):
         ls.plane(directions="pca", trajectory=other, progress=False)
+
+
+def test_straight_path_cannot_make_a_plane(run):
+    model, _, _, ls = run
+    straight = lw.Trajectory()
+    for k in (3, 2, 1, 0):  # theta_i - theta_final all along one direction
+        sd = {n: p.detach() + k * 0.01 for n, p in model.named_parameters()}
+        straight.record(sd)
+    with pytest.raises(ValueError, match="spans 1 direction"):
+        ls.plane(directions="pca", trajectory=straight, progress=False)
