@@ -180,8 +180,8 @@ def run_loss_landscapes(model, x, y, points, device):
     steps = max(2, int(round(math.sqrt(points))))
     model = model.to(device).eval()
     metric = loss_landscapes.metrics.Loss(nn.CrossEntropyLoss(), x.to(device), y.to(device))
-    try:
-        with torch.no_grad():
+    try:  # its directions come from torch.rand without a device: make that the model's device
+        with torch.no_grad(), torch.device(device):
             loss_landscapes.random_plane(model, metric, distance=1, steps=2, normalization="filter")  # warm-up
             dt, _ = timed(lambda: loss_landscapes.random_plane(model, metric, distance=1, steps=steps,
                                                                normalization="filter"), device)

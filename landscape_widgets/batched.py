@@ -120,7 +120,13 @@ class VmapEvaluator(PointEvaluator):
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        self._chunk_losses(coords[:2], x, y)  # two points: the per-point cost, not the shared inputs'
+        try:
+            self._chunk_losses(coords[:2], x, y)  # two points: the per-point cost, not the shared inputs'
+        except Exception as exc:  # noqa: BLE001
+            if not _is_oom(exc):
+                raise
+            torch.cuda.empty_cache()
+            return 1  # the halving loop raises if even one point does not fit
         torch.cuda.synchronize(device)
         per_two = max(torch.cuda.max_memory_allocated(device) - before, 1)
         return int(max(1, min(MAX_CHUNK, MEMORY_FRACTION * free / (per_two / 2))))

@@ -127,18 +127,21 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
     client_ = workers.client
     coords = np.asarray(coords, dtype=np.float64)
 
-    def compute(todo):
+    def scatter():
         try:
-            job_future = client_.scatter(job, broadcast=True, hash=False)
+            return client_.scatter(job, broadcast=True, hash=False)
         except Exception as exc:  # noqa: BLE001 -- pickling errors come in many types
             raise TypeError(f"could not send the model, loss and data to the Dask workers ({exc}); pass "
                             "client=lw.distributed.Workers(client, factory=f) with f() -> (model, loss_fn, data) "
                             "built on the worker") from exc
+
+    def compute(todo):
+        job_future = [scatter()]
         pending, tries = {}, {}
 
         def submit(start, stop):
             tries[start] = tries.get(start, 0) + 1
-            fut = client_.submit(evaluate_tile, job_future, coords[start:stop], pure=False,
+            fut = client_.submit(evaluate_tile, job_future[0], coords[start:stop], pure=False,
                                  key=f"lw-tile-{job.token}-{start}-{tries[start]}")
             pending[fut] = (start, stop)
             return fut
@@ -154,13 +157,15 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
                     if tries[start] > workers.retries:
                         raise RuntimeError(f"tile [{start}, {stop}) failed {tries[start]} times on the Dask "
                                            f"workers: {exc!r}") from exc
+                    if job_future[0].status != "finished":  # every copy of the job died with its workers
+                        job_future[0] = scatter()
                     ac.add(submit(start, stop))
                     continue
                 yield start, stop, np.asarray(values, dtype=np.float64)
         finally:
             if pending:
                 client_.cancel(list(pending))
-            job_future.release()
+            job_future[0].release()
 
     info = {"evaluator": evaluator, "dask": {"scheduler": client_.scheduler.address if client_.scheduler else None,
                                              "workers": len(client_.nthreads()),

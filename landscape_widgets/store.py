@@ -203,7 +203,8 @@ def open_store(path, settings: dict) -> TileStore:
                           "against this run's key", RuntimeWarning, stacklevel=2)
             stored = None
     if stored is not None and stored["settings"] != settings:
-        raise ValueError(f"store {path!r} was made by a run with other settings ({_describe_difference(stored['settings'], settings)}); "
+        diff = _describe_difference(stored["settings"], settings)
+        raise ValueError(f"store {path!r} was made by a run with other settings ({diff}); "
                          "pass a new store path, or delete the old store to discard its tiles")
     if stored is None:
         text = json.dumps({"key": store.key, "settings": settings}, indent=1, sort_keys=True).encode()

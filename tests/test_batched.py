@@ -156,3 +156,27 @@ def test_vmap_digits_cnn_matches_loop():
     vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("peak_mib, oom, want", [(2, False, batched.MAX_CHUNK), (200, False, 40), (0, True, 1)])
+def test_auto_chunk_from_free_cuda_memory(small, monkeypatch, peak_mib, oom, want):
+    """The CUDA branch with torch.cuda's memory queries faked: half of 8 GiB free over the probe's per-point peak."""
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    private = ls._fresh()
+    line = ls.line(steps=3, progress=False, evaluator="loop")
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, [line.direction]).moving)
+    mib = 2 ** 20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8192 * mib, 16384 * mib))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak_mib * mib)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    if oom:
+        def fake(self, c, x, y):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        monkeypatch.setattr(VmapEvaluator, "_chunk_losses", fake)
+    monkeypatch.setattr(private, "device", torch.device("cuda"))
+    (x, y, _n), = ls.data.batches("cpu")
+    assert ev._auto_chunk(torch.zeros(5, 1, dtype=torch.float64), x, y) == want
