@@ -209,13 +209,15 @@ def page(browser, request):
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     pg.recorder = Recorder(pg)
+    failed_png = ARTIFACTS / f"FAILED-{request.node.name}.png"
+    failed_png.unlink(missing_ok=True)  # from an earlier run
     try:
         yield pg
     finally:
         if getattr(request.node, "lw_failed", False):  # what the page showed when the test failed
             ARTIFACTS.mkdir(exist_ok=True)
             try:
-                pg.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"))
+                pg.screenshot(path=str(failed_png))
             except Exception:
                 pass
         context.close()

@@ -85,12 +85,24 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         assert_plot_is_kernel_grid(page, panel, 31)
 
         width = lambda: page.evaluate(f"() => document.querySelector(\"{panel} .lw-plot\")._fullLayout.width")
-        before = width()
-        page.set_viewport_size({"width": 1700, "height": 900})
-        page.wait_for_function(f"""w => {{
+        grown = f"""w => {{
           const gd = document.querySelector("{panel} .lw-plot");
           return gd._fullLayout.width > w + 50 && Math.abs(gd._fullLayout.width - gd.clientWidth) < 4;
-        }}""", arg=before)
+        }}"""
+        # the window grows: the panel and then the plot follow (ResizeObserver -> Plotly resize)
+        before = width()
+        page.set_viewport_size({"width": 1700, "height": 900})
+        page.wait_for_function(grown, arg=before)
+        # the user drags the split between notebook and panel 300 px to the left
+        handle = page.locator("#jp-main-dock-panel > .lm-DockPanel-handle[data-orientation='horizontal']:visible")
+        assert handle.count() == 1
+        box = handle.bounding_box()
+        before = width()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2 - 300, box["y"] + box["height"] / 2, steps=10)
+        page.mouse.up()
+        page.wait_for_function(grown, arg=before)
         page.wait_for_timeout(300)
         page.screenshot(path=str(artifacts / "lab-sidepanel.png"))
         assert page.recorder.errors == []
