@@ -2,5 +2,6 @@
 from .curve import CurveWidget
 from .surface import SurfaceWidget
 from .trajectory import TrajectoryWidget
+from .dashboard import Dashboard
 
-__all__ = ["CurveWidget", "SurfaceWidget", "TrajectoryWidget"]
+__all__ = ["CurveWidget", "SurfaceWidget", "TrajectoryWidget", "Dashboard"]

@@ -1,0 +1,73 @@
+"""``Dashboard``: the views of one landscape side by side: curve, surface, Hessian spectrum (when the Hessian
+widgets are installed) and the trajectory embedding, in a grid that reflows to one column in a narrow JupyterLab
+side panel, all recomputing in one shared worker thread, and exported together as one offline page.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+
+import ipywidgets
+
+from ..export import write_html
+from ._base import LiveWidget
+
+MIN_COLUMN_PX = 340  # two columns from ~700 px on; a side panel (~350-500 px) gets one
+
+
+class Dashboard(ipywidgets.GridBox):
+    """Every view of ``ls`` in one layout.
+
+    ``start`` (a state_dict or module, e.g. the initialization) gives the interpolation curve start -> model;
+    without it the curve is a random line.  ``trajectory`` (an ``lw.Trajectory`` or a list) adds the trajectory
+    embedding.  ``w.views`` lists the widgets (``w.curve``, ``w.surface``, ``w.spectrum``, ``w.trajectory``; None
+    where absent).  One engine: after the first results, every recompute of every view runs in one worker thread,
+    one job after another, so the views do not fight over the CPU (the first results are computed as each view is
+    created).
+    """
+
+    def __init__(self, ls, *, trajectory=None, start=None, resolution=21, spectrum=True, title=None,
+                 trajectory_options=None):
+        from .. import widgets
+        from . import CurveWidget, SurfaceWidget, TrajectoryWidget
+
+        if title is not None and not isinstance(title, str):
+            raise TypeError(f"title must be a string or None, got {type(title).__name__}")
+        self.title = title or "landscape_widgets dashboard"
+        self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
+                                 else "Random line through the model")
+        self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane")
+        spectrum_cls = getattr(widgets, "SpectrumWidget", None)  # the Hessian views are optional
+        self.spectrum = spectrum_cls(ls, title="Hessian spectrum") if spectrum and spectrum_cls else None
+        self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
+                           if trajectory is not None else None)
+        self.views = [w for w in (self.curve, self.surface, self.spectrum, self.trajectory) if w is not None]
+        self._engine = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lw-dashboard")
+        for w in self.views:
+            own, w._executor = w._executor, self._engine
+            if own is not None:  # the first job finishes there; the thread then ends
+                own.shutdown(wait=False)
+        super().__init__(children=self.views, layout=ipywidgets.Layout(
+            grid_template_columns=f"repeat(auto-fit, minmax({MIN_COLUMN_PX}px, 1fr))", grid_gap="12px",
+            width="100%"))
+
+    def wait(self, timeout=None) -> "Dashboard":
+        """Block until every view's latest computation has finished."""
+        for w in self.views:
+            w.wait(timeout)
+        return self
+
+    @property
+    def error(self) -> str:
+        """The views' error messages, "" when all computed."""
+        return "; ".join(f"{w.title}: {w.error}" for w in self.views if isinstance(w, LiveWidget) and w.error)
+
+    def to_html(self, path, *, title=None, info=None) -> str:
+        """One self-contained offline page with every view (see :mod:`landscape_widgets.export`)."""
+        return write_html(path, self.views, title=title or self.title, info=info)
+
+    def close(self):
+        for w in getattr(self, "views", ()):  # close() also runs from __del__ after a failed __init__
+            w.close()
+        if getattr(self, "_engine", None) is not None:
+            self._engine.shutdown(wait=False, cancel_futures=True)
+        super().close()
