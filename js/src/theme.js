@@ -38,12 +38,24 @@ export function readTheme(el) {
   };
 }
 
-/** Call fn when JupyterLab switches theme (body data attributes) or the OS scheme flips; returns a disposer. */
+/**
+ * Call fn when JupyterLab switches theme or the OS scheme flips; returns a disposer.  Lab sets the body's
+ * data-jp-theme-* attributes and swaps the theme stylesheet in <head>, not necessarily in that order, so a
+ * change is followed by a few delayed re-reads; fn decides whether the colours really changed.
+ */
 export function watchTheme(fn) {
-  const mo = new MutationObserver(fn);
+  const timers = new Set();
+  const poke = () => {
+    for (const ms of [0, 150, 600, 1500]) {
+      const id = setTimeout(() => { timers.delete(id); fn(); }, ms);
+      timers.add(id);
+    }
+  };
+  const mo = new MutationObserver(poke);
   if (document.body) mo.observe(document.body, { attributes: true,
     attributeFilter: ["data-jp-theme-light", "data-jp-theme-name", "class"] });
+  if (document.head) mo.observe(document.head, { childList: true });
   const mq = typeof matchMedia === "function" ? matchMedia("(prefers-color-scheme: dark)") : null;
-  mq?.addEventListener?.("change", fn);
-  return () => { mo.disconnect(); mq?.removeEventListener?.("change", fn); };
+  mq?.addEventListener?.("change", poke);
+  return () => { mo.disconnect(); mq?.removeEventListener?.("change", poke); timers.forEach(clearTimeout); };
 }

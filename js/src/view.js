@@ -163,7 +163,10 @@ export function createFrame({ model, el, view }) {
   });
   ro.observe(root);
   cleanup(() => { ro.disconnect(); clearTimeout(resizeTimer); });
-  cleanup(watchTheme(() => { theme = readTheme(root); request(); }));
+  cleanup(watchTheme(() => {
+    const next = readTheme(root);
+    if (JSON.stringify(next) !== JSON.stringify(theme)) { theme = next; request(); }
+  }));
 
   function dispose() {
     alive = false;
