@@ -207,3 +207,59 @@ def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page
         assert page.recorder.errors == []
     finally:
         close_notebook(page)
+
+
+RECORD_PLOT = """sel => {
+  // every state the plot and the progress bar go through, in order (polling could miss a short preview)
+  const root = document.querySelector(sel);
+  const gd = root.querySelector('.lw-plot'), bar = root.querySelector('.lw-progress');
+  window.__lwLog = [];
+  const note = () => window.__lwLog.push({state: gd.dataset.state, rows: +gd.dataset.rows,
+    renders: +gd.dataset.renders, status: root.querySelector('.lw-status').textContent,
+    progress: bar.hidden ? null : +bar.value});
+  window.__lwObserver = new MutationObserver(note);
+  window.__lwObserver.observe(gd, {attributes: true, attributeFilter: ['data-state', 'data-rows', 'data-renders']});
+  window.__lwObserver.observe(bar, {attributes: true, attributeFilter: ['value', 'hidden']});
+}"""
+
+
+def test_preview_first_then_tiles_and_a_newer_change_wins(lab, page):
+    small_notebook(lab, "protocol.ipynb")
+    open_notebook(page, lab, "protocol.ipynb")
+    plot = f"{CELL_SURFACE} .lw-plot"
+    try:
+        run_all(page)
+        page.wait_for_selector(f"{plot}[data-rows='9'][data-state='done']")
+        wait_idle_after_run(page)
+        page.evaluate(RECORD_PLOT, CELL_SURFACE)
+        page.locator(f"{CELL_SURFACE} .lw-resolution").fill("61")
+        page.wait_for_selector(f"{plot}[data-rows='61'][data-state='done']")
+        log = page.evaluate("window.__lwLog")
+        renders0 = log[0]["renders"]
+        redraws = [e for e in log if e["renders"] > renders0]
+        first_61 = next(i for i, e in enumerate(redraws) if e["rows"] == 61)
+        # the old grid is never redrawn as current once the change is under way
+        assert not [e for e in redraws[:first_61] if e["state"] == "done"], log
+        # a coarse preview, labelled as such, is drawn before any of the full grid
+        assert any(e["state"] == "preview" and 1 < e["rows"] < 61 for e in redraws[:first_61]), log
+        assert any("preview" in e["status"].lower() for e in log), log
+        # then the full grid streams in: partial draws of the 61 x 61 grid, the progress bar moving, then done
+        after = redraws[first_61:]
+        assert all(e["rows"] == 61 and e["state"] in ("partial", "done") for e in after), log
+        assert [e["state"] for e in after].count("partial") >= 2 and after[-1]["state"] == "done", log
+        assert any(e["progress"] is not None and 0 < e["progress"] < 1 for e in log), log
+        assert page.locator(f"{CELL_SURFACE} .lw-progress").is_hidden()
+
+        # two changes in a row: the newer one owns the display, the older result is never drawn as done
+        page.evaluate(RECORD_PLOT, CELL_SURFACE)
+        page.locator(f"{CELL_SURFACE} .lw-resolution").fill("101")
+        page.locator(f"{CELL_SURFACE} .lw-resolution").fill("15")
+        page.wait_for_selector(f"{plot}[data-rows='15'][data-state='done']")
+        page.wait_for_timeout(1500)  # a stale 101 x 101 result would arrive after this
+        log = page.evaluate("window.__lwLog")
+        assert not [e for e in log if e["state"] == "done" and e["rows"] == 101], log
+        assert page.get_attribute(plot, "data-rows") == "15"
+        assert_plot_is_kernel_grid(page, CELL_SURFACE, 15)
+        assert page.recorder.errors == []
+    finally:
+        close_notebook(page)
