@@ -264,6 +264,22 @@ def test_model_and_global_rng_untouched(small, ls):
                for a, b in zip(np.random.get_state(), np_state))
 
 
+def test_worker_is_a_daemon_thread_that_close_stops(ls):
+    before = set(threading.enumerate())
+
+    async def main():
+        w = lw.SurfaceWidget(ls, resolution=5)
+        await finished(w)
+        return w
+
+    w = run_async(main)
+    (worker,) = set(threading.enumerate()) - before
+    assert worker.daemon and worker.name == "lw-widget"  # never holds up a kernel shutdown
+    w.close()
+    worker.join(10)
+    assert not worker.is_alive()
+
+
 def test_widget_uses_its_own_private_copy(ls):
     ls.plane(resolution=3, progress=False)
     w = lw.SurfaceWidget(ls, resolution=5)

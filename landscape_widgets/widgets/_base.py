@@ -1,7 +1,7 @@
 """Shared machinery of the live widgets: the one JS bundle, browser-value validation, and the recompute loop.
 
 Recompute protocol.  A change of a compute trait (from the browser or from Python) bumps ``_generation``, sets
-the cancel event of the running job and submits a new job to the widget's single worker thread.  The job
+the cancel event of the running job and submits a new job to the widget's single (daemon) worker thread.  The job
 computes a coarse preview, then the full grid tile by tile; it never touches a trait.  It puts
 ``(generation, kind, payload)`` messages into an inbox and asks the kernel's asyncio loop to drain it, so every
 trait update (and so every comm message) happens on the kernel's main thread: background-thread comm sends are
@@ -12,7 +12,6 @@ never shown as current.  Without a running event loop (a plain script, the demo)
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import copy
 import math
 import numbers
@@ -20,6 +19,7 @@ import pathlib
 import queue
 import threading
 import time
+import weakref
 
 import anywidget
 import numpy as np
@@ -55,6 +55,23 @@ def gaps_note(losses) -> str:
         return ""
     parts = [f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "inf")) if n]
     return f" · {', '.join(parts)} point{'s' if n_nan + n_inf > 1 else ''} drawn as gaps"
+
+
+def start_worker(owner) -> queue.SimpleQueue:
+    """One daemon thread running ``(fn, args)`` jobs in order; ``None`` stops it, and so does the owner's garbage
+    collection.  A daemon, unlike a ThreadPoolExecutor worker, never holds up a kernel shutdown or restart
+    while a long grid is still computing."""
+    jobs = queue.SimpleQueue()
+
+    def loop():
+        while (item := jobs.get()) is not None:
+            fn, args = item
+            fn(*args)
+            del fn, args, item  # hold no reference to the widget between jobs
+
+    threading.Thread(target=loop, name="lw-widget", daemon=True).start()
+    weakref.finalize(owner, jobs.put, None)
+    return jobs
 
 
 class Rejected(ValueError):
@@ -138,7 +155,7 @@ class LiveWidget(anywidget.AnyWidget):
         self._finished = 0
         self._cancel = threading.Event()
         self._inbox = queue.SimpleQueue()
-        self._executor = None
+        self._jobs = None  # queue of the widget's worker thread, started on first use
         self._loop = None
         self._browser_notes = []
         self._started = False
@@ -224,8 +241,8 @@ class LiveWidget(anywidget.AnyWidget):
             self._state = "partial"
             self._done = 0
             self._status = self._pending_status(params)
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lw-widget")
+        if self._jobs is None:
+            self._jobs = start_worker(self)
 
         def post(msg):
             self._inbox.put(msg)
@@ -233,7 +250,7 @@ class LiveWidget(anywidget.AnyWidget):
                 loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # loop closed: wait() still drains the inbox
                 pass
-        self._executor.submit(self._run, gen, params, cancel, post)
+        self._jobs.put((self._run, (gen, params, cancel, post)))
 
     def _run(self, gen, params, cancel, post):
         t0 = time.perf_counter()
@@ -291,9 +308,9 @@ class LiveWidget(anywidget.AnyWidget):
     def close(self):
         if hasattr(self, "_cancel"):  # close() also runs from __del__ of a widget whose __init__ failed
             self._cancel.set()
-        if getattr(self, "_executor", None) is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if getattr(self, "_jobs", None) is not None:
+            self._jobs.put(None)
+            self._jobs = None
         super().close()
 
     # -- offline export --------------------------------------------------------------------------------------
