@@ -76,7 +76,7 @@ class Embedding(Result):
         return obj
 
 
-def _check_trajectories(trajectories):
+def check_trajectories(trajectories):
     from .trajectory import Trajectory
 
     trajs = [trajectories] if isinstance(trajectories, Trajectory) else trajectories
@@ -201,7 +201,7 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
     UMAP and the autoencoder through private generators.  ``trust_neighbors``: k of the trustworthiness, default
     min(5, (n - 1) // 2) (it needs k < n / 2).
     """
-    trajs = _check_trajectories(trajectories)
+    trajs = check_trajectories(trajectories)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; pass one of {', '.join(map(repr, METHODS))}")
     dims = check_int(dims, "dims", low=1, high=3, hint=" (2 or 3 for a picture)")

@@ -13,7 +13,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
-from ..embedding import METHODS, _check_trajectories, embed
+from ..embedding import METHODS, check_trajectories, embed
 from ._base import SEED_MAX, LiveWidget, Rejected, browser_choice, browser_int, f32
 
 NEIGHBORS = (2, 200)
@@ -50,7 +50,7 @@ class TrajectoryWidget(LiveWidget):
 
     def __init__(self, trajectory, *, method="pca", dims=2, n_neighbors=15, seed=0, color_by="step", labels=None,
                  title=None, **embed_options):
-        self._trajs = _check_trajectories(trajectory)
+        self._trajs = check_trajectories(trajectory)
         if labels is not None and len(labels) != len(self._trajs):
             raise ValueError(f"labels has {len(labels)} entries for {len(self._trajs)} trajectories")
         self._labels_given = None if labels is None else [str(s) for s in labels]
