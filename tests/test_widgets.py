@@ -89,7 +89,7 @@ def test_preview_then_partial_rows_then_done(ls, monkeypatch):
     seen = []
 
     async def main():
-        w = lw.SurfaceWidget(ls, resolution=21)
+        w = lw.SurfaceWidget(ls, resolution=17)
         w.observe(lambda c: seen.append((w._state, list(w._shape), w._done, f32(w._losses).copy())), "_losses")
         await finished(w)
         return w
@@ -97,18 +97,22 @@ def test_preview_then_partial_rows_then_done(ls, monkeypatch):
     w = run_async(main)
     states = [s for s, *_ in seen]
     assert states[0] == "preview" and seen[0][1] == [9, 9]
-    assert states[-1] == "done" and seen[-1][1] == [21, 21]
+    preview = ls.plane(resolution=9, progress=False).losses
+    np.testing.assert_array_equal(w.preview.losses, preview)
+    np.testing.assert_array_equal(seen[0][3].reshape(9, 9), preview.astype(np.float32))
+    assert states[-1] == "done" and seen[-1][1] == [17, 17]
     partial = [s for s in seen if s[0] == "partial"]
     assert partial, "the full grid must stream tile by tile"
     for _, shape, done, z in partial:
-        rows_done = done // 21
-        z = z.reshape(21, 21)
-        assert shape == [21, 21] and 0 < done < 441
-        assert np.isnan(z[rows_done:]).all()  # rows not computed yet are gaps
+        rows_done = done // 17
+        z = z.reshape(17, 17)
+        assert shape == [17, 17] and 0 < done < 17 * 17
         np.testing.assert_array_equal(z[:rows_done], w.surface.losses[:rows_done].astype(np.float32))
-    np.testing.assert_array_equal(w.preview.losses,
-                                  ls.plane(resolution=9, progress=False).losses)
-    assert w._status.startswith("21×21")
+        # rows still pending show the preview: on the 9x9 nodes (every 2nd point of 17) exactly its values
+        pending = np.arange(rows_done, 17)
+        nodes = pending[pending % 2 == 0]
+        np.testing.assert_allclose(z[nodes][:, ::2], preview[nodes // 2].astype(np.float32), rtol=1e-6)
+    assert w._status.startswith("17×17")
 
 
 def test_newer_change_cancels_running_computation(ls):

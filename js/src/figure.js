@@ -29,8 +29,8 @@ function axis(theme, title, extra = {}) {
 }
 
 /**
- * Surface state -> {data, layout}.  s: {losses, alphas, betas, shape:[nx, ny], done, logScale, view, title}.
- * Rows i >= done / ny are not computed yet (tiles are whole rows): hover says "pending" there.
+ * Surface state -> {data, layout}.  s: {losses, alphas, betas, shape:[nx, ny], done, state, logScale, view}.
+ * While streaming, rows i >= done / ny are not computed yet (tiles are whole rows): hover says "pending" there.
  */
 export function surfaceFigure(s, theme) {
   const [nx, ny] = s.shape;
@@ -38,11 +38,12 @@ export function surfaceFigure(s, theme) {
   const xs = Array.from(toFloat32(s.alphas));
   const ys = Array.from(toFloat32(s.betas));
   const z = gridToRows(flat, nx, ny, s.logScale);
-  const rowsDone = s.done == null ? nx : Math.floor(s.done / Math.max(ny, 1));
+  // while the full grid streams (state "partial"), rows i >= done / ny still show the preview
+  const rowsDone = s.state === "partial" && s.done != null ? Math.floor(s.done / Math.max(ny, 1)) : nx;
   const text = new Array(ny);
   for (let j = 0; j < ny; j++) {
     const row = new Array(nx);
-    for (let i = 0; i < nx; i++) row[i] = i < rowsDone ? formatLoss(flat[i * ny + j]) : "pending";
+    for (let i = 0; i < nx; i++) row[i] = i < rowsDone ? formatLoss(flat[i * ny + j]) : `${formatLoss(flat[i * ny + j])} (preview, pending)`;
     text[j] = row;
   }
   const zLabel = s.logScale ? "log10 loss" : "loss";

@@ -44,11 +44,15 @@ describe("surfaceFigure", () => {
     expect(s.data.length).toBe(1);
     expect(s.layout.scene.uirevision).toBe(UIREVISION);
   });
-  it("labels rows that are not computed yet as pending", () => {
-    const { data } = surfaceFigure(surfaceState({ done: 2 }), THEME); // first row (i = 0) only
+  it("labels rows that are not computed yet as pending while streaming", () => {
+    const { data } = surfaceFigure(surfaceState({ done: 2, state: "partial" }), THEME); // first row (i = 0) only
     expect(data[0].text[0][0]).toBe("1");
-    expect(data[0].text[0][1]).toBe("pending");
-    expect(data[0].text[1][2]).toBe("pending");
+    expect(data[0].text[0][1]).toBe("10 (preview, pending)");
+    expect(data[0].text[1][2]).toBe("nan (preview, pending)");
+    // a preview or a finished grid has no pending rows, whatever _done says
+    for (const state of ["preview", "done"]) {
+      expect(surfaceFigure(surfaceState({ done: 0, state }), THEME).data[0].text[1][2]).toBe("nan");
+    }
   });
   it("puts no user string into the figure as HTML", () => {
     const { layout } = surfaceFigure(surfaceState({ title: "<b>x</b>" }), THEME);

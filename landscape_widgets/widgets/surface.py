@@ -31,6 +31,12 @@ def _span(value):
     return float(s)
 
 
+def upsample(losses, alphas, betas, axis):
+    """Separable linear interpolation of a coarse grid onto ``axis`` x ``axis`` (NaN/inf spread as gaps)."""
+    rows = np.stack([np.interp(axis, alphas, losses[:, j]) for j in range(losses.shape[1])], axis=1)
+    return np.stack([np.interp(axis, betas, r) for r in rows], axis=0)
+
+
 class SurfaceWidget(RandomDirectionWidget):
     """Live loss surface: resolution, seed, normalization, span, log scale and view (contour / heatmap / 3-D).
 
@@ -56,6 +62,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self.surface = None
         self.preview = None
         self._grid = None
+        self._fill = None
         self._last_send = 0.0
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
                          span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title)
@@ -104,6 +111,7 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def _reset_partial(self):
         self._grid = None
+        self._fill = None
 
     def _describe(self, p):
         return f"{p['normalization']}-normalized random plane, seed {p['seed']}, span ±{p['span']:g}"
@@ -118,16 +126,19 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._status = f"coarse {PREVIEW}×{PREVIEW} preview; computing {n}×{n}…"
                 self._show(payload.alphas, payload.betas, payload.losses)
             self._grid = None
+            self._fill = upsample(payload.losses, payload.alphas, payload.betas, np.linspace(-p["span"], p["span"], n))
         elif kind == "tile":
             if self._grid is None:
-                self._grid = np.full(n * n, np.nan, dtype=np.float32)
-                axis = np.linspace(-p["span"], p["span"], n)
-                self._axes = axis
+                # rows not computed yet keep showing the preview (hover says "pending"), not an empty plot
+                self._grid = (np.full(n * n, np.nan, dtype=np.float32) if self._fill is None
+                              else self._fill.astype(np.float32).ravel())
+                self._axes = np.linspace(-p["span"], p["span"], n)
             self._grid[payload.start:payload.stop] = payload.values
             now = time.perf_counter()
             with self.hold_sync():
                 self._done, self._total = payload.done, payload.total
-                self._status = f"computing {n}×{n}: {payload.done} of {payload.total} points"
+                self._status = (f"computing {n}×{n}: {payload.done} of {payload.total} points"
+                                + ("; rows not computed yet show the preview" if self._fill is not None else ""))
                 if now - self._last_send >= SEND_INTERVAL_S and payload.done < payload.total:
                     self._last_send = now
                     self._state = "partial"
