@@ -216,3 +216,13 @@ def test_run_tiles_cancel_keeps_finished_tiles(tmp_path):
     out = run_tiles(10, 3, compute, store=store)
     np.testing.assert_array_equal(out, np.arange(10.0))
     assert calls == [0, 3, 6, 9] and store.loaded == [(0, 3)]
+
+
+def test_store_with_progress_bar_and_cached_callback(tmp_path, small, capsys):
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    ls.line(steps=9, store=tmp_path, progress=True)
+    seen = []
+    again = ls.line(steps=9, store=tmp_path, progress=True, callback=seen.append)
+    assert [t.start for t in seen] == [0, 2, 4, 6, 8] and seen[-1].done == 9  # cached tiles still reach the widget
+    np.testing.assert_array_equal(np.concatenate([t.values for t in seen]), again.losses)
