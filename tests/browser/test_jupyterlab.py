@@ -57,6 +57,17 @@ def test_quickstart_slider_recomputes_in_the_kernel(lab, page, artifacts):
         assert page.locator(f"{CELL_SURFACE} .lw-error").is_hidden()
         assert "31×31" in page.inner_text(f"{CELL_SURFACE} .lw-status")
 
+        # the curve widget's steps slider recomputes both curves in the kernel
+        page.locator(f"{CELL_CURVE} .lw-steps").fill("21")
+        page.wait_for_selector(f"{CELL_CURVE} .lw-plot[data-rows='2'][data-cols='21'][data-state='done']")
+        ys = page.evaluate(f"""() => document.querySelector("{CELL_CURVE} .lw-plot").data
+                                 .map(t => Array.from(t.y, v => v === null ? NaN : v))""")
+        kernel = json.loads(kernel_print(page, "import json\nprint(json.dumps([c.losses.tolist() for c in curve.curves]))"))
+        assert len(ys) == len(kernel) == 2
+        for y, losses in zip(ys, kernel):
+            assert len(losses) == 21
+            np.testing.assert_allclose(np.array(y, dtype=float), losses, rtol=1e-5)
+
         # a view change needs no kernel round trip but must redraw as a WebGL surface
         page.locator(f"{CELL_SURFACE} .lw-view-select").select_option("surface")
         page.wait_for_selector(f"{CELL_SURFACE} .lw-plot .gl-container canvas")
@@ -180,7 +191,7 @@ def test_second_view_of_the_output_follows_and_zoom_survives(lab, page, artifact
         close_notebook(page)
 
 
-def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page):
+def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page, artifacts):
     small_notebook(lab, "errors.ipynb")
     open_notebook(page, lab, "errors.ipynb")
     try:
@@ -204,9 +215,41 @@ def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page
           return gd.dataset.state === 'done' && Math.abs(gd.data[0].x[0] + 0.5) < 1e-6; }}""")
         assert error.is_hidden()
         assert_plot_is_kernel_grid(page, CELL_SURFACE, 9)
+
+        # JupyterLab's dark theme: the plot follows without a kernel round trip, and back to light
+        bg = f"() => document.querySelector(\"{CELL_SURFACE} .lw-plot\")._fullLayout.paper_bgcolor"
+        light = page.evaluate(bg)
+        try:
+            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
+                          "{theme: 'JupyterLab Dark'})")
+            page.wait_for_function(f"() => ({bg})() !== {json.dumps(light)}", timeout=30_000)
+            assert luminance(page.evaluate(bg)) < 0.3 < luminance(light)
+            page.wait_for_timeout(1600)  # the widget's last delayed theme re-read
+            page.locator(CELL_SURFACE).screenshot(path=str(artifacts / "lab-dark-theme.png"))
+        finally:
+            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
+                          "{theme: 'JupyterLab Light'})")
+        page.wait_for_function(f"() => ({bg})() === {json.dumps(light)}", timeout=30_000)
         assert page.recorder.errors == []
+
+        # the axes follow the new span: nobody zoomed, so the plot must show exactly alpha, beta in [-0.5, 0.5]
+        ranges = page.evaluate(f"""() => {{ const l = document.querySelector("{CELL_SURFACE} .lw-plot")._fullLayout;
+                                             return [Array.from(l.xaxis.range), Array.from(l.yaxis.range)]; }}""")
+        if abs(ranges[0][1] - 0.5) > 0.05:  # known, reported in .notes/browser-findings.md (8); hard check once fixed
+            pytest.xfail(f"after a span change plotly widens the x range instead of the domain: {ranges}")
+        np.testing.assert_allclose(ranges, [[-0.5, 0.5], [-0.5, 0.5]], atol=0.05)
     finally:
         close_notebook(page)
+
+
+def luminance(css_colour: str) -> float:
+    """Relative brightness 0..1 of an rgb()/rgba()/#rrggbb colour."""
+    c = css_colour.strip()
+    if c.startswith("#"):
+        rgb = [int(c[i:i + 2], 16) for i in (1, 3, 5)]
+    else:
+        rgb = [float(v) for v in c[c.index("(") + 1:c.index(")")].split(",")[:3]]
+    return (0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]) / 255
 
 
 RECORD_PLOT = """sel => {
