@@ -206,7 +206,7 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
         raise ValueError(f"method={method!r} is not known; pass one of {', '.join(map(repr, METHODS))}")
     dims = check_int(dims, "dims", low=1, high=3, hint=" (2 or 3 for a picture)")
     seed = check_seed(seed)
-    X = np.concatenate([t.matrix() for t in trajs], axis=0)
+    X = np.stack([v for t in trajs for v in t.vectors()])  # one copy of the store, not one per run plus one
     n = len(X)
     if n < max(3, dims + 1):
         raise ValueError(f"an embedding in {dims} dimensions needs at least {max(3, dims + 1)} snapshots, the "

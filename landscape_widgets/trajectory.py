@@ -163,6 +163,10 @@ class Trajectory:
     def losses(self) -> np.ndarray:
         return np.array([s[2] for s in self._snaps], dtype=np.float64)
 
+    def vectors(self) -> list:
+        """The stored snapshots as flat float32 arrays (the store itself, not copies: do not modify them)."""
+        return [s[3] for s in self._snaps]
+
     def columns(self, names=None) -> np.ndarray:
         """Indices of the flat vector that belong to parameters ``names`` (all when None), in that order."""
         self._check_recorded()

@@ -57,25 +57,37 @@ def test_without_trajectory_or_start():
 
 def test_recomputes_share_one_worker_thread(setup):
     ls, start, traj = setup
-    threads = []
+    threads = set()
+
+    def recording(run):
+        def wrapped(*args):
+            threads.add(threading.get_ident())
+            return run(*args)
+        return wrapped
+
+    async def settle(d):
+        for w in d.views:
+            while w._finished < w._generation:
+                await asyncio.sleep(0.005)
+            w._drain()
 
     async def go():
         d = lw.Dashboard(ls, trajectory=traj, start=start, resolution=5, spectrum=False)
+        await settle(d)
+        assert all(w._jobs.jobs is d._jobs for w in d.views)
         for w in d.views:
-            while w._finished < w._generation:
-                await asyncio.sleep(0.005)
-            w._drain()
-        assert all(w._executor is d._engine for w in d.views)
-        d._engine.submit(lambda: threads.append(threading.current_thread().name)).result()
+            w._run = recording(w._run)
         d.surface.seed = 3
         d.trajectory.dims = 3
-        for w in d.views:
-            while w._finished < w._generation:
-                await asyncio.sleep(0.005)
-            w._drain()
+        d.curve.steps = 11
+        await settle(d)
+        d.surface.close()  # closing one view leaves the others' worker running
+        d.trajectory.dims = 2
+        await settle(d)
         return d
     d = asyncio.run(asyncio.wait_for(go(), 300))
-    assert threads[0].startswith("lw-dashboard")
-    assert d.surface.surface.meta["seed"] == 3 and d.trajectory.embedding.coords.shape[1] == 3
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert d.surface.surface.meta["seed"] == 3 and d.trajectory.embedding.coords.shape[1] == 2
     np.testing.assert_array_equal(d.surface.surface.losses, ls.plane(resolution=5, seed=3, progress=False).losses)
+    assert len(d.curve.curve.losses) == 11
     d.close()

@@ -4,14 +4,24 @@ side panel, all recomputing in one shared worker thread, and exported together a
 """
 from __future__ import annotations
 
-import concurrent.futures
-
 import ipywidgets
 
 from ..export import write_html
-from ._base import LiveWidget
+from ._base import LiveWidget, start_worker
 
 MIN_COLUMN_PX = 340  # two columns from ~700 px on; a side panel (~350-500 px) gets one
+
+
+class _SharedJobs:
+    """A view's handle on the dashboard's job queue: it submits jobs but cannot stop the shared worker (closing
+    one view must not stall the others; the dashboard's close() or its garbage collection stops it)."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def put(self, item):
+        if item is not None:
+            self.jobs.put(item)
 
 
 class Dashboard(ipywidgets.GridBox):
@@ -41,11 +51,11 @@ class Dashboard(ipywidgets.GridBox):
         self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
                            if trajectory is not None else None)
         self.views = [w for w in (self.curve, self.surface, self.spectrum, self.trajectory) if w is not None]
-        self._engine = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lw-dashboard")
+        self._jobs = start_worker(self)
         for w in self.views:
-            own, w._executor = w._executor, self._engine
-            if own is not None:  # the first job finishes there; the thread then ends
-                own.shutdown(wait=False)
+            own, w._jobs = w._jobs, _SharedJobs(self._jobs)
+            if own is not None:  # the first job finishes there; then that thread ends
+                own.put(None)
         super().__init__(children=self.views, layout=ipywidgets.Layout(
             grid_template_columns=f"repeat(auto-fit, minmax({MIN_COLUMN_PX}px, 1fr))", grid_gap="12px",
             width="100%"))
@@ -68,6 +78,7 @@ class Dashboard(ipywidgets.GridBox):
     def close(self):
         for w in getattr(self, "views", ()):  # close() also runs from __del__ after a failed __init__
             w.close()
-        if getattr(self, "_engine", None) is not None:
-            self._engine.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "_jobs", None) is not None:
+            self._jobs.put(None)
+            self._jobs = None
         super().close()
