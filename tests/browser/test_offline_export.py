@@ -4,6 +4,7 @@ disable the controls that need a kernel and keep the others working."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,25 @@ def test_kernel_controls_disabled_view_and_log_work(page, pages, artifacts):
     assert kind == "contour" and page.locator(f"{root} .lw-plot .gl-container canvas").count() == 0
     np.testing.assert_allclose(np.array(z, dtype=float), np.log10(pages["surface_losses"]).T, rtol=1e-5)
     page.screenshot(path=str(artifacts / "offline-surface-contour.png"), full_page=True)
+
+    # hover and zoom need no kernel either: hover names alpha, beta and the loss; a dragged box zooms
+    box = page.locator(f"{root} .lw-plot .nsewdrag").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.7)  # off the model's marker
+    hover = page.locator(f"{root} .lw-plot .hoverlayer .hovertext")
+    hover.wait_for()
+    text = hover.text_content()
+    m = re.search(r"α\s*(-?[\d.]+)\s*β\s*(-?[\d.]+)\s*loss\s*([\d.e+-]+)", text)
+    assert m, text
+    a, b, shown = (float(v) for v in m.groups())
+    grid = np.linspace(-1, 1, 11)
+    i, j = int(np.abs(grid - a).argmin()), int(np.abs(grid - b).argmin())
+    assert abs(grid[i] - a) < 1e-3 and abs(grid[j] - b) < 1e-3
+    np.testing.assert_allclose(shown, pages["surface_losses"][i, j], rtol=5e-3)  # the raw loss, not log10
+    page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=8)
+    page.mouse.up()
+    page.wait_for_function(f"() => document.querySelector(\"{root} .lw-plot\")._fullLayout.xaxis.range[1] < 0.5")
 
     n = renders()
     page.uncheck(f"{root} .lw-log")
