@@ -18,7 +18,7 @@ __all__ = ["SeedSpread", "Spectrum",  # the Hessian views (issue 4)
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 # imported on first use: anywidget/ipywidgets stay out of the import
-_WIDGETS = ("CurveWidget", "SurfaceWidget", "TrajectoryWidget", "Dashboard")
+_WIDGETS = ("CurveWidget", "SpectrumWidget", "SurfaceWidget", "TrajectoryWidget", "Dashboard")
 
 
 def __getattr__(name):

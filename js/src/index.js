@@ -1,9 +1,10 @@
 // anywidget entry point: one bundle for every landscape_widgets view; the `_view` trait picks the view.
 import { renderCurve } from "./curve.js";
+import { renderSpectrum } from "./spectrum.js";
 import { renderSurface } from "./surface.js";
 import { renderTrajectory } from "./trajectory.js";
 
-const VIEWS = { surface: renderSurface, curve: renderCurve, trajectory: renderTrajectory };
+const VIEWS = { surface: renderSurface, curve: renderCurve, spectrum: renderSpectrum, trajectory: renderTrajectory };
 
 function render({ model, el }) {
   const name = model.get("_view");

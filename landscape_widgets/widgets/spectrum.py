@@ -1,0 +1,186 @@
+"""``SpectrumWidget``: the Hessian's eigen-spectrum, live (issue 4).
+
+Top and bottom eigenvalues (Lanczos), the spectral density by stochastic Lanczos quadrature on a log axis
+(Ghorbani, Krishnan & Xiao 2019, arXiv 1901.10159), the trace with its error bar (Hutch++), and -- given a surface
+or a ``SurfaceWidget`` -- that surface's trust panel: ``kappa(d) = d^T H d / ||d||^2`` along its two directions marked
+on the density next to ``tr(H)/N``, and a warning when ``lambda_min < 0`` while both kappas are positive (a saddle
+the slice hides; Böttcher & Wheeler 2022, arXiv 2208.13219).  The browser receives ``_grid`` and ``_density`` as
+float32 bytes; everything else as plain numbers.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import traitlets as t
+
+from .._checks import check_int
+from ._base import SEED_MAX, SEND_INTERVAL_S, LiveWidget, browser_bool, browser_int, f32, private_landscape
+
+K = (1, 50)
+BOTTOM = (0, 50)
+STEPS = (10, 300)
+RUNS = (1, 100)
+
+
+def _finite(obj):
+    """JSON-ready copy: NaN and inf become None (offline pages are strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+class SpectrumWidget(LiveWidget):
+    """Live Hessian spectrum: controls for ``k``, ``bottom``, Lanczos ``steps``, SLQ ``runs``, ``seed`` and
+    ``density``; each change recomputes in the kernel (worker thread, progress, cancelled by a newer change).
+
+    ``surface``: an :class:`~landscape_widgets.Surface` or a ``SurfaceWidget`` (followed: each new surface it
+    finishes updates the trust panel, reusing the spectrum when its settings and the weights are unchanged).
+    ``w.spectrum`` is the latest :class:`~landscape_widgets.Spectrum`, ``w.trust`` the latest trust panel dict.
+    """
+
+    _view = t.Unicode("spectrum").tag(sync=True)
+    k = t.Int(5).tag(sync=True)
+    bottom = t.Int(1).tag(sync=True)
+    density = t.Bool(True).tag(sync=True)
+    steps = t.Int(90).tag(sync=True)
+    runs = t.Int(10).tag(sync=True)
+    seed = t.Int(0).tag(sync=True)
+    _top = t.List(t.Float()).tag(sync=True)
+    _bottom = t.List(t.Float()).tag(sync=True)
+    _trace = t.Dict().tag(sync=True)   # {trace, stderr, per_parameter, stderr_per_parameter, num_parameters}
+    _grid = t.Bytes(b"").tag(sync=True)
+    _density = t.Bytes(b"").tag(sync=True)
+    _trust = t.Dict().tag(sync=True)   # the trust panel of the followed surface, {} without one
+    _info = t.Dict().tag(sync=True)    # products and timings
+
+    _compute_traits = ("k", "bottom", "density", "steps", "runs", "seed")
+
+    def __init__(self, ls, *, k=5, bottom=1, density=True, steps=90, runs=10, seed=0, surface=None, log_scale=True,
+                 title=None):
+        self._ls = private_landscape(ls)
+        self._num_parameters = sum(p.numel() for p in ls.model.parameters() if p.is_floating_point())
+        self._surface = self._check_surface(surface)
+        self.spectrum = None
+        self.trust = None
+        self._cached = None  # (settings, spectrum): a new surface alone does not recompute the spectrum
+        self._last_send = 0.0
+        super().__init__(k=k, bottom=bottom, density=density, steps=steps, runs=runs, seed=seed, log_scale=log_scale,
+                         title="" if title is None else title)
+        from .surface import SurfaceWidget
+        self._trusted = None  # the surface the shown trust panel belongs to
+        if isinstance(self._surface, SurfaceWidget):
+            # "_losses" too: without an event loop the widget computes synchronously and "_state" stays "done"
+            self._surface.observe(self._on_surface_change, names=["_state", "_losses"])
+        self._schedule()
+
+    @staticmethod
+    def _check_surface(surface):
+        from ..results import Surface
+        from .surface import SurfaceWidget
+        if surface is None or isinstance(surface, (Surface, SurfaceWidget)):
+            return surface
+        raise TypeError(f"surface must be an lw.Surface, an lw.SurfaceWidget or None, got {type(surface).__name__}")
+
+    def _on_surface_change(self, change):
+        sw = self._surface
+        if sw._state == "done" and sw.surface is not None and sw.surface is not self._trusted:
+            self._trusted = sw.surface  # once per new surface, however many trait changes announce it
+            self._schedule()
+
+    def _current_surface(self):
+        s = self._surface
+        return getattr(s, "surface", None) if s is not None and not hasattr(s, "losses") else s
+
+    # -- Python-side checks ---------------------------------------------------------------------------------------
+    @t.validate("k")
+    def _v_k(self, proposal):
+        high = min(K[1], self._num_parameters)
+        return check_int(proposal["value"], "k", low=K[0], high=high, hint=" (top eigenvalues)")
+
+    @t.validate("bottom")
+    def _v_bottom(self, proposal):
+        high = min(BOTTOM[1], self._num_parameters)
+        return check_int(proposal["value"], "bottom", low=BOTTOM[0], high=high, hint=" (smallest eigenvalues)")
+
+    @t.validate("steps")
+    def _v_steps(self, proposal):
+        return check_int(proposal["value"], "steps", low=STEPS[0], high=STEPS[1], hint=" (Lanczos steps per run)")
+
+    @t.validate("runs")
+    def _v_runs(self, proposal):
+        return check_int(proposal["value"], "runs", low=RUNS[0], high=RUNS[1], hint=" (SLQ runs averaged)")
+
+    @t.validate("seed")
+    def _v_seed(self, proposal):
+        return check_int(proposal["value"], "seed", low=0, high=SEED_MAX)
+
+    def _browser_check(self, name, value):
+        limits = {"k": (K[0], min(K[1], self._num_parameters)), "bottom": (BOTTOM[0], min(BOTTOM[1],
+                  self._num_parameters)), "steps": STEPS, "runs": RUNS}
+        if name in limits:
+            return browser_int(value, name, *limits[name])
+        if name == "density":
+            return browser_bool(value, name)
+        return super()._browser_check(name, value)
+
+    # -- computation ------------------------------------------------------------------------------------------------
+    def _pending_status(self, p):
+        return f"computing top {p['k']} / bottom {p['bottom']} eigenvalues" + (" and the density" if p["density"]
+                                                                                else "") + "…"
+
+    def _params(self):
+        return {"k": self.k, "bottom": self.bottom, "density": self.density, "steps": self.steps, "runs": self.runs,
+                "seed": self.seed}
+
+    def _job(self, p, emit, cancel):
+        ls = self._ls
+        spec = None
+        if self._cached is not None and self._cached[0] == p:
+            spec = self._cached[1]
+            if spec.meta.get("model_sha256") != ls._fresh().fingerprint():
+                spec = None  # the model was trained since: recompute
+        if spec is None:
+            spec = ls.spectrum(k=p["k"], bottom=p["bottom"], density=p["density"], steps=p["steps"], runs=p["runs"],
+                               seed=p["seed"], callback=lambda ev: emit("progress", ev), cancel=cancel)
+        surface = self._current_surface()
+        self._trusted = surface
+        panel = ls.trust(surface, spectrum=spec, cancel=cancel) if surface is not None else None
+        emit("done", (spec, panel))
+
+    def _apply(self, kind, payload, p, t0):
+        if kind == "progress":
+            now = time.perf_counter()
+            if now - self._last_send < SEND_INTERVAL_S:
+                return
+            self._last_send = now
+            stage, done, total = payload["stage"], payload["done"], payload["total"]
+            words = {"top": f"Lanczos: top {p['k']} eigenvalues", "bottom": f"Lanczos: bottom {p['bottom']}",
+                     "trace": "Hutch++ trace", "density": f"SLQ density: step {done} of {total}"}
+            with self.hold_sync():
+                self._state = "partial"
+                self._done, self._total = (done, total) if stage == "density" else (0, 0)
+                self._status = f"{words.get(stage, stage)} · {payload['hvps']} Hessian-vector products so far"
+        elif kind == "done":
+            spec, panel = payload
+            self.spectrum, self.trust = spec, panel
+            self._cached = (p, spec)
+            n = spec.meta["num_parameters"]
+            with self.hold_sync():
+                self._top = [float(v) for v in spec.top_eigenvalues]
+                self._bottom = [float(v) for v in spec.bottom_eigenvalues]
+                self._trace = _finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
+                                       "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n})
+                self._trust = _finite(panel or {})
+                self._info = _finite({"hvps": spec.meta["hvps_total"], "seconds": spec.meta["timings"]["total_s"],
+                                      "steps": spec.meta["steps"], "runs": spec.meta["runs"]})
+                self._grid = f32(spec.density_grid) if spec.density is not None else b""
+                self._density = f32(spec.density) if spec.density is not None else b""
+                self._done = self._total = 1
+                self._state = "done"
+                self._status = (f"{spec.meta['hvps_total']} Hessian-vector products in "
+                                f"{time.perf_counter() - t0:.2f} s · {n:,} parameters")
