@@ -203,7 +203,8 @@ def bench(core, name, model, data, points, device, tile, warm=8):
     a = np.linspace(-1, 1, side)
     coords = np.stack(np.meshgrid(a, a, indexing="ij"), -1).reshape(-1, 2)[:points]
     ny = side if tile == "rows" else len(coords)
-    tile_size = grid_tile_size(ny, len(coords)) if tile == "rows" else len(coords)
+    target = core["batched"].TILE_POINTS  # what Landscape.plane uses with the vmap evaluator
+    tile_size = grid_tile_size(ny, len(coords), target) if tile == "rows" else len(coords)
     loss = nn.CrossEntropyLoss()
     row = {"model": name, "params": private.num_parameters, "samples": source.num_samples, "points": len(coords)}
 
@@ -215,6 +216,18 @@ def bench(core, name, model, data, points, device, tile, warm=8):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t_vm, v_vm = timed(lambda: vm.run(coords, tile_size=tile_size), device)
+    auto = VmapEvaluator(private, source, loss, moving, autotune=True)
+    t_auto, v_auto = timed(lambda: auto.run(coords, tile_size=tile_size), device)
+    bench_flag = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # an experiment: cuDNN's autotuner on the grouped convolutions of vmap
+    try:
+        vb = VmapEvaluator(private, source, loss, moving)
+        vb.run(coords[:warm], tile_size=warm)
+        t_vb, _ = timed(lambda: vb.run(coords, tile_size=tile_size), device)
+    finally:
+        torch.backends.cudnn.benchmark = bench_flag
+    row.update(auto=len(coords) / t_auto, auto_mode=auto.mode, cudnn_bench=len(coords) / t_vb,
+               auto_diff=float(np.max(np.abs(v_auto - v_loop) / np.maximum(np.abs(v_loop), 1e-12))))
     row.update(loop=len(coords) / t_loop, vmap=len(coords) / t_vm, chunk=vm.chunk_size,
                diff=float(np.max(np.abs(v_vm - v_loop) / np.maximum(np.abs(v_loop), 1e-12))),
                mem=torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None)
@@ -257,15 +270,17 @@ def main(argv=None):
                                                                        else "")
     lines = [f"`{cmd}` — {dev} ({device.type}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
              f"tiles: {args.tile}, total {time.perf_counter() - t0:.0f} s", "",
-             "| model | params | samples | points | loop pts/s | vmap pts/s | vmap / loop | chunk | vmap peak GiB | "
-             "max rel. diff | loss-landscapes pts/s | vmap / loss-landscapes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | params | samples | points | loop pts/s | vmap pts/s | vmap / loop | auto pts/s (chose) | "
+             "vmap + cudnn.benchmark pts/s | chunk | vmap peak GiB | max rel. diff | loss-landscapes pts/s | "
+             "vmap / loss-landscapes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ll = f"{r['ll']:.1f} ({r['ll_note']})" if r["ll"] else r["ll_note"]
         ratio = f"{r['vmap'] / r['ll']:.1f}x" if r["ll"] else "—"
         mem = f"{r['mem']:.2f}" if r["mem"] is not None else "—"
         lines.append(f"| {r['model']} | {r['params']:,} | {r['samples']:,} | {r['points']} | {r['loop']:.1f} | "
-                     f"{r['vmap']:.1f} | {r['vmap'] / r['loop']:.2f}x | {r['chunk']} | {mem} | {r['diff']:.1e} | "
+                     f"{r['vmap']:.1f} | {r['vmap'] / r['loop']:.2f}x | {r['auto']:.1f} ({r['auto_mode']}) | "
+                     f"{r['cudnn_bench']:.1f} | {r['chunk']} | {mem} | {max(r['diff'], r['auto_diff']):.1e} | "
                      f"{ll} | {ratio} |")
     lines += ["", f"ResNet-56 (0.85 M params), one eval pass over 50,000 32x32 images: {pass_s:.2f} s on this device "
                   "(docs/scaling.md multiplies this by 2,601 grid points)."]

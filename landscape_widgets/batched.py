@@ -9,6 +9,8 @@ small ones), so ``Landscape`` only picks this evaluator on CUDA unless asked.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
@@ -19,6 +21,8 @@ CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
 MAX_CHUNK = 1024        # beyond this the stacked weights dominate and launches are long amortized
 EVALUATORS = ("auto", "loop", "vmap")
 MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
+TILE_POINTS = 512       # points per tile of a plane with this evaluator: chunks of 64 left an H200 idle (RESULTS.md)
+AUTO_PROBE = 8          # points timed on each path when "auto" chooses between vmap and the loop
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -50,9 +54,11 @@ class VmapEvaluator(PointEvaluator):
     progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
 
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
+    ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
+    large enough to fill the device with one point per pass gains nothing from batching: ResNet-20 in RESULTS.md).
     """
 
-    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None):
+    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None, autotune=False):
         if point_hook is not None:
             raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
                              "BatchNorm statistics point by point); pass evaluator='loop'")
@@ -74,6 +80,9 @@ class VmapEvaluator(PointEvaluator):
         self.chunk_size = chunk_size
         self._loss_in_vmap = True  # switched off once if loss_fn cannot run under vmap (e.g. calls .item())
         self.chunks = []  # chunk sizes used, for benchmarks and tests
+        self.autotune = autotune
+        self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
+        self.timings = {}
 
     # -- batched forward --------------------------------------------------------------------------------------
     def _stacked(self, c: torch.Tensor) -> dict:
@@ -152,6 +161,33 @@ class VmapEvaluator(PointEvaluator):
         return torch.cat(out)
 
     def _eval_tile(self, coords):
+        if self.mode is None:
+            if len(coords) >= 4 * AUTO_PROBE:
+                return self._tune(coords)
+            return self._vmap_tile(coords)
+        if self.mode == "loop":
+            return PointEvaluator._eval_tile(self, coords)
+        return self._vmap_tile(coords)
+
+    def _tune(self, coords):
+        """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path."""
+        k = AUTO_PROBE
+        out = np.empty(len(coords))
+        out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, the chunk size
+        t0 = time.perf_counter()
+        out[k:] = self._vmap_tile(coords[k:])  # ends with a copy to the host: synchronized
+        t_vmap = (time.perf_counter() - t0) / (len(coords) - k)
+        self.accelerate = True  # the loop's exact shortcuts apply on its own path
+        PointEvaluator._eval_tile(self, coords[:1])
+        t0 = time.perf_counter()
+        PointEvaluator._eval_tile(self, coords[1:1 + k])
+        t_loop = (time.perf_counter() - t0) / k
+        self.mode = "loop" if t_loop < t_vmap else "vmap"
+        self.accelerate = self.mode == "loop"
+        self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
+        return out
+
+    def _vmap_tile(self, coords):
         c = torch.as_tensor(np.asarray(coords), dtype=torch.float64, device=self.private.device)
         acc = torch.zeros(len(coords), dtype=torch.float64, device=self.private.device)
         total = 0

@@ -301,9 +301,10 @@ def _faster_channels_last(module, x, y, loss_fn, reps=3) -> bool:
     return t_cl < 0.9 * t_nchw
 
 
-def grid_tile_size(ny: int, total: int) -> int:
-    """One or more whole rows per tile, about 64 points: small enough to stream, large enough to amortize."""
-    rows = max(1, math.ceil(64 / max(ny, 1)))
+def grid_tile_size(ny: int, total: int, target: int = 64) -> int:
+    """One or more whole rows per tile, about ``target`` points: small enough to stream and cancel, large enough
+    to amortize (64 for the per-point loop; the batched GPU evaluator asks for more, see ``batched.TILE_POINTS``)."""
+    rows = max(1, math.ceil(target / max(ny, 1)))
     return min(total, rows * ny)
 
 

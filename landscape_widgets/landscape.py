@@ -16,7 +16,7 @@ from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import PrivateModel, check_model, resolve_device, state_from
 from .data import DataSource, call_model
 from .directions import cosine, make_directions
-from .batched import VmapEvaluator, resolve_evaluator
+from .batched import TILE_POINTS, VmapEvaluator, resolve_evaluator
 from .evaluator import Moving, PointEvaluator, Timer, grid_tile_size
 from .results import Curve, Surface
 from .hessian import Spectrum, api as hessian_api
@@ -61,7 +61,7 @@ class Landscape:
         meta["data"] = self.data.describe()
         return meta
 
-    def _evaluator(self, private, dirs, *, buffer_dirs=None, point_hook=None, kind="loop"):
+    def _evaluator(self, private, dirs, *, buffer_dirs=None, point_hook=None, kind="loop", autotune=False):
         moving = []
         for n in private.names:
             ds = [d[n] if d[n].count_nonzero() else None for d in dirs]
@@ -70,13 +70,15 @@ class Landscape:
         for n, bd in (buffer_dirs or {}).items():
             moving.append(Moving(private.buffers[n], private.base_buffers[n], bd))
         if kind == "vmap":
-            return VmapEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
+            return VmapEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook, autotune=autotune)
         return PointEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
 
     def _make_evaluator(self, private, dirs, *, buffer_dirs=None, buffers=None, evaluator="auto"):
         kind = resolve_evaluator(evaluator, private.device, buffers=buffers)
         hook = _bn_recompute_hook(private, self.data) if buffers == "recompute" else None
-        return self._evaluator(private, dirs, buffer_dirs=buffer_dirs, point_hook=hook, kind=kind), kind
+        ev = self._evaluator(private, dirs, buffer_dirs=buffer_dirs, point_hook=hook, kind=kind,
+                             autotune=(evaluator == "auto"))
+        return ev, kind
 
     def _run(self, private, dirs, coords, *, kind, tile_size, callback, cancel, progress, desc, buffer_dirs=None,
              buffers=None, client=None, store=None, evaluator="auto"):
@@ -96,8 +98,12 @@ class Landscape:
                                                evaluator=evaluator)
             info = {"evaluator": ev_kind}
             if tiles is None:
-                return ev.run(coords, tile_size=tile_size, on_tile=callback, cancel=cancel, progress=progress,
-                              desc=desc), info
+                losses = ev.run(coords, tile_size=tile_size, on_tile=callback, cancel=cancel, progress=progress,
+                                desc=desc)
+                if getattr(ev, "autotune", False):
+                    info["evaluator"] = f"auto: {ev.mode or 'vmap'}"
+                    info["evaluator_timings"] = ev.timings
+                return losses, info
             compute = local_compute(ev, coords)
         losses = run_tiles(len(coords), tile_size, compute, on_tile=callback, cancel=cancel, progress=progress,
                            desc=desc, store=tiles)
@@ -200,8 +206,10 @@ class Landscape:
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
         t_dir = timer()
+        target = TILE_POINTS if resolve_evaluator(evaluator, self.device) == "vmap" else 64
         losses, run_info = self._run(private, [d1, d2], coords, kind="plane",
-                                     tile_size=grid_tile_size(ny, len(coords)), callback=callback, cancel=cancel,
+                                     tile_size=grid_tile_size(ny, len(coords), target), callback=callback,
+                                     cancel=cancel,
                                      progress=progress, desc="plane", client=client, store=store,
                                      evaluator=evaluator)
         losses = losses.reshape(nx, ny)

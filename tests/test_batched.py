@@ -122,7 +122,8 @@ def test_vmap_tiles_and_cancel(small):
         stop.set()
 
     with pytest.raises(lw.Cancelled):
-        ls.plane(resolution=(20, 8), progress=False, evaluator="vmap", callback=on_tile, cancel=stop)
+        # vmap tiles hold about batched.TILE_POINTS points: two tiles here
+        ls.plane(resolution=(70, 8), progress=False, evaluator="vmap", callback=on_tile, cancel=stop)
     assert len(seen) == 1 and seen[0].start == 0 and np.isfinite(seen[0].values).all()
 
 
@@ -180,3 +181,40 @@ def test_auto_chunk_from_free_cuda_memory(small, monkeypatch, peak_mib, oom, wan
     monkeypatch.setattr(private, "device", torch.device("cuda"))
     (x, y, _n), = ls.data.batches("cpu")
     assert ev._auto_chunk(torch.zeros(5, 1, dtype=torch.float64), x, y) == want
+
+
+@pytest.mark.parametrize("loop_faster", [True, False])
+def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_faster):
+    """evaluator="auto" on CUDA times vmap against the loop on its first tile; both paths give the same values."""
+    import landscape_widgets.batched as B
+
+    model, (x, y) = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y), device="cpu")
+    surf = ls.plane(resolution=(6, 9), progress=False, evaluator="loop")
+    private = ls._fresh()
+    dirs = [{n: t.clone() for n, t in d.items()} for d in surf.directions]
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, dirs).moving, autotune=True)
+    # a fake clock: each point costs `slow` ticks on one path and `fast` on the other
+    slow, fast = (1000.0, 1.0) if loop_faster else (1.0, 1000.0)
+    ticks = {"t": 0.0}
+
+    def fake_time():
+        return ticks["t"]
+
+    real_vmap, real_loop = VmapEvaluator._vmap_tile, B.PointEvaluator._eval_tile
+
+    def vmap_tile(self, coords):
+        ticks["t"] += slow * len(coords)
+        return real_vmap(self, coords)
+
+    def loop_tile(self, coords):
+        ticks["t"] += fast * len(coords)
+        return real_loop(self, coords)
+
+    monkeypatch.setattr(B.time, "perf_counter", fake_time)
+    monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
+    monkeypatch.setattr(B.PointEvaluator, "_eval_tile", loop_tile)
+    coords = np.stack(np.meshgrid(surf.alphas, surf.betas, indexing="ij"), -1).reshape(-1, 2)
+    got = ev.run(coords, tile_size=36).reshape(surf.losses.shape)
+    assert ev.mode == ("loop" if loop_faster else "vmap")
+    np.testing.assert_allclose(got, surf.losses, rtol=1e-5, atol=1e-7)
