@@ -39,8 +39,10 @@ try {
   for (const node of document.querySelectorAll("script[data-lw-state]")) {
     const host = document.getElementById(node.dataset.lwState);
     const state = mod.reviveBuffers(JSON.parse(node.textContent));
+    const model = fakeModel(state);
+    (window.lwModels = window.lwModels || []).push(model); // for scripts and browser tests driving the page
     try {
-      await mod.default.render({ model: fakeModel(state), el: host });
+      await mod.default.render({ model, el: host });
     } catch (err) {
       host.textContent = "landscape_widgets: could not render this widget: " + err;
     }
@@ -87,12 +89,13 @@ def page_html(widgets, *, title=None, info=None, bundle=None) -> str:
     widgets = list(widgets) if isinstance(widgets, (list, tuple)) else [widgets]
     if not widgets or not all(isinstance(w, LiveWidget) for w in widgets):
         raise TypeError("widgets must be a landscape_widgets widget or a list of them (SurfaceWidget, CurveWidget)")
+    heading = title is not None  # without a page title the widgets' own titles suffice (no repeated heading)
     if title is None:
         title = next((w.title for w in widgets if w.title), "landscape_widgets")
     if not isinstance(title, str):
         raise TypeError(f"title must be a string, got {type(title).__name__}")
     bundle = bundle_source() if bundle is None else bundle
-    parts = [f'<h1>{html.escape(title)}</h1>']
+    parts = [f'<h1>{html.escape(title)}</h1>'] if heading else []
     if info:
         parts.append(f'<p class="lw-page-info">{html.escape(str(info))}</p>')
     for k, w in enumerate(widgets):

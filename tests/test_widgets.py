@@ -144,6 +144,27 @@ def test_newer_change_cancels_running_computation(ls):
     assert "seed 5" in w._status and w._state == "done"
 
 
+def test_recompute_marks_the_shown_result_stale_and_the_final_message_is_complete(ls):
+    sent, states = [], []
+
+    async def main():
+        w = lw.SurfaceWidget(ls, resolution=5)
+        await finished(w)
+        orig = w.send_state
+        w.send_state = lambda key=None: (sent.append(set(key) if key is not None else None), orig(key))[1]
+        w.observe(lambda c: states.append(c["new"]), "_state")
+        w.seed = 1
+        assert w._state == "stale" and w._status == "computing 5×5…"  # before any new value arrived
+        await finished(w)
+        return w
+
+    w = run_async(main)
+    assert states[0] == "stale" and states[-1] == "done"
+    # the last message re-sends everything that is drawn, changed or not (nbclient misses messages between cells)
+    assert set(w._display_traits) <= sent[-1]
+    assert {"_alphas", "_betas", "_shape", "_losses", "_total"} <= sent[-1]
+
+
 # -- values from the browser ----------------------------------------------------------------------------------
 def test_bad_browser_values_are_rejected_or_clamped_and_shown(ls):
     w = lw.SurfaceWidget(ls, resolution=5)

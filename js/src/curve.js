@@ -12,6 +12,7 @@ export function renderCurve({ model, el }) {
   for (const [k, input] of [[0, lo], [1, hi]]) {
     input.addEventListener("change", () => { model.set("span", parseSpan(k)(input.value)); model.save_changes(); });
     input.disabled = f.offline;
+    f.enterCommits(input);
   }
   syncSpan(); f.listen("change:span", syncSpan);
   f.control("α from", lo, f.h("span", { text: "to" }), hi);

@@ -49,6 +49,7 @@ export function surfaceFigure(s, theme) {
   const zLabel = s.logScale ? "log10 loss" : "loss";
   const hovertemplate = "α %{x:.3f}<br>β %{y:.3f}<br>loss %{text}<extra></extra>";
   const layout = baseLayout(theme);
+  const fig = { data: null, layout, replotKey: "surface" };
   let data;
   if (s.view === "surface") {
     data = [{ type: "surface", x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE,
@@ -69,10 +70,20 @@ export function surfaceFigure(s, theme) {
                   marker: { symbol: "x", size: 9, color: theme.foreground, line: { width: 1 } },
                   hovertemplate: "the model's weights<extra></extra>", showlegend: false });
     }
-    layout.xaxis = axis(theme, "α  (direction d1)", { constrain: "domain" });
-    layout.yaxis = axis(theme, "β  (direction d2)", { scaleanchor: "x", scaleratio: 1, constrain: "domain" });
+    // Explicit ranges = the grid's extent (heatmap cells reach half a step beyond): with autorange, plotly.js
+    // widens the x range instead of shrinking the domain after a react with a new extent.  uirevision still
+    // keeps a user's zoom, as long as the extent (the value we send) does not change.
+    const pad = (v) => (s.view === "heatmap" && v.length > 1 ? (v[v.length - 1] - v[0]) / (v.length - 1) / 2 : 0);
+    const extent = (v) => (v.length ? [v[0] - pad(v), v[v.length - 1] + pad(v)] : undefined);
+    layout.xaxis = axis(theme, "α  (direction d1)", { constrain: "domain", range: extent(xs), autorange: false });
+    layout.yaxis = axis(theme, "β  (direction d2)", { scaleanchor: "x", scaleratio: 1, constrain: "domain",
+                                                      range: extent(ys), autorange: false });
+    // plotly.js keeps the old constrained domain through react and widens the x range instead: a new extent
+    // (a span change) gets a fresh plot; a zoom survives recomputes on the same extent (seed, resolution)
+    fig.replotKey = `${extent(xs)}|${extent(ys)}`;
   }
-  return { data, layout };
+  fig.data = data;
+  return fig;
 }
 
 const CURVE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];

@@ -55,7 +55,7 @@ export function createFrame({ model, el, view }) {
     status.textContent = model.get("_status") || "";
     const total = model.get("_total") || 0;
     const done = model.get("_done") || 0;
-    const running = !offline && (state === "preview" || state === "partial");
+    const running = !offline && (state === "stale" || state === "preview" || state === "partial");
     progress.hidden = !running;
     progress.value = total > 0 ? Math.min(1, done / total) : 0;
     const msg = model.get("error") || "";
@@ -68,6 +68,15 @@ export function createFrame({ model, el, view }) {
 
   // -- controls ------------------------------------------------------------------------------------------
   const commit = (key, value) => { model.set(key, value); model.save_changes(); };
+  /** Enter commits a typed number; JupyterLab's notebook shortcuts would otherwise swallow the key. */
+  function enterCommits(input) {
+    input.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Enter") return;
+      ev.stopPropagation();
+      ev.preventDefault();
+      input.dispatchEvent(new Event("change"));
+    });
+  }
   function control(label, ...inputs) {
     const wrap = h("label", { class: "lw-control" }, label ? h("span", { class: "lw-label", text: label }) : null,
                    ...inputs);
@@ -90,6 +99,7 @@ export function createFrame({ model, el, view }) {
     const input = h("input", { type: "number", class: cls, min, max, step, "aria-label": label });
     const sync = () => { input.value = model.get(key); };
     input.addEventListener("change", () => commit(key, parse(input.value)));
+    enterCommits(input);
     sync(); listen(`change:${key}`, sync);
     input.disabled = offline && kernel;
     return { input, wrap: control(label, input) };
@@ -123,7 +133,7 @@ export function createFrame({ model, el, view }) {
 
   // -- plot lifecycle --------------------------------------------------------------------------------------
   let build = null, created = false, busy = false, again = false, pending = false, deferred = false;
-  let alive = true, renders = 0, afterDraw = null;
+  let alive = true, renders = 0, afterDraw = null, replotKey;
   let theme = readTheme(root);
   async function flush() {
     pending = false;
@@ -135,8 +145,12 @@ export function createFrame({ model, el, view }) {
     try {
       const fig = build(theme);
       if (!fig) return;
-      if (!created) { await Plotly.newPlot(plotDiv, fig.data, fig.layout, CONFIG); created = true; }
-      else await Plotly.react(plotDiv, fig.data, fig.layout, CONFIG);
+      // fig.replotKey (optional): when it changes, a fresh newPlot instead of react (see figure.js)
+      if (!created || (fig.replotKey !== undefined && fig.replotKey !== replotKey)) {
+        await Plotly.newPlot(plotDiv, fig.data, fig.layout, CONFIG);
+        created = true;
+      } else await Plotly.react(plotDiv, fig.data, fig.layout, CONFIG);
+      replotKey = fig.replotKey;
       renders += 1;
       plotDiv.dataset.renders = String(renders);
       afterDraw?.(plotDiv);
@@ -176,5 +190,6 @@ export function createFrame({ model, el, view }) {
   }
 
   return { root, plotDiv, controls, offline, listen, cleanup, range, number, select, checkbox, button, control, h,
+           enterCommits,
            setBuild(fn, after) { build = fn; afterDraw = after; request(); }, request, dispose };
 }

@@ -32,6 +32,22 @@ describe("surfaceFigure", () => {
     expect(data[1].type).toBe("scatter"); // the model's own weights at (0, 0)
     expect(layout.paper_bgcolor).toBe(THEME.background);
   });
+  it("sends the grid's extent as explicit axis ranges (heatmap cells reach half a step beyond)", () => {
+    const c = surfaceFigure(surfaceState(), THEME).layout;
+    expect(c.xaxis.range).toEqual([-1, 1]);
+    expect(c.yaxis.range).toEqual([-0.5, 0.5]);
+    expect(c.xaxis.autorange).toBe(false);
+    expect(c.yaxis.scaleanchor).toBe("x");
+    const h = surfaceFigure(surfaceState({ view: "heatmap" }), THEME).layout;
+    expect(h.xaxis.range).toEqual([-1.5, 1.5]);
+    expect(h.yaxis.range).toEqual([-1, 1]);
+  });
+  it("asks for a fresh plot only when the extent changes (plotly keeps stale constrained domains)", () => {
+    const a = surfaceFigure(surfaceState(), THEME).replotKey;
+    expect(surfaceFigure(surfaceState({ logScale: false, losses: bytes([2, 2, 2, 2, 2, 2]) }), THEME).replotKey)
+      .toBe(a); // new values on the same extent: react, a zoom survives
+    expect(surfaceFigure(surfaceState({ alphas: bytes([-0.5, 0, 0.5]) }), THEME).replotKey).not.toBe(a);
+  });
   it("linear scale keeps raw losses", () => {
     const { data } = surfaceFigure(surfaceState({ logScale: false }), THEME);
     expect(data[0].z[1][0]).toBe(10);

@@ -12,6 +12,7 @@ never shown as current.  Without a running event loop (a plain script, the demo)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import math
 import numbers
@@ -141,13 +142,15 @@ class LiveWidget(anywidget.AnyWidget):
     title = t.Unicode("").tag(sync=True)
     log_scale = t.Bool(True).tag(sync=True)
     error = t.Unicode("").tag(sync=True)
-    _state = t.Unicode("preview").tag(sync=True)   # preview | partial | done | error
+    _state = t.Unicode("preview").tag(sync=True)   # stale | preview | partial | done | error
     _status = t.Unicode("").tag(sync=True)
     _done = t.Int(0).tag(sync=True)
     _total = t.Int(0).tag(sync=True)
 
     #: traits whose change recomputes; subclasses set it
     _compute_traits: tuple = ()
+    #: traits that make up what is drawn; a finished result re-sends all of them (see ``complete_sync``)
+    _display_traits: tuple = ("_done", "_total", "_state", "_status", "error")
 
     def __init__(self, **kwargs):
         kwargs.setdefault("_esm", bundle_source())
@@ -238,7 +241,7 @@ class LiveWidget(anywidget.AnyWidget):
             return
         self._loop = loop
         with self.hold_sync():  # what is on screen is no longer current: say so until the preview arrives
-            self._state = "partial"
+            self._state = "stale"
             self._done = 0
             self._status = self._pending_status(params)
         if self._jobs is None:
@@ -287,6 +290,19 @@ class LiveWidget(anywidget.AnyWidget):
                 self._status = "computation failed; change a control to try again"
             return
         self._apply(kind, payload, params, t0)
+
+    @contextlib.contextmanager
+    def complete_sync(self):
+        """``hold_sync`` whose one message carries every display trait, changed or not: a reader that missed
+        earlier messages (nbclient records none between cells; a view opened later) still gets a consistent
+        final state."""
+        with self.hold_sync():
+            yield
+            pending = getattr(self, "_states_to_send", None)
+            if isinstance(pending, set):
+                pending.update(self._display_traits)
+        if not isinstance(pending, set):  # another ipywidgets: one extra message instead
+            self.send_state(list(self._display_traits))
 
     def wait(self, timeout=None) -> "LiveWidget":
         """Block until the latest computation has finished (for scripts and notebooks run top to bottom).

@@ -37,6 +37,7 @@ class CurveWidget(RandomDirectionWidget):
     _curves = t.List().tag(sync=True)  # [{label, kind, alphas: f32 bytes, losses: f32 bytes}]
 
     _compute_traits = ("steps", "span", "seed", "normalization")
+    _display_traits = RandomDirectionWidget._display_traits + ("_curves",)
 
     def __init__(self, ls, start=None, *, steps=51, span=(-0.5, 1.5), title=None, label=None, seed=0,
                  normalization=None):
@@ -155,7 +156,7 @@ class CurveWidget(RandomDirectionWidget):
         elif kind == "done":
             self.curves = payload
             self._grid = None
-            with self.hold_sync():
+            with self.complete_sync():
                 self._done = self._total = total
                 self._state = "done"
                 n = len(specs)

@@ -55,6 +55,7 @@ class SurfaceWidget(RandomDirectionWidget):
     _shape = t.List(t.Int(), [0, 0]).tag(sync=True)
 
     _compute_traits = ("resolution", "seed", "normalization", "span")
+    _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None):
@@ -146,7 +147,7 @@ class SurfaceWidget(RandomDirectionWidget):
         elif kind == "done":
             self.surface = payload
             self._grid = None
-            with self.hold_sync():
+            with self.complete_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
                 self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p)}"
