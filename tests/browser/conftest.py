@@ -257,7 +257,7 @@ def run_all(page):
                   "window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
 
 
-def wait_idle_after_run(page, timeout=120_000):
+def wait_idle_after_run(page, timeout=240_000):
     """Wait until every code cell has an execution count and the kernel is idle again."""
     page.wait_for_function("""() => {
       const nb = window.__lwNotebook;
@@ -270,7 +270,8 @@ def wait_idle_after_run(page, timeout=120_000):
 def cell_errors(page) -> list[str]:
     """Tracebacks shown in the notebook's outputs."""
     return page.evaluate("""() => Array.from(document.querySelectorAll(
-        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]'
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], '
+        + '.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]'
       )).map(e => e.innerText).filter(t => /Error|Traceback/.test(t))""")
 
 
@@ -287,7 +288,8 @@ def kernel_print(page, code: str, timeout=60_000) -> str:
         if (msg.header.msg_type === "stream" && msg.content.name === "stdout") out += msg.content.text;
         if (msg.header.msg_type === "error") out += "ERROR " + msg.content.ename + ": " + msg.content.evalue;
       };
-      await Promise.race([future.done, new Promise((_, rej) => setTimeout(() => rej(new Error("kernel timeout")), timeout))]);
+      const late = new Promise((_, rej) => setTimeout(() => rej(new Error("kernel timeout")), timeout));
+      await Promise.race([future.done, late]);
       return out;
     }""", [code, timeout])
 
