@@ -19,6 +19,24 @@ function h(tag, attrs = {}, ...children) {
 export { h };
 
 /**
+ * Outside a notebook (a sidecar panel, "Create New View for Output") the widget owns a whole JupyterLab panel:
+ * let the plot take the panel's height instead of the fixed cell height.  Inside a notebook nothing changes.
+ */
+function fillPanelHeight(el, root, plotDiv, cleanup) {
+  const panel = el.closest(".lm-DockPanel-widget");
+  if (!panel || el.closest(".jp-NotebookPanel")) return;
+  const fit = () => {
+    const chrome = root.getBoundingClientRect().height - plotDiv.getBoundingClientRect().height;
+    const free = panel.clientHeight - chrome - 24; // 24: the output area's own padding
+    const h = `${Math.max(300, Math.floor(free))}px`;
+    if (plotDiv.style.height !== h) plotDiv.style.height = h; // the root's ResizeObserver redraws
+  };
+  const ro = new ResizeObserver(fit);
+  ro.observe(panel);
+  cleanup(() => ro.disconnect());
+}
+
+/**
  * Build the frame in el; returns helpers.  Everything registered through `listen` / `cleanup` is undone by
  * `dispose` (model listeners, observers, the plotly graph), which render() returns to anywidget.
  */
@@ -177,6 +195,16 @@ export function createFrame({ model, el, view }) {
   });
   ro.observe(root);
   cleanup(() => { ro.disconnect(); clearTimeout(resizeTimer); });
+  // el is attached to the page after render() returns: look for the panel once it is
+  let panelChecked = false;
+  const attach = new ResizeObserver(() => {
+    if (panelChecked || !root.isConnected) return;
+    panelChecked = true;
+    attach.disconnect();
+    fillPanelHeight(el, root, plotDiv, cleanup);
+  });
+  attach.observe(root);
+  cleanup(() => attach.disconnect());
   cleanup(watchTheme(() => {
     const next = readTheme(root);
     if (JSON.stringify(next) !== JSON.stringify(theme)) { theme = next; request(); }
