@@ -91,3 +91,13 @@ def test_recomputes_share_one_worker_thread(setup):
     np.testing.assert_array_equal(d.surface.surface.losses, ls.plane(resolution=5, seed=3, progress=False).losses)
     assert len(d.curve.curve.losses) == 11
     d.close()
+
+
+def test_spectrum_view_follows_the_surface(setup, tmp_path):
+    ls, start, traj = setup
+    d = lw.Dashboard(ls, trajectory=traj, resolution=5, spectrum_options={"k": 1, "bottom": 0, "density": False})
+    assert d.views == [d.curve, d.surface, d.spectrum, d.trajectory]
+    assert d.error == ""
+    assert d.spectrum._surface is d.surface
+    assert '"_view":"spectrum"' in open(d.to_html(tmp_path / "d.html")).read()
+    d.close()

@@ -1,6 +1,6 @@
-"""``Dashboard``: the views of one landscape side by side: curve, surface, Hessian spectrum (when the Hessian
-widgets are installed) and the trajectory embedding, in a grid that reflows to one column in a narrow JupyterLab
-side panel, all recomputing in one shared worker thread, and exported together as one offline page.
+"""``Dashboard``: the views of one landscape side by side: curve, surface, Hessian spectrum and the trajectory
+embedding, in a grid that reflows to one column in a narrow JupyterLab side panel, all recomputing in one shared
+worker thread, and exported together as one offline page.
 """
 from __future__ import annotations
 
@@ -29,16 +29,16 @@ class Dashboard(ipywidgets.GridBox):
 
     ``start`` (a state_dict or module, e.g. the initialization) gives the interpolation curve start -> model;
     without it the curve is a random line.  ``trajectory`` (an ``lw.Trajectory`` or a list) adds the trajectory
-    embedding.  ``w.views`` lists the widgets (``w.curve``, ``w.surface``, ``w.spectrum``, ``w.trajectory``; None
-    where absent).  One engine: after the first results, every recompute of every view runs in one worker thread,
-    one job after another, so the views do not fight over the CPU (the first results are computed as each view is
-    created).
+    embedding; ``spectrum=False`` leaves out the Hessian spectrum (``spectrum_options`` go to ``SpectrumWidget``,
+    which follows the surface for its trust panel).  ``w.views`` lists the widgets (``w.curve``, ``w.surface``,
+    ``w.spectrum``, ``w.trajectory``; None where absent).  One engine: after the first results, every recompute
+    of every view runs in one worker thread, one job after another, so the views do not fight over the CPU (the
+    first results are computed as each view is created).
     """
 
     def __init__(self, ls, *, trajectory=None, start=None, resolution=21, spectrum=True, title=None,
-                 trajectory_options=None):
-        from .. import widgets
-        from . import CurveWidget, SurfaceWidget, TrajectoryWidget
+                 trajectory_options=None, spectrum_options=None):
+        from . import CurveWidget, SpectrumWidget, SurfaceWidget, TrajectoryWidget
 
         if title is not None and not isinstance(title, str):
             raise TypeError(f"title must be a string or None, got {type(title).__name__}")
@@ -46,8 +46,9 @@ class Dashboard(ipywidgets.GridBox):
         self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
                                  else "Random line through the model")
         self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane")
-        spectrum_cls = getattr(widgets, "SpectrumWidget", None)  # the Hessian views are optional
-        self.spectrum = spectrum_cls(ls, title="Hessian spectrum") if spectrum and spectrum_cls else None
+        # the spectrum follows the surface: its trust panel (curvature along d1, d2 vs the eigenvalues) is the plane's
+        self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum",
+                                        **(spectrum_options or {})) if spectrum else None)
         self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
                            if trajectory is not None else None)
         self.views = [w for w in (self.curve, self.surface, self.spectrum, self.trajectory) if w is not None]
