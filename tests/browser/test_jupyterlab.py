@@ -210,7 +210,7 @@ def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page
         assert error.is_hidden()
 
         page.locator(f"{CELL_SURFACE} .lw-span").fill("0")
-        page.locator(f"{CELL_SURFACE} .lw-span").press("Tab")  # a number input commits on blur
+        page.locator(f"{CELL_SURFACE} .lw-span").press("Enter")  # Lab must not swallow the Enter
         page.wait_for_selector(f"{CELL_SURFACE} .lw-error:not([hidden])")
         assert "span" in error.inner_text()
         # the control shows the kernel's value again (a separate message, after the error)
@@ -218,7 +218,7 @@ def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page
         assert kernel_print(page, "print(surface.span)").strip() == "1.0"
 
         page.locator(f"{CELL_SURFACE} .lw-span").fill("0.5")
-        page.locator(f"{CELL_SURFACE} .lw-span").press("Tab")
+        page.locator(f"{CELL_SURFACE} .lw-span").press("Enter")
         page.wait_for_function(f"""() => {{ const gd = document.querySelector("{CELL_SURFACE} .lw-plot");
           return gd.dataset.state === 'done' && Math.abs(gd.data[0].x[0] + 0.5) < 1e-6; }}""")
         assert error.is_hidden()
@@ -243,8 +243,6 @@ def test_bad_value_from_the_browser_is_shown_and_a_valid_one_completes(lab, page
         # the axes follow the new span: nobody zoomed, so the plot must show exactly alpha, beta in [-0.5, 0.5]
         ranges = page.evaluate(f"""() => {{ const l = document.querySelector("{CELL_SURFACE} .lw-plot")._fullLayout;
                                              return [Array.from(l.xaxis.range), Array.from(l.yaxis.range)]; }}""")
-        if abs(ranges[0][1] - 0.5) > 0.05:  # known, reported in .notes/browser-findings.md (8); hard check once fixed
-            pytest.xfail(f"after a span change plotly widens the x range instead of the domain: {ranges}")
         np.testing.assert_allclose(ranges, [[-0.5, 0.5], [-0.5, 0.5]], atol=0.05)
     finally:
         close_notebook(page)
@@ -289,8 +287,9 @@ def test_preview_first_then_tiles_and_a_newer_change_wins(lab, page):
         renders0 = log[0]["renders"]
         redraws = [e for e in log if e["renders"] > renders0]
         first_61 = next(i for i, e in enumerate(redraws) if e["rows"] == 61)
-        # the old grid is never redrawn as current once the change is under way
-        assert not [e for e in redraws[:first_61] if e["state"] == "done"], log
+        # once the change is under way the old grid is only redrawn marked "stale", then the preview
+        assert {e["state"] for e in redraws[:first_61]} <= {"stale", "preview"}, log
+        assert redraws[0]["state"] == "stale", log
         # a coarse preview, labelled as such, is drawn before any of the full grid
         assert any(e["state"] == "preview" and 1 < e["rows"] < 61 for e in redraws[:first_61]), log
         assert any("preview" in e["status"].lower() for e in log), log
