@@ -120,6 +120,9 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         page.mouse.move(box["x"] + box["width"] / 2 - 300, box["y"] + box["height"] / 2, steps=10)
         page.mouse.up()
         page.wait_for_function(grown, arg=before)
+        # outside a notebook the plot takes the panel's height too
+        height = page.evaluate(f"() => document.querySelector(\"{panel} .lw-plot\")._fullLayout.height")
+        assert height > 0.6 * page.viewport_size["height"]
         page.wait_for_timeout(300)
         page.screenshot(path=str(artifacts / "lab-sidepanel.png"))
         assert page.recorder.errors == []
