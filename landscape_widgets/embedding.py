@@ -1,7 +1,8 @@
 """Embeddings of optimization paths: PCA, UMAP or an autoencoder, with the measures that say whether to trust them.
 
 - PCA (Li et al. 2018, arXiv 1712.09913, §7) by :class:`SnapshotPCA` (exact, tested equal to scikit-learn's);
-  UMAP (McInnes et al. 2018, arXiv 1802.03426) by umap-learn; an autoencoder in torch (as Neuro-Visualizer, Elhamod & Karpatne 2023, arXiv 2309.14601).
+  UMAP (McInnes et al. 2018, arXiv 1802.03426) by umap-learn; an autoencoder in torch (as Neuro-Visualizer,
+  Elhamod & Karpatne 2023, arXiv 2309.14601).
 - ``trustworthiness``: Venna & Kaski (2001), scikit-learn's ``sklearn.manifold.trustworthiness`` with
   ``k = meta["n_neighbors"]``: 1 when every embedding neighbour is a true neighbour.
 - ``reconstruction_error``: in-sample, relative, ``sum ||x - x_hat||^2 / sum ||x - mean||^2``; PCA maps back with
@@ -206,7 +207,8 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
         raise ValueError(f"method={method!r} is not known; pass one of {', '.join(map(repr, METHODS))}")
     dims = check_int(dims, "dims", low=1, high=3, hint=" (2 or 3 for a picture)")
     seed = check_seed(seed)
-    X = np.stack([v for t in trajs for v in t.vectors()])  # one copy of the store, not one per run plus one
+    views = [t.consistent() for t in trajs]
+    X = np.stack([v for _s, _l, vs in views for v in vs])  # one copy of the store, not one per run plus one
     n = len(X)
     if n < max(3, dims + 1):
         raise ValueError(f"an embedding in {dims} dimensions needs at least {max(3, dims + 1)} snapshots, the "
@@ -218,7 +220,7 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
             "dims": dims, "seed": seed, "n_neighbors": k, "num_snapshots": n,
             "num_parameters": int(X.shape[1]), "reconstruction": "in-sample, sum ||x - x_hat||^2 / sum ||x - mean||^2",
             "labels": [str(s) for s in labels] if labels is not None else [f"run {i}" for i in range(len(trajs))],
-            "snapshots_per_run": [len(t) for t in trajs], "strides": [t.stride for t in trajs]}
+            "snapshots_per_run": [len(vs) for _s, _l, vs in views], "strides": [t.stride for t in trajs]}
     if len(meta["labels"]) != len(trajs):
         raise ValueError(f"labels has {len(meta['labels'])} entries for {len(trajs)} trajectories")
     explained = None
@@ -243,9 +245,10 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
     from sklearn.manifold import trustworthiness
 
     trust = trustworthiness(X, coords, n_neighbors=k)
-    return Embedding(coords, np.concatenate([t.steps for t in trajs]), np.concatenate([t.losses for t in trajs]),
-                     np.concatenate([np.full(len(t), i) for i, t in enumerate(trajs)]), trust, err, explained,
-                     meta, inverse)
+    steps = np.concatenate([st for st, _l, _v in views])
+    losses = np.concatenate([lo for _s, lo, _v in views])
+    run = np.concatenate([np.full(len(vs), i) for i, (_s, _l, vs) in enumerate(views)])
+    return Embedding(coords, steps, losses, run, trust, err, explained, meta, inverse)
 
 
 def _umap(X, dims, n_neighbors, seed, tot, invert):

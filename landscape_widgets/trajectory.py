@@ -165,7 +165,13 @@ class Trajectory:
 
     def vectors(self) -> list:
         """The stored snapshots as flat float32 arrays (the store itself, not copies: do not modify them)."""
-        return [s[3] for s in self._snaps]
+        return self.consistent()[2]
+
+    def consistent(self):
+        """``(steps, losses, vectors)`` of one moment: a widget thread may read while training still records."""
+        snaps = list(self._snaps)  # one atomic copy of the list; record() replaces or appends, never edits entries
+        return (np.array([s[1] for s in snaps], dtype=np.int64), np.array([s[2] for s in snaps], dtype=np.float64),
+                [s[3] for s in snaps])
 
     def columns(self, names=None) -> np.ndarray:
         """Indices of the flat vector that belong to parameters ``names`` (all when None), in that order."""

@@ -147,3 +147,32 @@ def test_errors_are_clear():
         lw.Trajectory.from_checkpoints([nn.Linear(3, 2), nn.Linear(3, 2)], losses=[1.0])
     with pytest.raises(TypeError, match="list of state_dicts"):
         lw.Trajectory.from_checkpoints("ck.pt")
+
+
+def test_reading_while_recording_stays_consistent():
+    """A widget thread embeds while training still records: steps, losses and weights must come from one moment."""
+    import threading
+
+    model = nn.Linear(3, 2)
+    traj = lw.Trajectory(max_bytes=8 * 32)  # 8 snapshots: thinning happens all the time
+    stop = threading.Event()
+
+    def train():
+        step = 0
+        while not stop.is_set():
+            with torch.no_grad():
+                model.bias.fill_(float(step))
+            traj.record(model, loss=float(step))
+            step += 1
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    try:
+        for _ in range(300):
+            steps, losses, vectors = traj.consistent()
+            assert len(steps) == len(losses) == len(vectors)
+            np.testing.assert_array_equal(losses, steps)
+            np.testing.assert_array_equal([v[-1] for v in vectors], steps)  # each weight goes with its step
+    finally:
+        stop.set()
+        worker.join()
