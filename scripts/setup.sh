@@ -22,7 +22,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 
 echo "== building the front end (esbuild)"
-(cd js && { [[ -d node_modules ]] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent build)
+# npm ci again whenever the lock file changed since the last install (a stale node_modules breaks the build)
+(cd js && lock=$(sha256sum package-lock.json | cut -d' ' -f1) \
+  && { [[ "$(cat node_modules/.lw-lock 2>/dev/null)" == "$lock" ]] \
+       || { npm ci --no-audit --no-fund --loglevel=error && echo "$lock" > node_modules/.lw-lock; }; } \
+  && npm run --silent build)
 
 echo "== installing landscape_widgets"
 if [[ $WITH_TEST == 1 ]]; then

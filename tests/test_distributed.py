@@ -157,3 +157,23 @@ def test_dask_argument_errors(small):
         lwd.Workers(object.__new__(distributed.Client), factory=3)
     with pytest.raises(ValueError, match="retries"):
         lwd.Workers(object.__new__(distributed.Client), retries=-1)
+
+
+def test_widgets_compute_on_dask_through_an_option(client, small):
+    """SurfaceWidget/CurveWidget(compute={"client": client}): full grids on the workers, same values as local."""
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    w = lw.SurfaceWidget(ls, resolution=11, compute={"client": client})
+    w.wait(timeout=300)
+    assert w.surface.meta["dask"]["workers"] == 2
+    np.testing.assert_array_equal(w.surface.losses, ls.plane(resolution=11, progress=False).losses)
+    c = lw.CurveWidget(ls, steps=11, compute={"client": client})
+    c.wait(timeout=300)
+    assert c.curve.meta["dask"]["workers"] == 2
+    np.testing.assert_array_equal(c.curve.losses, ls.line(steps=11, span=(-0.5, 1.5), progress=False).losses)
+    w.close()
+    c.close()
+    with pytest.raises(ValueError, match="unknown key"):
+        lw.SurfaceWidget(ls, compute={"store": "x"})
+    with pytest.raises(ValueError, match="evaluator='fast'"):
+        lw.CurveWidget(ls, compute={"evaluator": "fast"})

@@ -134,6 +134,26 @@ def private_landscape(ls):
     return clone
 
 
+COMPUTE_KEYS = ("client", "evaluator")
+
+
+def check_compute(compute) -> dict:
+    """The widgets' ``compute`` option: where the full grids run (``client``: a ``dask.distributed.Client``,
+    docs/scaling.md; ``evaluator``: "auto", "loop" or "vmap").  Previews always run in the kernel."""
+    if compute is None:
+        return {}
+    if not isinstance(compute, dict):
+        raise TypeError(f"compute must be a dict such as {{'client': dask_client}}, got {type(compute).__name__}")
+    unknown = [k for k in compute if k not in COMPUTE_KEYS]
+    if unknown:
+        raise ValueError(f"compute has unknown key(s) {unknown}; pass only {', '.join(map(repr, COMPUTE_KEYS))} "
+                         "(a store is per run: use ls.plane(store=...) for resumable runs)")
+    if "evaluator" in compute:
+        from ..batched import resolve_evaluator
+        resolve_evaluator(compute["evaluator"], "cpu")  # a bad name fails here, not in the worker thread
+    return dict(compute)
+
+
 class LiveWidget(anywidget.AnyWidget):
     """Base class: a compute job streamed to the browser with preview, progress, cancellation and errors."""
 

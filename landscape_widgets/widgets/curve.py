@@ -10,7 +10,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int, check_range
-from ._base import (SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int, check_normalization_choice, f32,
+from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int, check_normalization_choice, f32,
                     gaps_note, private_landscape)
 
 STEPS = (3, 401)
@@ -40,7 +40,8 @@ class CurveWidget(RandomDirectionWidget):
     _display_traits = RandomDirectionWidget._display_traits + ("_curves",)
 
     def __init__(self, ls, start=None, *, steps=51, span=(-0.5, 1.5), title=None, label=None, seed=0,
-                 normalization=None):
+                 normalization=None, compute=None):
+        self._compute_kw = check_compute(compute)
         self._specs = []
         self.curves = []
         self._partial = None
@@ -100,8 +101,9 @@ class CurveWidget(RandomDirectionWidget):
         self._grid = None
 
     @staticmethod
-    def _one(spec, p, steps, cancel, callback=None):
-        kw = {"steps": steps, "span": p["span"], "progress": False, "cancel": cancel, "callback": callback}
+    def _one(spec, p, steps, cancel, callback=None, compute=None):
+        kw = {"steps": steps, "span": p["span"], "progress": False, "cancel": cancel, "callback": callback,
+              **(compute or {})}
         if spec["start"] is None:
             return spec["ls"].line(seed=p["seed"], normalization=p["normalization"], **kw)
         return spec["ls"].interpolate(spec["start"], **kw)
@@ -111,7 +113,8 @@ class CurveWidget(RandomDirectionWidget):
             emit("preview", [self._one(s, p, PREVIEW, cancel) for s in p["specs"]])
         done = []
         for k, spec in enumerate(p["specs"]):
-            done.append(self._one(spec, p, p["steps"], cancel, lambda tile, k=k: emit("tile", (k, tile))))
+            done.append(self._one(spec, p, p["steps"], cancel, lambda tile, k=k: emit("tile", (k, tile)),
+                                  self._compute_kw))
             emit("curve", (k, done[-1]))
         emit("done", done)
 

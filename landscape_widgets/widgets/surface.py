@@ -13,7 +13,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
-from ._base import (SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
+from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
                     check_normalization_choice, f32, gaps_note, private_landscape)
 
 RESOLUTION = (5, 201)
@@ -42,7 +42,8 @@ class SurfaceWidget(RandomDirectionWidget):
 
     Changing any compute control, in the browser or from Python (``w.resolution = 41``), recomputes in the kernel:
     a 9x9 preview first, then the full grid streamed row by row.  ``w.surface`` is the latest full
-    :class:`~landscape_widgets.Surface`; ``w.wait()`` blocks until it is there.
+    :class:`~landscape_widgets.Surface`; ``w.wait()`` blocks until it is there.  ``compute={"client": client}``
+    evaluates the full grids on Dask workers (docs/scaling.md); the previews stay in the kernel.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -58,8 +59,9 @@ class SurfaceWidget(RandomDirectionWidget):
     _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
-                 title=None):
+                 title=None, compute=None):
         self._ls = private_landscape(ls)
+        self._compute_kw = check_compute(compute)
         self.surface = None
         self.preview = None
         self._grid = None
@@ -105,7 +107,8 @@ class SurfaceWidget(RandomDirectionWidget):
               "cancel": cancel}
         if p["resolution"] > PREVIEW:
             emit("preview", self._ls.plane(resolution=PREVIEW, **kw))
-        emit("done", self._ls.plane(resolution=p["resolution"], callback=lambda tile: emit("tile", tile), **kw))
+        emit("done", self._ls.plane(resolution=p["resolution"], callback=lambda tile: emit("tile", tile), **kw,
+                                    **self._compute_kw))
 
     def _pending_status(self, p):
         return f"computing {p['resolution']}×{p['resolution']}…"
