@@ -67,6 +67,9 @@ def test_extreme_eigenvalues_match_dense(mlp_case, mlp_spectrum):
     assert list(s.top_eigenvalues) == sorted(s.top_eigenvalues, reverse=True)
     assert list(s.bottom_eigenvalues) == sorted(s.bottom_eigenvalues)
     assert s.lambda_max == s.top_eigenvalues[0] and s.lambda_min == s.bottom_eigenvalues[0]
+    assert s.meta["seed"] == 0 and s.meta["hvps_total"] == sum(s.meta["hvps"].values())
+    assert set(s.meta["timings"]) == {"top_s", "bottom_s", "trace_s", "density_s", "total_s"}
+    assert s.meta["num_parameters"] == 160 and s.meta["kind"] == "spectrum" and s.meta["stages"]["top"]["converged"]
 
 
 def test_trace_within_four_standard_errors(mlp_case, mlp_spectrum):

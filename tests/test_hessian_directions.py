@@ -122,3 +122,13 @@ def test_cancel_during_the_eigen_solve(case):
     with pytest.raises(lw.Cancelled):
         lw.Landscape(model, CE, (x, y)).plane(directions="hessian", resolution=3, cancel=lambda: True,
                                               progress=False)
+
+
+def test_dataloader_gives_the_same_directions(case, hessian_plane):
+    model, x, y, _, _ = case
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)  # 16, 16, 8
+    surf = lw.Landscape(model, CE, loader).plane(directions="hessian", resolution=5, progress=False)
+    assert surf.meta["lambda_max"] == pytest.approx(hessian_plane.meta["lambda_max"], rel=1e-6)
+    assert surf.meta["lambda_min"] == pytest.approx(hessian_plane.meta["lambda_min"], rel=1e-6)
+    np.testing.assert_allclose(surf.alphas, hessian_plane.alphas, rtol=1e-6)  # same loss, same default span
+    np.testing.assert_allclose(surf.losses, hessian_plane.losses, rtol=1e-5)
