@@ -1,6 +1,7 @@
-"""The main job on the embedded default: train the digits MLP, then write one offline page with the live widgets'
-export: the interpolation from its initialization to the trained weights (a CurveWidget) and a filter-normalized
-random plane around the trained weights (a SurfaceWidget)."""
+"""The main job on the embedded default: train the digits MLP while recording its trajectory, then write one offline
+page with the :class:`~landscape_widgets.widgets.Dashboard`'s export: the interpolation from its initialization to
+the trained weights, a filter-normalized random plane, the PCA plane of the path with the path drawn, the Hessian
+spectrum with the trust panel, and the trajectory embedding."""
 from __future__ import annotations
 
 import copy
@@ -13,24 +14,27 @@ from .landscape import Landscape
 
 
 def run_demo(out, *, resolution=41, epochs=30, seed=0, progress=True):
-    from .export import write_html
-    from .widgets import CurveWidget, SurfaceWidget
+    from .trajectory import Trajectory
+    from .widgets import Dashboard
 
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     data = examples.digits()
     model = examples.digits_mlp(seed=seed)
     start = copy.deepcopy(model.state_dict())
-    say(f"training the digits MLP for {epochs} epochs")
-    history = examples.train(model, data, epochs=epochs, seed=seed)
+    traj = Trajectory()
+    traj.record(model)
+    say(f"training the digits MLP for {epochs} epochs (recording the trajectory)")
+    history = examples.train(model, data, epochs=epochs, seed=seed, trajectory=traj)
     ls = Landscape(model, torch.nn.CrossEntropyLoss(), data, device="cpu")
-    say("interpolation init -> trained")
-    curve = CurveWidget(ls, start, steps=81, span=(-0.5, 1.5), title="Interpolation: initialization → trained")
-    say(f"random plane {resolution}x{resolution}")
-    surface = SurfaceWidget(ls, resolution=resolution, seed=seed, title="Filter-normalized random plane")
-    for w in (curve, surface):
-        if w.error:
-            raise RuntimeError(f"demo computation failed: {w.error}")
+    say(f"dashboard: curve, {resolution}x{resolution} random and PCA planes, Hessian spectrum, embedding")
+    dash = Dashboard(ls, trajectory=traj if len(traj) >= 3 else None, start=start,  # PCA needs 3 snapshots resolution=resolution, title="landscape_widgets demo",
+                     spectrum_options={"runs": 3})
+    dash.wait(timeout=1800)
+    if dash.error:
+        raise RuntimeError(f"demo computation failed: {dash.error}")
     info = (f"sklearn digits ({data[0].shape[0]} samples), MLP trained {epochs} epochs "
             f"(train loss {history[-1]:.4f}); {time.perf_counter() - t0:.1f} s on {ls.device}")
-    return write_html(out, [curve, surface], title="landscape_widgets demo", info=info)
+    path = dash.to_html(out, info=info)
+    dash.close()
+    return path

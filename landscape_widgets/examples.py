@@ -38,15 +38,17 @@ def _init(module, seed):
 
 def digits_mlp(seed=0):
     """64-128-128-10 ReLU MLP."""
-    return _init(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                               nn.Linear(128, 10)), seed)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's default init draws from the global RNG: give it back
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    return _init(model, seed)
 
 
 def digits_cnn(seed=0):
     """A small CNN for 1x8x8 digits: conv(16)-BN-ReLU-conv(32)-ReLU-pool-linear(10)."""
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                              nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
     _init(model, seed)
     with torch.no_grad():
         model[1].weight.fill_(1.0)

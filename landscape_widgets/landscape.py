@@ -196,6 +196,9 @@ class Landscape:
         spans = None if span is None else check_span(span, "span", axes=2)
         timer = Timer()
         private = self._fresh()
+        if trajectory is not None and directions != "pca":
+            raise ValueError("trajectory= is only used by directions='pca' (Li et al. §7); pass directions='pca' "
+                             "or leave trajectory out")
         extra = {} if trajectory is None else {"trajectory": trajectory}
         extra.update(self._kind_options(directions, cancel))
         (d1, d2), dmeta = make_directions(directions, private, 2, argname="directions", seed=seed,

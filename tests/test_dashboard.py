@@ -31,9 +31,12 @@ def test_views_equal_their_direct_computations(setup, tmp_path):
     ls, start, traj = setup
     d = lw.Dashboard(ls, trajectory=traj, start=start, resolution=7, spectrum=False, title="all views")
     assert d.error == ""
-    assert d.views == [d.curve, d.surface, d.trajectory] and d.spectrum is None
+    assert d.views == [d.curve, d.surface, d.pca_surface, d.trajectory] and d.spectrum is None
     np.testing.assert_array_equal(d.surface.surface.losses,
                                   ls.plane(resolution=7, progress=False).losses)
+    pca = ls.plane(directions="pca", trajectory=traj, resolution=7, progress=False)
+    np.testing.assert_allclose(d.pca_surface.surface.losses, pca.losses, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d.pca_surface.surface.path, pca.path, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(d.curve.curve.losses, ls.interpolate(start, steps=51, progress=False).losses)
     np.testing.assert_array_equal(d.trajectory.embedding.coords, lw.embed(traj).coords)
     assert "repeat(auto-fit" in d.layout.grid_template_columns  # one column in a narrow side panel
@@ -96,7 +99,7 @@ def test_recomputes_share_one_worker_thread(setup):
 def test_spectrum_view_follows_the_surface(setup, tmp_path):
     ls, start, traj = setup
     d = lw.Dashboard(ls, trajectory=traj, resolution=5, spectrum_options={"k": 1, "bottom": 0, "density": False})
-    assert d.views == [d.curve, d.surface, d.spectrum, d.trajectory]
+    assert d.views == [d.curve, d.surface, d.pca_surface, d.spectrum, d.trajectory]
     assert d.error == ""
     assert d.spectrum._surface is d.surface
     assert '"_view":"spectrum"' in open(d.to_html(tmp_path / "d.html")).read()

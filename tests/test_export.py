@@ -138,12 +138,13 @@ def test_bad_arguments(ls, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_page_holds_curve_and_surface(tmp_path):
+def test_demo_page_holds_the_dashboard(tmp_path):
     from landscape_widgets.demo import run_demo
 
-    path = run_demo(tmp_path / "demo.html", resolution=9, epochs=1, progress=False)
+    path = run_demo(tmp_path / "demo.html", resolution=9, epochs=3, progress=False)
     page = parse(open(path, encoding="utf-8").read())
     views = [s["_view"] for s in states(page)]
-    assert views == ["curve", "surface"]
+    assert views == ["curve", "surface", "surface", "spectrum", "trajectory"]
+    assert decode(states(page)[2]["_path"]).size == 2 * 4  # the PCA plane carries the path: init + 3 epochs
     surface = states(page)[1]
     assert surface["_shape"] == [9, 9] and np.isfinite(decode(surface["_losses"])).all()

@@ -65,6 +65,23 @@ export function surfaceFigure(s, theme) {
     data = [s.view === "heatmap"
       ? { type: "heatmap", zsmooth: false, ...common }
       : { type: "contour", ncontours: 24, contours: { coloring: "heatmap" }, line: { width: 0.5 }, ...common }];
+    const path = s.path && s.path.byteLength ? toFloat32(s.path) : null;
+    if (path && path.length >= 2) {
+      // the training trajectory projected on the plane (Li et al. 2018 §7): steps and recorded losses on hover
+      const n = path.length / 2;
+      const px = new Array(n), py = new Array(n), custom = new Array(n);
+      const pl = s.pathLosses && s.pathLosses.byteLength ? toFloat32(s.pathLosses) : null;
+      for (let k = 0; k < n; k++) {
+        px[k] = path[2 * k];
+        py[k] = path[2 * k + 1];
+        custom[k] = [s.pathSteps && s.pathSteps[k] != null ? s.pathSteps[k] : k, pl ? formatLoss(pl[k]) : "n/a"];
+      }
+      data.push({ type: "scatter", mode: "lines+markers", x: px, y: py, customdata: custom, name: "path",
+                  line: { color: theme.foreground, width: 1.5 },
+                  marker: { size: 6, color: theme.foreground, line: { width: 1, color: theme.background } },
+                  hovertemplate: "step %{customdata[0]}<br>α %{x:.3f}, β %{y:.3f}<br>recorded loss %{customdata[1]}<extra>path</extra>",
+                  showlegend: false });
+    }
     if (xs.length && xs[0] <= 0 && xs[xs.length - 1] >= 0 && ys[0] <= 0 && ys[ys.length - 1] >= 0) {
       data.push({ type: "scatter", mode: "markers", x: [0], y: [0], name: "model",
                   marker: { symbol: "x", size: 9, color: theme.foreground, line: { width: 1 } },

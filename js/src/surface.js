@@ -19,10 +19,18 @@ export function renderSurface({ model, el }) {
   f.select("view", "lw-view-select", "view", [["contour", "contour"], ["heatmap", "heatmap"], ["surface", "3-D surface"]],
            { kernel: false });
 
+  if ((model.get("directions") || "random") !== "random") {
+    // PCA and Hessian planes: the directions come from the trajectory or the Hessian, not from a seed
+    for (const c of el.querySelectorAll(".lw-seed, .lw-new-seed, .lw-normalization")) {
+      c.disabled = true;
+      c.title = `not used by ${model.get("directions")} directions`;
+    }
+  }
   const state = () => ({
     losses: model.get("_losses"), alphas: model.get("_alphas"), betas: model.get("_betas"),
     shape: model.get("_shape") || [0, 0], done: model.get("_done"), logScale: !!model.get("log_scale"),
     view: model.get("view"), title: model.get("title"), state: model.get("_state"),
+    path: model.get("_path"), pathSteps: model.get("_path_steps"), pathLosses: model.get("_path_losses"),
   });
   let drawn = null;
   f.setBuild((theme) => {
@@ -35,6 +43,6 @@ export function renderSurface({ model, el }) {
     plotDiv.dataset.cols = String(drawn.shape[1]);
     plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
   });
-  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title"]) f.listen(`change:${k}`, f.request);
+  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path"]) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

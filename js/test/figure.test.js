@@ -101,3 +101,24 @@ describe("curveFigure", () => {
     expect(escapeForPlotly("a<b>&")).toBe("a&lt;b&gt;&amp;");
   });
 });
+
+describe("surfaceFigure path overlay", () => {
+  it("draws the projected trajectory with steps and recorded losses on hover", () => {
+    const s = surfaceState({ path: bytes([-1, -0.5, 0, 0.25, 1, 0.5]), pathSteps: [0, 5, 10],
+                             pathLosses: bytes([2.5, 0.5, NaN]) });
+    const { data } = surfaceFigure(s, THEME);
+    const path = data.find((t) => t.name === "path");
+    expect(path.mode).toBe("lines+markers");
+    expect(path.x).toEqual([-1, 0, 1]);
+    expect(path.y).toEqual([-0.5, 0.25, 0.5]);
+    expect(path.customdata.map((c) => c[0])).toEqual([0, 5, 10]);
+    expect(path.customdata[0][1]).toBe("2.5");
+    expect(path.customdata[2][1]).toBe("nan");
+    expect(path.hovertemplate).toContain("step");
+  });
+  it("draws no path without one, and none in the 3-D view", () => {
+    expect(surfaceFigure(surfaceState(), THEME).data.some((t) => t.name === "path")).toBe(false);
+    const s3 = surfaceState({ view: "surface", path: bytes([0, 0, 1, 1]) });
+    expect(surfaceFigure(s3, THEME).data.some((t) => t.name === "path")).toBe(false);
+  });
+});

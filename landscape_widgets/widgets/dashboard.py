@@ -31,7 +31,8 @@ class Dashboard(ipywidgets.GridBox):
     without it the curve is a random line.  ``trajectory`` (an ``lw.Trajectory`` or a list) adds the trajectory
     embedding; ``spectrum=False`` leaves out the Hessian spectrum (``spectrum_options`` go to ``SpectrumWidget``,
     which follows the surface for its trust panel).  ``w.views`` lists the widgets (``w.curve``, ``w.surface``,
-    ``w.spectrum``, ``w.trajectory``; None where absent).  One engine: after the first results, every recompute
+    ``w.spectrum``, ``w.trajectory``, ``w.pca_surface`` -- the PCA plane with the path drawn, for one trajectory;
+    None where absent).  One engine: after the first results, every recompute
     of every view runs in one worker thread, one job after another, so the views do not fight over the CPU (the
     first results are computed as each view is created).
     """
@@ -51,7 +52,13 @@ class Dashboard(ipywidgets.GridBox):
                                         **(spectrum_options or {})) if spectrum else None)
         self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
                            if trajectory is not None else None)
-        self.views = [w for w in (self.curve, self.surface, self.spectrum, self.trajectory) if w is not None]
+        # with one recorded run: the plane of its two principal directions, with the path drawn (Li et al. §7)
+        single = trajectory if not isinstance(trajectory, (list, tuple)) else (
+            trajectory[0] if len(trajectory) == 1 else None)
+        self.pca_surface = (SurfaceWidget(ls, directions="pca", trajectory=single, resolution=resolution,
+                                          title="PCA plane of the optimization path") if single is not None else None)
+        self.views = [w for w in (self.curve, self.surface, self.pca_surface, self.spectrum, self.trajectory)
+                      if w is not None]
         self._jobs = start_worker(self)
         for w in self.views:
             own, w._jobs = w._jobs, _SharedJobs(self._jobs)

@@ -19,6 +19,7 @@ from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, brows
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
 VIEWS = ("contour", "heatmap", "surface")
+KINDS = ("random", "pca", "hessian")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 
 
@@ -31,10 +32,14 @@ def _span(value):
     return float(s)
 
 
-def upsample(losses, alphas, betas, axis):
-    """Separable linear interpolation of a coarse grid onto ``axis`` x ``axis`` (NaN/inf spread as gaps)."""
-    rows = np.stack([np.interp(axis, alphas, losses[:, j]) for j in range(losses.shape[1])], axis=1)
-    return np.stack([np.interp(axis, betas, r) for r in rows], axis=0)
+def _extent(surf):
+    return (float(surf.alphas[0]), float(surf.alphas[-1])), (float(surf.betas[0]), float(surf.betas[-1]))
+
+
+def upsample(losses, alphas, betas, ax, bx):
+    """Separable linear interpolation of a coarse grid onto ``ax`` x ``bx``."""
+    rows = np.stack([np.interp(ax, alphas, losses[:, j]) for j in range(losses.shape[1])], axis=1)
+    return np.stack([np.interp(bx, betas, r) for r in rows], axis=0)
 
 
 class SurfaceWidget(RandomDirectionWidget):
@@ -44,6 +49,11 @@ class SurfaceWidget(RandomDirectionWidget):
     a 9x9 preview first, then the full grid streamed row by row.  ``w.surface`` is the latest full
     :class:`~landscape_widgets.Surface`; ``w.wait()`` blocks until it is there.  ``compute={"client": client}``
     evaluates the full grids on Dask workers (docs/scaling.md); the previews stay in the kernel.
+
+    ``directions``: "random" (Li et al. §4), "pca" with ``trajectory=`` (Li et al. §7: the projected path is drawn
+    over the contour with its steps and losses on hover) or "hessian" (Böttcher & Wheeler 2022).  For "pca" and
+    "hessian" the directions are computed once per setting (by the preview) and reused for the full grid, and the
+    kind's default grid is used until the span is changed.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -54,21 +64,35 @@ class SurfaceWidget(RandomDirectionWidget):
     _alphas = t.Bytes(b"").tag(sync=True)
     _betas = t.Bytes(b"").tag(sync=True)
     _shape = t.List(t.Int(), [0, 0]).tag(sync=True)
+    directions = t.Unicode("random").tag(sync=True)  # set once, from Python: not a browser control
+    _path = t.Bytes(b"").tag(sync=True)  # float32 [n, 2]: the trajectory projected on the plane ("pca")
+    _path_steps = t.List(t.Int(), []).tag(sync=True)
+    _path_losses = t.Bytes(b"").tag(sync=True)
 
     _compute_traits = ("resolution", "seed", "normalization", "span")
-    _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses")
+    _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses", "_path",
+                                                               "_path_steps", "_path_losses")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
-                 title=None, compute=None):
+                 title=None, compute=None, directions="random", trajectory=None):
+        if directions not in KINDS:
+            raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
+        if (directions == "pca") != (trajectory is not None):
+            raise ValueError("directions='pca' needs trajectory=lw.Trajectory(...), and trajectory= is only used by "
+                             "directions='pca'")
         self._ls = private_landscape(ls)
         self._compute_kw = check_compute(compute)
+        self._kind_kw = {} if trajectory is None else {"trajectory": trajectory}
+        self._span0 = _span(span)  # for "pca"/"hessian": the kind's own grid until the span is changed
+        self._norm_given = normalization is not None
         self.surface = None
         self.preview = None
         self._grid = None
         self._fill = None
         self._last_send = 0.0
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
-                         span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title)
+                         span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title,
+                         directions=directions)
         self._schedule()
 
     # -- Python-side checks: ValueError naming the argument ---------------------------------------------------
@@ -99,16 +123,32 @@ class SurfaceWidget(RandomDirectionWidget):
 
     # -- computation -------------------------------------------------------------------------------------------
     def _params(self):
-        return {"resolution": self.resolution, "seed": self.seed, "normalization": self.normalization,
-                "span": self.span}
+        kind = self.directions
+        auto_span = kind != "random" and self.span == self._span0
+        norm = self.normalization if (kind == "random" or self._norm_given) else None
+        return {"resolution": self.resolution, "seed": self.seed, "normalization": norm,
+                "span": None if auto_span else self.span, "directions": kind}
 
     def _job(self, p, emit, cancel):
         kw = {"seed": p["seed"], "normalization": p["normalization"], "span": p["span"], "progress": False,
-              "cancel": cancel}
-        if p["resolution"] > PREVIEW:
-            emit("preview", self._ls.plane(resolution=PREVIEW, **kw))
-        emit("done", self._ls.plane(resolution=p["resolution"], callback=lambda tile: emit("tile", tile), **kw,
-                                    **self._compute_kw))
+              "cancel": cancel, "directions": p["directions"], **self._kind_kw}
+        full = {"resolution": p["resolution"], "callback": lambda tile: emit("tile", tile), **self._compute_kw}
+        if p["resolution"] <= PREVIEW:
+            emit("done", self._ls.plane(**kw, **full))
+            return
+        preview = self._ls.plane(resolution=PREVIEW, **kw)
+        emit("preview", preview)
+        if p["directions"] == "random":
+            emit("done", self._ls.plane(**kw, **full))
+            return
+        # Hessian eigenvectors and PCA components are computed once, by the preview, and reused on the same grid
+        surf = self._ls.plane(directions=preview.directions, normalization="none", ignore=None, progress=False,
+                              cancel=cancel, span=_extent(preview), **full)
+        keep = {k: v for k, v in preview.meta.items() if k not in surf.meta or k in ("direction_kind", "normalization",
+                                                                                    "ignore", "seed")}
+        surf.meta.update(keep)
+        surf.path = preview.path
+        emit("done", surf)
 
     def _pending_status(self, p):
         return f"computing {p['resolution']}×{p['resolution']}…"
@@ -117,8 +157,18 @@ class SurfaceWidget(RandomDirectionWidget):
         self._grid = None
         self._fill = None
 
-    def _describe(self, p):
-        return f"{p['normalization']}-normalized random plane, seed {p['seed']}, span ±{p['span']:g}"
+    def _describe(self, p, surf=None):
+        if p["directions"] == "random":
+            return f"{p['normalization']}-normalized random plane, seed {p['seed']}, span ±{p['span']:g}"
+        meta = (surf.meta if surf is not None else {})
+        if p["directions"] == "pca":
+            ev = meta.get("explained_variance") or []
+            rw = meta.get("random_walk_explained_variance") or []
+            pct = lambda v: "/".join(f"{100 * float(x):.1f}%" for x in v[:2])  # noqa: E731
+            return f"PCA plane of the trajectory (Li et al. §7): explained variance {pct(ev)}, random walk {pct(rw)}"
+        lmax, lmin = meta.get("lambda_max"), meta.get("lambda_min")
+        eig = f"λmax {float(lmax):.4g}, λmin {float(lmin):.4g}" if lmax is not None and lmin is not None else ""
+        return f"Hessian plane (eigenvectors of λmax, λmin) {eig}"
 
     def _apply(self, kind, payload, p, t0):
         n = p["resolution"]
@@ -128,15 +178,19 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._done, self._total = 0, n * n
                 self._state = "preview"
                 self._status = f"coarse {PREVIEW}×{PREVIEW} preview; computing {n}×{n}…"
-                self._show(payload.alphas, payload.betas, payload.losses)
+                self._show(payload.alphas, payload.betas, payload.losses, payload)
             self._grid = None
-            self._fill = upsample(payload.losses, payload.alphas, payload.betas, np.linspace(-p["span"], p["span"], n))
+            (a0, a1), (b0, b1) = _extent(payload)
+            self._axes = (np.linspace(a0, a1, n), np.linspace(b0, b1, n))
+            self._fill = upsample(payload.losses, payload.alphas, payload.betas, *self._axes)
         elif kind == "tile":
             if self._grid is None:
                 # rows not computed yet keep showing the preview (hover says "pending"), not an empty plot
                 self._grid = (np.full(n * n, np.nan, dtype=np.float32) if self._fill is None
                               else self._fill.astype(np.float32).ravel())
-                self._axes = np.linspace(-p["span"], p["span"], n)
+                if self._fill is None:
+                    s = p["span"] if p["span"] is not None else 1.0
+                    self._axes = (np.linspace(-s, s, n), np.linspace(-s, s, n))
             self._grid[payload.start:payload.stop] = payload.values
             now = time.perf_counter()
             with self.hold_sync():
@@ -146,18 +200,29 @@ class SurfaceWidget(RandomDirectionWidget):
                 if now - self._last_send >= SEND_INTERVAL_S and payload.done < payload.total:
                     self._last_send = now
                     self._state = "partial"
-                    self._show(self._axes, self._axes, self._grid.reshape(n, n))
+                    self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n))
         elif kind == "done":
             self.surface = payload
             self._grid = None
             with self.complete_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
-                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p)}"
+                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p, payload)}"
                                 + gaps_note(payload.losses))
-                self._show(payload.alphas, payload.betas, payload.losses)
+                self._show(payload.alphas, payload.betas, payload.losses, payload)
 
-    def _show(self, alphas, betas, losses):
+    def _show(self, alphas, betas, losses, surf=None):
+        path = getattr(surf, "path", None) if surf is not None else None
+        if surf is not None:
+            if path is None:
+                self._path, self._path_steps, self._path_losses = b"", [], b""
+            else:
+                meta = surf.meta
+                steps = meta.get("path_steps") or list(range(len(path)))
+                losses_p = np.array([float(v) for v in (meta.get("path_losses") or [np.nan] * len(path))])
+                self._path_steps = [int(v) for v in steps]
+                self._path_losses = f32(losses_p)
+                self._path = f32(np.asarray(path, dtype=np.float64))
         self._alphas, self._betas = f32(alphas), f32(betas)
         self._shape = [int(len(alphas)), int(len(betas))]
         self._losses = f32(losses)
