@@ -7,8 +7,8 @@ matmuls lose to one large GEMM per point (measured in ``benchmarks/plane.py``). 
 - *input-affine layers*: a Linear/Conv layer that receives the data itself is affine in its weights, so
   ``f(x; W0 + sum_k c_k D_k) = f(x; W0) + sum_k c_k f(x; D_k)`` is precomputed once per batch and each point costs
   an axpy instead of a GEMM (the first layer of an MLP is a third of its FLOPs);
-- *memory layout*: convolutional models are timed once in NCHW and channels-last and run in the faster one
-  (oneDNN's channels-last kernels are ~1.8x faster for small images on CPUs).
+- *memory layout*: convolutional models run channels-last on CPUs (oneDNN's channels-last kernels are ~1.8x
+  faster for small images; a fixed rule rather than a timing keeps results bitwise reproducible).
 
 With a DataLoader the data are streamed once per tile of points, not once per point.  Points are grouped in tiles:
 after each tile a callback receives the finished values and a cooperative cancel flag is checked, which is what
@@ -210,7 +210,7 @@ class PointEvaluator:
 
     @contextlib.contextmanager
     def _layout(self):
-        """Run convolutional models in channels-last when one timed forward says it is faster (CPU only)."""
+        """Run convolutional models in channels-last on CPUs."""
         self._channels_last = False
         module = self.private.module
         if not self.accelerate or self.private.device.type != "cpu" or self.data.single is None \
@@ -221,14 +221,9 @@ class PointEvaluator:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             yield
             return
-        choice = getattr(self.private, "_channels_last", None)
-        if choice is None:
-            (x, y, _n), = self.data.batches(self.private.device)
-            choice = _faster_channels_last(module, x, y, self.loss_fn)
-            self.private._channels_last = choice
-        if not choice:
-            yield
-            return
+        # Always channels-last for a conv net on a CPU: a fixed rule, not a timing, so that the same call gives
+        # bitwise the same values in every run and in every widget (oneDNN's channels-last kernels were 1.8x
+        # faster on the digits CNN; benchmarks/RESULTS.md)
         module.to(memory_format=torch.channels_last)
         self._channels_last = True
         try:
@@ -302,24 +297,6 @@ def _input_layers(module, x):
         for h in handles:
             h.remove()
     return [m for m in found if m.weight is not None]
-
-
-def _faster_channels_last(module, x, y, loss_fn, reps=3) -> bool:
-    @torch.inference_mode()
-    def timed(xx):
-        call_model(module, xx)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            loss_fn(call_model(module, xx), y)
-        return time.perf_counter() - t0
-
-    t_nchw = timed(x)
-    module.to(memory_format=torch.channels_last)
-    try:
-        t_cl = timed(x.contiguous(memory_format=torch.channels_last))
-    finally:
-        module.to(memory_format=torch.contiguous_format)
-    return t_cl < 0.9 * t_nchw
 
 
 def grid_tile_size(ny: int, total: int, target: int = 64) -> int:

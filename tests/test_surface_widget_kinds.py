@@ -58,3 +58,25 @@ def test_surface_widget_kind_errors():
         lw.SurfaceWidget(ls, directions="pca")
     with pytest.raises(ValueError, match="directions='sideways' is not known"):
         lw.SurfaceWidget(ls, directions="sideways")
+
+
+def test_seed_spread_median_iqr_and_sharpness_per_seed():
+    """seeds=K draws the per-cell median of K random planes, the IQR on hover, one sharpness per seed."""
+    ls = lw.Landscape(SmallNet(), nn.CrossEntropyLoss(), small_data(), device="cpu")
+    w = lw.SurfaceWidget(ls, resolution=7, seed=2, seeds=3, span=0.5)
+    assert w.error == "" and w._state == "done"
+    planes = np.stack([ls.plane(resolution=7, seed=s, span=0.5, progress=False).losses for s in (2, 3, 4)])
+    assert list(w.spread.seeds) == [2, 3, 4]
+    np.testing.assert_allclose(w.surface.losses, np.median(planes, axis=0), rtol=1e-12)
+    q25, q75 = np.percentile(planes, [25, 75], axis=0)
+    np.testing.assert_allclose(f32(w._iqr).reshape(7, 7), (q75 - q25).astype(np.float32), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(f32(w._losses).reshape(7, 7), np.median(planes, axis=0).astype(np.float32))
+    l0 = ls.loss()
+    np.testing.assert_allclose(w.spread.sharpness, 100 * (planes.reshape(3, -1).max(1) - l0) / (1 + l0), rtol=1e-9)
+    assert "median of 3 random planes" in w._status and "sharpness per seed" in w._status
+    w.seeds = 1  # back to one plane: no spread on hover
+    w.wait(timeout=120)
+    assert w._iqr == b"" and w.surface.meta["seed"] == 2
+    with pytest.raises(ValueError, match="seeds=0 is out of range"):
+        w.seeds = 0
+    w.close()

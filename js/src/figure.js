@@ -40,10 +40,14 @@ export function surfaceFigure(s, theme) {
   const z = gridToRows(flat, nx, ny, s.logScale);
   // while the full grid streams (state "partial"), rows i >= done / ny still show the preview
   const rowsDone = s.state === "partial" && s.done != null ? Math.floor(s.done / Math.max(ny, 1)) : nx;
+  const iqr = s.iqr && s.iqr.byteLength ? toFloat32(s.iqr) : null; // seed spread: median drawn, IQR on hover
   const text = new Array(ny);
   for (let j = 0; j < ny; j++) {
     const row = new Array(nx);
-    for (let i = 0; i < nx; i++) row[i] = i < rowsDone ? formatLoss(flat[i * ny + j]) : `${formatLoss(flat[i * ny + j])} (preview, pending)`;
+    for (let i = 0; i < nx; i++) {
+      const v = formatLoss(flat[i * ny + j]);
+      row[i] = i >= rowsDone ? `${v} (preview, pending)` : iqr ? `${v} (median; IQR ${formatLoss(iqr[i * ny + j])})` : v;
+    }
     text[j] = row;
   }
   const zLabel = s.logScale ? "log10 loss" : "loss";

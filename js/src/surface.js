@@ -14,6 +14,7 @@ export function renderSurface({ model, el }) {
   }, { parent: seed.wrap });
   f.select("normalization", "lw-normalization", "normalization",
            [["filter", "filter"], ["layer", "layer"], ["model", "model"], ["none", "none"]]);
+  f.number("seeds", "lw-seeds", "seeds", { min: 1, max: 16, step: 1 });
   f.number("span", "lw-span", "span ±", { min: LIMITS.span[0], max: LIMITS.span[1], step: 0.1 });
   f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
   f.select("view", "lw-view-select", "view", [["contour", "contour"], ["heatmap", "heatmap"], ["surface", "3-D surface"]],
@@ -21,7 +22,7 @@ export function renderSurface({ model, el }) {
 
   if ((model.get("directions") || "random") !== "random") {
     // PCA and Hessian planes: the directions come from the trajectory or the Hessian, not from a seed
-    for (const c of el.querySelectorAll(".lw-seed, .lw-new-seed, .lw-normalization")) {
+    for (const c of el.querySelectorAll(".lw-seed, .lw-new-seed, .lw-normalization, .lw-seeds")) {
       c.disabled = true;
       c.title = `not used by ${model.get("directions")} directions`;
     }
@@ -30,7 +31,7 @@ export function renderSurface({ model, el }) {
     losses: model.get("_losses"), alphas: model.get("_alphas"), betas: model.get("_betas"),
     shape: model.get("_shape") || [0, 0], done: model.get("_done"), logScale: !!model.get("log_scale"),
     view: model.get("view"), title: model.get("title"), state: model.get("_state"),
-    path: model.get("_path"), pathSteps: model.get("_path_steps"), pathLosses: model.get("_path_losses"),
+    iqr: model.get("_iqr"), path: model.get("_path"), pathSteps: model.get("_path_steps"), pathLosses: model.get("_path_losses"),
   });
   let drawn = null;
   f.setBuild((theme) => {
@@ -43,6 +44,6 @@ export function renderSurface({ model, el }) {
     plotDiv.dataset.cols = String(drawn.shape[1]);
     plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
   });
-  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path"]) f.listen(`change:${k}`, f.request);
+  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr"]) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

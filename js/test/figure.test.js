@@ -122,3 +122,10 @@ describe("surfaceFigure path overlay", () => {
     expect(surfaceFigure(s3, THEME).data.some((t) => t.name === "path")).toBe(false);
   });
 });
+
+describe("surfaceFigure seed spread", () => {
+  it("shows the median with the IQR on hover", () => {
+    const { data } = surfaceFigure(surfaceState({ iqr: bytes([0.5, 1, 1, 2, 2, 3]) }), THEME);
+    expect(data[0].text[0][1]).toBe("10 (median; IQR 1)"); // text[j][i] is cell (i=1, j=0)
+  });
+});

@@ -20,6 +20,7 @@ RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
 VIEWS = ("contour", "heatmap", "surface")
 KINDS = ("random", "pca", "hessian")
+SEEDS = (1, 16)  # seed spread: how many random planes at once (issue 4's "does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 
 
@@ -65,16 +66,18 @@ class SurfaceWidget(RandomDirectionWidget):
     _betas = t.Bytes(b"").tag(sync=True)
     _shape = t.List(t.Int(), [0, 0]).tag(sync=True)
     directions = t.Unicode("random").tag(sync=True)  # set once, from Python: not a browser control
+    seeds = t.Int(1).tag(sync=True)  # > 1: the per-cell median of that many seeds, IQR on hover, sharpness per seed
+    _iqr = t.Bytes(b"").tag(sync=True)
     _path = t.Bytes(b"").tag(sync=True)  # float32 [n, 2]: the trajectory projected on the plane ("pca")
     _path_steps = t.List(t.Int(), []).tag(sync=True)
     _path_losses = t.Bytes(b"").tag(sync=True)
 
-    _compute_traits = ("resolution", "seed", "normalization", "span")
+    _compute_traits = ("resolution", "seed", "normalization", "span", "seeds")
     _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses", "_path",
-                                                               "_path_steps", "_path_losses")
+                                                               "_path_steps", "_path_losses", "_iqr")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
-                 title=None, compute=None, directions="random", trajectory=None):
+                 title=None, compute=None, directions="random", trajectory=None, seeds=1):
         if directions not in KINDS:
             raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
         if (directions == "pca") != (trajectory is not None):
@@ -85,6 +88,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self._kind_kw = {} if trajectory is None else {"trajectory": trajectory}
         self._span0 = _span(span)  # for "pca"/"hessian": the kind's own grid until the span is changed
         self._norm_given = normalization is not None
+        self.spread = None  # the latest lw.SeedSpread when seeds > 1
         self.surface = None
         self.preview = None
         self._grid = None
@@ -92,7 +96,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self._last_send = 0.0
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
                          span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title,
-                         directions=directions)
+                         directions=directions, seeds=seeds)
         self._schedule()
 
     # -- Python-side checks: ValueError naming the argument ---------------------------------------------------
@@ -100,6 +104,11 @@ class SurfaceWidget(RandomDirectionWidget):
     def _v_resolution(self, proposal):
         return check_int(proposal["value"], "resolution", low=RESOLUTION[0], high=RESOLUTION[1],
                          hint=" (grid points per axis)")
+
+    @t.validate("seeds")
+    def _v_seeds(self, proposal):
+        return check_int(proposal["value"], "seeds", low=SEEDS[0], high=SEEDS[1],
+                         hint=" (random planes whose per-cell median is drawn)")
 
     @t.validate("span")
     def _v_span(self, proposal):
@@ -117,6 +126,8 @@ class SurfaceWidget(RandomDirectionWidget):
             return browser_int(value, name, *RESOLUTION)
         if name == "span":
             return browser_float(value, name, *SPAN)
+        if name == "seeds":
+            return browser_int(value, name, *SEEDS)
         if name == "view":
             return browser_choice(value, name, VIEWS)
         return super()._browser_check(name, value)
@@ -127,17 +138,24 @@ class SurfaceWidget(RandomDirectionWidget):
         auto_span = kind != "random" and self.span == self._span0
         norm = self.normalization if (kind == "random" or self._norm_given) else None
         return {"resolution": self.resolution, "seed": self.seed, "normalization": norm,
-                "span": None if auto_span else self.span, "directions": kind}
+                "span": None if auto_span else self.span, "directions": kind,
+                "seeds": self.seeds if kind == "random" else 1}
 
     def _job(self, p, emit, cancel):
         kw = {"seed": p["seed"], "normalization": p["normalization"], "span": p["span"], "progress": False,
               "cancel": cancel, "directions": p["directions"], **self._kind_kw}
         full = {"resolution": p["resolution"], "callback": lambda tile: emit("tile", tile), **self._compute_kw}
-        if p["resolution"] <= PREVIEW:
+        if p["resolution"] <= PREVIEW and p["seeds"] == 1:
             emit("done", self._ls.plane(**kw, **full))
             return
         preview = self._ls.plane(resolution=PREVIEW, **kw)
         emit("preview", preview)
+        if p["seeds"] > 1:  # Böttcher & Wheeler's caveat made visible: K random planes, median and spread
+            seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
+            emit("spread", self._ls.seed_spread(
+                seeds, resolution=p["resolution"], span=p["span"], normalization=p["normalization"], cancel=cancel,
+                callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw))
+            return
         if p["directions"] == "random":
             emit("done", self._ls.plane(**kw, **full))
             return
@@ -201,6 +219,25 @@ class SurfaceWidget(RandomDirectionWidget):
                     self._last_send = now
                     self._state = "partial"
                     self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n))
+        elif kind == "spread_tile":
+            k, tile = payload
+            with self.hold_sync():
+                self._done, self._total = k * tile.total + tile.done, p["seeds"] * tile.total
+                self._status = f"seed spread: plane {k + 1} of {p['seeds']}, {tile.done} of {tile.total} points"
+        elif kind == "spread":
+            from ..results import Surface
+            self.spread = payload
+            self.surface = Surface(payload.alphas, payload.betas, payload.median, None,
+                                   dict(payload.meta, kind="seed_median"))
+            sharp = ", ".join(f"{v:.3g}" for v in payload.sharpness)
+            with self.complete_sync():
+                self._done = self._total = payload.losses.size
+                self._state = "done"
+                self._status = (f"median of {p['seeds']} random planes (seeds {payload.seeds[0]}–{payload.seeds[-1]}, "
+                                f"IQR on hover) in {time.perf_counter() - t0:.2f} s · sharpness per seed "
+                                f"(Keskar et al. Metric 2.1): {sharp}" + gaps_note(payload.median))
+                self._iqr = f32(payload.iqr)
+                self._show(payload.alphas, payload.betas, payload.median)
         elif kind == "done":
             self.surface = payload
             self._grid = None
@@ -212,6 +249,8 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
 
     def _show(self, alphas, betas, losses, surf=None):
+        if surf is not None:  # a single plane (preview or done): no seed spread to show
+            self._iqr = b""
         path = getattr(surf, "path", None) if surf is not None else None
         if surf is not None:
             if path is None:
