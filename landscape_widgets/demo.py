@@ -28,8 +28,9 @@ def run_demo(out, *, resolution=41, epochs=30, seed=0, progress=True):
     history = examples.train(model, data, epochs=epochs, seed=seed, trajectory=traj)
     ls = Landscape(model, torch.nn.CrossEntropyLoss(), data, device="cpu")
     say(f"dashboard: curve, {resolution}x{resolution} random and PCA planes, Hessian spectrum, embedding")
-    dash = Dashboard(ls, trajectory=traj if len(traj) >= 3 else None, start=start,  # PCA needs 3 snapshots resolution=resolution, title="landscape_widgets demo",
-                     spectrum_options={"runs": 3})
+    # a PCA plane and an embedding need at least 3 snapshots
+    dash = Dashboard(ls, trajectory=traj if len(traj) >= 3 else None, start=start, resolution=resolution,
+                     title="landscape_widgets demo", spectrum_options={"runs": 3})
     dash.wait(timeout=1800)
     if dash.error:
         raise RuntimeError(f"demo computation failed: {dash.error}")
