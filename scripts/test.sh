@@ -7,5 +7,9 @@ if node -e "process.exit(require('./js/package.json').scripts?.test ? 0 : 1)"; t
   echo "== JS unit tests"
   (cd js && npm test --silent)
 fi
-echo "== pytest"
-.venv/bin/python -m pytest -q -ra "$@"
+# Two pytest processes: Playwright's sync API keeps an asyncio loop running in the main thread for as long as its
+# session-wide browser is open, and the widgets (rightly) treat a running loop as "inside a kernel".
+echo "== pytest: library, widgets, notebooks"
+.venv/bin/python -m pytest -q -ra --ignore=tests/browser "$@"
+echo "== pytest: real browser (JupyterLab and offline pages in Debian's chromium)"
+.venv/bin/python -m pytest -q -ra tests/browser "$@"
