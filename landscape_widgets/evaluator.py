@@ -117,7 +117,6 @@ class PointEvaluator:
         return check_loss(self.loss_fn(call_model(self.private.module, x), y))
 
     def _eval_tile(self, coords):
-        module = self.private.module
         out = np.empty(len(coords), dtype=np.float64)
         if self.data.single is not None:
             (x, y, _n), = self.data.batches(self.private.device)
@@ -147,7 +146,6 @@ class PointEvaluator:
                     self._write(c)
                     acc[p] += self._loss_once(x, y).detach().double() * n
             total += n
-        del module
         out[:] = (acc / total).cpu().numpy()
         return out
 
@@ -233,7 +231,7 @@ class PointEvaluator:
                 or not any(isinstance(m, nn.Conv2d) for m in module.modules()):
             yield
             return
-        x, y = self.data.single
+        x = self.data.single[0]
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             yield
             return

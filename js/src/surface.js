@@ -1,6 +1,6 @@
 // SurfaceWidget view: controls for the plane and a contour / heatmap / 3-D surface of the loss.
 import { surfaceFigure } from "./figure.js";
-import { createFrame } from "./view.js";
+import { createFrame, markGrid } from "./view.js";
 
 export const LIMITS = { resolution: [5, 201], span: [1e-3, 1e3] };
 
@@ -39,11 +39,7 @@ export function renderSurface({ model, el }) {
     if (!s.shape[0] || !s.shape[1] || !s.losses) return null;
     drawn = s;
     return surfaceFigure(s, theme);
-  }, (plotDiv) => {
-    plotDiv.dataset.rows = String(drawn.shape[0]);
-    plotDiv.dataset.cols = String(drawn.shape[1]);
-    plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
-  });
+  }, (plotDiv) => markGrid(plotDiv, drawn, f.offline));
   for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr"]) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

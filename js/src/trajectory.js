@@ -2,7 +2,7 @@
 // measures (trustworthiness, reconstruction error, explained variance) that say how far to trust the picture.
 import { baseLayout, escapeForPlotly } from "./figure.js";
 import { formatLoss, toFloat32 } from "./codec.js";
-import { createFrame } from "./view.js";
+import { createFrame, markGrid } from "./view.js";
 
 const RUN_COLORS = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
 const AXIS_NAMES = { pca: "PC", umap: "UMAP", autoencoder: "AE" };
@@ -107,11 +107,7 @@ export function renderTrajectory({ model, el }) {
     if (!s.shape[0] || !s.coords) return null;
     drawn = s;
     return trajectoryFigure(s, theme);
-  }, (plotDiv) => {
-    plotDiv.dataset.rows = String(drawn.shape[0]);
-    plotDiv.dataset.cols = String(drawn.shape[1]);
-    plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
-  });
+  }, (plotDiv) => markGrid(plotDiv, drawn, f.offline));
   for (const k of ["_coords", "_shape", "_state", "_measures", "color_by", "title"]) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

@@ -221,3 +221,10 @@ export function createFrame({ model, el, view }) {
            enterCommits,
            setBuild(fn, after) { build = fn; afterDraw = after; request(); }, request, dispose };
 }
+
+/** Test hooks on the plot div: the grid drawn (rows x cols) and its state ("offline" in an exported page). */
+export function markGrid(plotDiv, drawn, offline) {
+  plotDiv.dataset.rows = String(drawn.shape[0]);
+  plotDiv.dataset.cols = String(drawn.shape[1]);
+  plotDiv.dataset.state = offline ? "offline" : drawn.state || "done";
+}
