@@ -1,9 +1,11 @@
 """Benchmark: Hessian top-5 eigenvalues, trace and SLQ density against PyHessian (PyPI ``pyhessian``), in the same
 run, on the digits MLP and CNN of ``landscape_widgets.examples`` (trained, full data = one batch of 1,797).
 
-- top-5: PyHessian's power iteration with deflation (``eigenvalues(top_n=5)``, its defaults maxIter=100, tol=1e-3)
-  against scipy ``eigsh`` (ARPACK Lanczos) over our Hessian-vector products, both timed from a fresh object (the
-  graph build included); agreement against a tight reference (``eigsh`` with tol=1e-10).
+- top-5: PyHessian's power iteration with deflation (``eigenvalues(top_n=5)``, maxIter=100, tol=1e-3 (its default)
+  and 1e-4: its tol bounds the change between iterations, and at 1e-3 its error stays above 1e-3)
+  against our Lanczos (``extreme_eigenpairs``: full reorthogonalization, ARPACK's convergence test after every
+  product) and against scipy ``eigsh`` (ARPACK) over the same products, all timed from a fresh object (the graph
+  build included); agreement against a tight reference (``eigsh`` with tol=1e-10).
 - products: 90 HVPs by our reused double-backward graph ("graph"), by ``torch.func`` forward-over-reverse
   ("func", timed on 10 products and scaled to 90), and by PyHessian's ``hessian_vector_product``.
 - density: 90 Lanczos steps with full reorthogonalization (one SLQ run) against the time of 90 HVPs; PyHessian's
@@ -32,7 +34,7 @@ from landscape_widgets._model import PrivateModel
 from landscape_widgets.data import DataSource
 from landscape_widgets.hessian import HessianOperator
 from landscape_widgets.hessian.hutchinson import hutchinson_trace
-from landscape_widgets.hessian.lanczos import extreme_eigenpairs
+from landscape_widgets.hessian.lanczos import _arpack, extreme_eigenpairs
 from landscape_widgets.hessian.slq import lanczos_quadrature
 
 CE = nn.CrossEntropyLoss()
@@ -68,9 +70,9 @@ def pyh(model, data):
     return hessian(copy.deepcopy(model).to(DEVICE), CE, data=data, cuda=DEVICE.type == "cuda")
 
 
-def pyhessian_top5(model, data):
+def pyhessian_top5(model, data, tol=1e-3):
     h = pyh(model, data)
-    vals, _ = h.eigenvalues(top_n=5)
+    vals, _ = h.eigenvalues(top_n=5, tol=tol)
     return np.array(vals)
 
 
@@ -78,6 +80,13 @@ def ours_top5(model, data, tol):
     op = operator(model, data)
     w, _, info = extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=tol)
     return w, info["hvps"]
+
+
+def arpack_top5(model, data, tol):
+    """scipy's eigsh on the same operator and start vector (what the library used before its own Lanczos)."""
+    op = operator(model, data)
+    w, _, _ = _arpack(op, 5, "LA", np.random.default_rng(0).standard_normal(op.num_parameters), tol, None, None)
+    return w, op.hvps
 
 
 def hvp_times(model, data, rounds, n=90, n_func=10):
@@ -136,6 +145,15 @@ def traces(model, data, rounds):
     return t_p, v_p, t_o, v_o, se_o
 
 
+def matched(t3, w3, t4, w4, err):
+    """PyHessian's time at the loosest of its tolerances whose result is within 1e-3 of the reference (NaN if
+    neither is): the goal compares the libraries at 1e-3 relative agreement, and its default tol does not reach it."""
+    for t, w in ((t3, w3), (t4, w4)):
+        if err(w) <= 1e-3:
+            return t
+    return float("nan")
+
+
 def _where():
     if DEVICE.type == "cuda":
         return torch.cuda.get_device_name()
@@ -163,10 +181,12 @@ def main():
             loss = float(CE(model.eval()(data[0]), data[1]))
         data = tuple(t.to(DEVICE) for t in data)
         P = sum(p.numel() for p in model.parameters())
-        ref, _ = ours_top5(model, data, tol=1e-10)
+        ref, _ = arpack_top5(model, data, tol=1e-10)
         t_pyh, w_pyh = best_of(lambda: pyhessian_top5(model, data), args.rounds)
+        t_pyh4, w_pyh4 = best_of(lambda: pyhessian_top5(model, data, 1e-4), args.rounds)
         t_ours, (w_ours, n_ours) = best_of(lambda: ours_top5(model, data, 1e-3), args.rounds)
         t_ours6, (w_ours6, n_ours6) = best_of(lambda: ours_top5(model, data, 1e-6), args.rounds)
+        t_arp, (w_arp, n_arp) = best_of(lambda: arpack_top5(model, data, 1e-3), args.rounds)
         hv = hvp_times(model, data, args.rounds)
         t_dens = density_time(model, data, args.rounds)
         dens_err = pyhessian_density_error(model, data)
@@ -176,10 +196,14 @@ def main():
             f"### {name} ({P:,} parameters, loss {loss:.4f})", "",
             f"top-5 eigenvalues (reference, eigsh tol 1e-10): {', '.join(f'{v:.5g}' for v in ref)}", "",
             "| top-5 | time (s) | HVPs | max rel. error vs reference |", "|---|---|---|---|",
-            f"| PyHessian power iteration (maxIter 100, tol 1e-3) | {t_pyh:.3f} | - | {err(w_pyh):.2e} |",
-            f"| ours: eigsh tol 1e-3 | {t_ours:.3f} | {n_ours} | {err(w_ours):.2e} |",
-            f"| ours: eigsh tol 1e-6 (library default) | {t_ours6:.3f} | {n_ours6} | {err(w_ours6):.2e} |",
-            f"| speed-up, tol 1e-3 (PyHessian / ours) | {t_pyh / t_ours:.2f}x | | |", "",
+            f"| PyHessian power iteration (maxIter 100, tol 1e-3, its default) | {t_pyh:.3f} | - | {err(w_pyh):.2e} |",
+            f"| PyHessian power iteration (maxIter 100, tol 1e-4) | {t_pyh4:.3f} | - | {err(w_pyh4):.2e} |",
+            f"| scipy eigsh (ARPACK) tol 1e-3, same products | {t_arp:.3f} | {n_arp} | {err(w_arp):.2e} |",
+            f"| ours: Lanczos tol 1e-3 | {t_ours:.3f} | {n_ours} | {err(w_ours):.2e} |",
+            f"| ours: Lanczos tol 1e-6 (library default) | {t_ours6:.3f} | {n_ours6} | {err(w_ours6):.2e} |",
+            f"| speed-up, both at tol 1e-3 (PyHessian / ours) | {t_pyh / t_ours:.2f}x | | |",
+            f"| speed-up at <= 1e-3 measured error (PyHessian's fastest such row / ours tol 1e-3) | "
+            f"{matched(t_pyh, w_pyh, t_pyh4, w_pyh4, err) / t_ours:.2f}x | | |", "",
             "| 90 HVPs | time (s) | per HVP (ms) |", "|---|---|---|",
             *(f"| {k} | {v:.3f} | {1e3 * v / 90:.2f} |" for k, v in hv.items()),
             f"| SLQ, 90 steps, full reorthogonalization | {t_dens:.3f} | ratio to 90 graph HVPs: "
@@ -187,7 +211,7 @@ def main():
             f"PyHessian `density(iter=90, n_v=1)`: {dens_err}", "",
             f"trace: PyHessian Hutchinson {v_tp:.4g} in {t_tp:.3f} s; ours Hutch++ (99 HVPs) {v_to:.4g} "
             f"± {se_to:.2g} in {t_to:.3f} s", ""]
-        print("\n".join(lines[-20:]), flush=True)
+        print("\n".join(lines[-23:]), flush=True)
     header = [f"## Hessian: top-5, products, SLQ density, trace vs PyHessian (issue 4)", "",
               f"`.venv/bin/python benchmarks/hessian.py --threads {args.threads} --rounds {args.rounds} "
               f"--epochs {args.epochs} --device {args.device} --write` — {_where()}, torch {torch.__version__}, "

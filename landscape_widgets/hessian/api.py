@@ -22,7 +22,8 @@ def _check_bool(value, name):
 
 def _check_tol(tol):
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= float(tol) < 1:
-        raise ValueError(f"tol={tol!r} must be a number in [0, 1) (ARPACK's relative accuracy; 0 = machine precision)")
+        raise ValueError(f"tol={tol!r} must be a number in [0, 1) (the eigenvalues' relative accuracy: residual "
+                         "<= tol |lambda|; 0 = machine precision)")
     return float(tol)
 
 

@@ -1,0 +1,114 @@
+"""The early-stopping Lanczos of hessian/lanczos.py against exact answers: dense Hessians of small models
+(tests/_hessian_cases.py) and an explicit diagonal operator, and against ARPACK (scipy's eigsh) on the same
+operator -- its fallback, and the number of products it needs for the same tolerance."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from _hessian_cases import classification_data, dense_hessian, small_cnn, small_mlp
+from landscape_widgets._model import PrivateModel
+from landscape_widgets.data import DataSource
+from landscape_widgets.hessian import HessianOperator
+from landscape_widgets.hessian import lanczos
+from landscape_widgets.hessian.lanczos import _arpack, extreme_eigenpairs
+
+CE = nn.CrossEntropyLoss()
+
+
+@pytest.fixture(scope="module", params=[small_mlp, small_cnn], ids=["mlp", "cnn"])
+def case(request):
+    model = request.param()
+    x, y = classification_data(model)
+    return model, x, y, dense_hessian(model, CE, x, y)
+
+
+def operator(model, x, y):
+    return HessianOperator(PrivateModel(model, torch.device("cpu")), DataSource((x, y)), CE)
+
+
+def residuals(H, w, V):
+    return np.linalg.norm(H @ V - V * w, axis=0)
+
+
+@pytest.mark.parametrize("which,k", [("LA", 5), ("SA", 2), ("LA", 1)])
+def test_lanczos_pairs_match_the_dense_hessian(case, which, k):
+    model, x, y, H = case
+    exact = np.linalg.eigvalsh(H)
+    want = exact[::-1][:k] if which == "LA" else exact[:k]
+    op = operator(model, x, y)
+    w, V, info = extreme_eigenpairs(op, k, which, rng=np.random.default_rng(0), tol=1e-8)
+    assert info["method"] == "lanczos" and info["converged"] and info["hvps"] == op.hvps
+    np.testing.assert_allclose(w, want, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0, rtol=1e-10)
+    assert np.all(residuals(H, w, V) <= 1e-6 * np.abs(H).max())
+    assert np.abs(V[np.argmax(np.abs(V), axis=0), np.arange(k)]).min() > 0  # sign fixed: largest entry positive
+    assert np.all(V[np.argmax(np.abs(V), axis=0), np.arange(k)] > 0)
+
+
+def test_stops_when_arpack_would_and_no_later(case):
+    """Same test as ARPACK's (residual <= tol |theta|) after every product: never more products than eigsh."""
+    model, x, y, H = case
+    exact = np.linalg.eigvalsh(H)[::-1][:5]
+    for tol in (1e-3, 1e-6):
+        ours = operator(model, x, y)
+        w, _, info = extreme_eigenpairs(ours, 5, "LA", rng=np.random.default_rng(3), tol=tol)
+        theirs = operator(model, x, y)
+        w_ref, _, _ = _arpack(theirs, 5, "LA", np.random.default_rng(3).standard_normal(ours.num_parameters), tol,
+                              None, None)
+        assert info["method"] == "lanczos" and ours.hvps <= theirs.hvps
+        assert np.all(np.abs(w - exact) <= tol * np.abs(exact))
+        assert np.all(np.abs(w_ref - exact) <= tol * np.abs(exact))
+
+
+def test_falls_back_to_arpack_when_the_basis_is_full(case, monkeypatch):
+    model, x, y, H = case
+    exact = np.linalg.eigvalsh(H)[::-1][:3]
+    op = operator(model, x, y)
+    monkeypatch.setattr(lanczos, "MIN_STEPS", 4)  # 3 k = 9 steps cannot reach tol 1e-10 on these spectra
+    w, V, info = extreme_eigenpairs(op, 3, "LA", rng=np.random.default_rng(0), tol=1e-10)
+    assert info["method"] == "arpack" and info["converged"] and info["hvps"] == op.hvps > 9
+    np.testing.assert_allclose(w, exact, rtol=1e-8)
+    assert np.all(residuals(H, w, V) <= 1e-7 * np.abs(H).max())
+
+
+class Diagonal:
+    """H = diag(d) as the operator interface extreme_eigenpairs uses (products counted)."""
+
+    def __init__(self, d):
+        self.d = torch.as_tensor(d, dtype=torch.float64)
+        self.num_parameters, self.device, self.dtype, self.hvps = len(d), torch.device("cpu"), torch.float64, 0
+
+    def matvec_torch(self, v):
+        self.hvps += 1
+        return self.d * v.double()
+
+    def matvec(self, v):
+        return self.matvec_torch(torch.from_numpy(np.asarray(v, dtype=np.float64).ravel())).numpy()
+
+    def linear_operator(self):
+        from scipy.sparse.linalg import LinearOperator
+
+        return LinearOperator((self.num_parameters,) * 2, matvec=self.matvec, dtype=np.float64)
+
+
+def test_an_exhausted_krylov_space_gives_exact_values():
+    """Four distinct eigenvalues (each ten times): the Krylov space of any start vector has dimension 4, so
+    Lanczos is exact after 4 products and must stop there instead of dividing by beta = 0."""
+    op = Diagonal(np.repeat([3.0, 1.0, -0.5, -2.0], 10))
+    w, V, info = extreme_eigenpairs(op, 2, "LA", rng=np.random.default_rng(0), tol=1e-12)
+    assert info["method"] == "lanczos" and op.hvps == 4
+    np.testing.assert_allclose(w, [3.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(op.d.numpy()[:, None] * V, V * w, atol=1e-10)
+    w, _, _ = extreme_eigenpairs(op, 1, "SA", rng=np.random.default_rng(1), tol=1e-12)
+    np.testing.assert_allclose(w, [-2.0], rtol=1e-12)
+
+
+def test_clustered_top_of_a_known_spectrum():
+    """300 distinct eigenvalues, the top five within 2 % of each other (slow for any Krylov method)."""
+    d = np.r_[np.linspace(1.0, 0.98, 5), np.linspace(-0.3, 0.9, 295)]
+    op = Diagonal(np.random.default_rng(5).permutation(d))
+    w, V, info = extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-9)
+    assert info["converged"]
+    np.testing.assert_allclose(w, np.linspace(1.0, 0.98, 5), rtol=1e-8)
+    np.testing.assert_allclose(op.d.numpy()[:, None] * V, V * w, atol=1e-4)
