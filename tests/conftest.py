@@ -8,3 +8,17 @@ def small():
     model = SmallNet()
     model.train()  # the user left it in train mode: we must neither use nor change that
     return model, small_data()
+
+
+@pytest.fixture(scope="module")
+def mlp_case():
+    """The 160-parameter MLP of _hessian_cases with its data, dense float64 Hessian and eigenvalues."""
+    import numpy as np
+    from torch import nn
+
+    from _hessian_cases import classification_data, dense_hessian, small_mlp
+
+    model = small_mlp()
+    x, y = classification_data(model)
+    H = dense_hessian(model, nn.CrossEntropyLoss(), x, y)
+    return model, x, y, H, np.linalg.eigvalsh(H)

@@ -20,14 +20,6 @@ CE = nn.CrossEntropyLoss()
 
 
 @pytest.fixture(scope="module")
-def mlp_case():
-    model = small_mlp()
-    x, y = classification_data(model)
-    H = dense_hessian(model, CE, x, y)
-    return model, x, y, H, np.linalg.eigvalsh(H)
-
-
-@pytest.fixture(scope="module")
 def mlp_spectrum(mlp_case):
     model, x, y, _, _ = mlp_case
     return lw.Landscape(model, CE, (x, y)).spectrum(k=5, bottom=2, runs=10, seed=0)

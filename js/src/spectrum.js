@@ -2,7 +2,9 @@
 // and the trust panel of a surface (curvatures of its directions, and a warning when the slice hides a saddle).
 import { toFloat32 } from "./codec.js";
 import { baseLayout, escapeForPlotly } from "./figure.js";
+import { injectCss } from "./style.js";
 import { createFrame } from "./view.js";
+import { fmt, injectTrustStyle, trustRows, warningBox } from "./trust.js";
 
 export const LIMITS = { k: [1, 50], bottom: [0, 50], steps: [10, 300], runs: [1, 100] };
 const TOP = "#1f77b4";
@@ -18,23 +20,13 @@ const CSS = `
 .lw-spectrum-panel table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 .lw-spectrum-panel td { padding: 1px 4px; border-bottom: 1px solid var(--lw-border); }
 .lw-spectrum-panel td:last-child { text-align: right; }
-.lw-warning { color: var(--lw-error); border: 1px solid var(--lw-error); border-radius: 4px; padding: 4px 6px;
-  font-weight: 600; }
-.lw-warning[hidden] { display: none; }
 `;
 
 function injectSpectrumStyle(doc = document) {
-  if (doc.getElementById("lw-spectrum-style")) return;
-  const style = doc.createElement("style");
-  style.id = "lw-spectrum-style";
-  style.textContent = CSS;
-  doc.head.appendChild(style);
+  injectCss("lw-spectrum-style", CSS, doc);
 }
 
-export function fmt(v) {
-  if (v == null || !Number.isFinite(v)) return "n/a";
-  return Number(v.toPrecision(4)).toString();
-}
+export { fmt };
 
 function axis(theme, title, extra = {}) {
   return { title: { text: title }, gridcolor: theme.grid, zerolinecolor: theme.grid, linecolor: theme.grid,
@@ -98,11 +90,7 @@ export function panelRows(s) {
     rows.trace.push(["tr(H)", `${fmt(tr.trace)} ± ${fmt(tr.stderr)}`]);
     rows.trace.push(["tr(H)/N", `${fmt(tr.per_parameter)} ± ${fmt(tr.stderr_per_parameter)}`]);
   }
-  const t = s.trust || {};
-  if (t.kappa) {
-    t.kappa.forEach((v, i) => rows.trust.push([`κ(d${i + 1})`, fmt(v)]));
-    rows.trust.push(["λmax", fmt(t.lambda_max)], ["λmin", fmt(t.lambda_min)], ["tr(H)/N", fmt(t.trace_over_n)]);
-  }
+  rows.trust = trustRows(s.trust);
   return rows;
 }
 
@@ -117,6 +105,7 @@ function table(h, rows) {
 
 export function renderSpectrum({ model, el }) {
   injectSpectrumStyle();
+  injectTrustStyle();
   const f = createFrame({ model, el, view: "spectrum" });
   const n = model.get("_trace")?.num_parameters;
   const maxK = (hi) => (n ? Math.min(hi, n) : hi);
@@ -137,9 +126,7 @@ export function renderSpectrum({ model, el }) {
     const s = state();
     const rows = panelRows(s);
     panel.replaceChildren();
-    const warn = f.h("div", { class: "lw-warning", role: "alert",
-      text: "λmin < 0 but both plotted directions curve upwards: this slice hides a saddle." });
-    warn.hidden = !(s.trust && s.trust.hides_saddle);
+    const warn = warningBox(f.h, s.trust);
     panel.dataset.hidesSaddle = String(!!(s.trust && s.trust.hides_saddle));
     panel.append(warn);
     for (const [key, head] of [["eig", "eigenvalues"], ["trace", "trace (Hutch++)"],

@@ -38,10 +38,15 @@ const CSS = `
 .lw-offline-note { color: var(--lw-muted); font-size: 12px; font-style: italic; margin: 0 0 6px; }
 `;
 
-export function injectStyle(doc = document) {
-  if (doc.getElementById("lw-style")) return;
+/** Add a <style id=id> once per document (views rendered again, or side by side, share it). */
+export function injectCss(id, css, doc = document) {
+  if (doc.getElementById(id)) return;
   const style = doc.createElement("style");
-  style.id = "lw-style";
-  style.textContent = CSS;
+  style.id = id;
+  style.textContent = css;
   doc.head.appendChild(style);
+}
+
+export function injectStyle(doc = document) {
+  injectCss("lw-style", CSS, doc);
 }

@@ -1,5 +1,6 @@
 // SurfaceWidget view: controls for the plane and a contour / heatmap / 3-D surface of the loss.
 import { surfaceFigure } from "./figure.js";
+import { fillTrustBox, injectTrustStyle } from "./trust.js";
 import { createFrame, markGrid } from "./view.js";
 
 export const LIMITS = { resolution: [5, 201], span: [1e-3, 1e3] };
@@ -33,6 +34,13 @@ export function renderSurface({ model, el }) {
     view: model.get("view"), title: model.get("title"), state: model.get("_state"),
     iqr: model.get("_iqr"), path: model.get("_path"), pathSteps: model.get("_path_steps"), pathLosses: model.get("_path_losses"),
   });
+  // the trust panel under the plot: filled once the kernel has the curvatures of this plane (SurfaceWidget(trust=True))
+  injectTrustStyle();
+  const trust = f.h("div", { class: "lw-trust", "aria-label": "trust panel" });
+  f.plotDiv.after(trust);
+  const syncTrust = () => fillTrustBox(f.h, trust, model.get("_trust"));
+  syncTrust();
+  f.listen("change:_trust", syncTrust);
   let drawn = null;
   f.setBuild((theme) => {
     const s = state();

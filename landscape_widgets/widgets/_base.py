@@ -48,6 +48,17 @@ def f32(values) -> bytes:
     return np.ascontiguousarray(np.asarray(values, dtype="<f4")).tobytes()
 
 
+def finite(obj):
+    """JSON-ready copy: NaN and inf become None (offline pages are strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def gaps_note(losses) -> str:
     """' · 3 NaN, 5 inf points drawn as gaps' when there are any: NaN/inf losses are data, say so."""
     losses = np.asarray(losses)

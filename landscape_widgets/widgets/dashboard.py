@@ -46,7 +46,9 @@ class Dashboard(ipywidgets.GridBox):
         self.title = title or "landscape_widgets dashboard"
         self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
                                  else "Random line through the model")
-        self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane")
+        # with a spectrum view the plane's trust panel is shown there (it follows the surface), not twice
+        self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane",
+                                     trust=not spectrum)
         # the spectrum follows the surface: its trust panel (curvature along d1, d2 vs the eigenvalues) is the plane's
         self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum",
                                         **(spectrum_options or {})) if spectrum else None)

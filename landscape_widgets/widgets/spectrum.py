@@ -9,29 +9,17 @@ float32 bytes; everything else as plain numbers.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import traitlets as t
 
 from .._checks import check_int
-from ._base import SEED_MAX, SEND_INTERVAL_S, LiveWidget, browser_bool, browser_int, f32, private_landscape
+from ._base import SEED_MAX, SEND_INTERVAL_S, LiveWidget, browser_bool, browser_int, f32, finite, private_landscape
 
 K = (1, 50)
 BOTTOM = (0, 50)
 STEPS = (10, 300)
 RUNS = (1, 100)
-
-
-def _finite(obj):
-    """JSON-ready copy: NaN and inf become None (offline pages are strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 class SpectrumWidget(LiveWidget):
@@ -173,10 +161,10 @@ class SpectrumWidget(LiveWidget):
             with self.hold_sync():
                 self._top = [float(v) for v in spec.top_eigenvalues]
                 self._bottom = [float(v) for v in spec.bottom_eigenvalues]
-                self._trace = _finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
+                self._trace = finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
                                        "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n})
-                self._trust = _finite(panel or {})
-                self._info = _finite({"hvps": spec.meta["hvps_total"], "seconds": spec.meta["timings"]["total_s"],
+                self._trust = finite(panel or {})
+                self._info = finite({"hvps": spec.meta["hvps_total"], "seconds": spec.meta["timings"]["total_s"],
                                       "steps": spec.meta["steps"], "runs": spec.meta["runs"]})
                 self._grid = f32(spec.density_grid) if spec.density is not None else b""
                 self._density = f32(spec.density) if spec.density is not None else b""

@@ -14,7 +14,7 @@ import traitlets as t
 
 from .._checks import check_int
 from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
-                    check_normalization_choice, f32, gaps_note, private_landscape)
+                    check_normalization_choice, f32, finite, gaps_note, private_landscape)
 
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
@@ -22,6 +22,7 @@ VIEWS = ("contour", "heatmap", "surface")
 KINDS = ("random", "pca", "hessian")
 SEEDS = (1, 16)  # seed spread: how many random planes at once (issue 4's "does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
+TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 
 
 def _span(value):
@@ -55,6 +56,12 @@ class SurfaceWidget(RandomDirectionWidget):
     over the contour with its steps and losses on hover) or "hessian" (Böttcher & Wheeler 2022).  For "pca" and
     "hessian" the directions are computed once per setting (by the preview) and reused for the full grid, and the
     kind's default grid is used until the span is changed.
+
+    ``trust=True`` (default) puts the trust panel of each finished plane under it (Böttcher & Wheeler 2022,
+    arXiv 2208.13219): the curvature ``kappa(d) = d^T H d / ||d||^2`` along both plotted directions next to
+    ``lambda_max``, ``lambda_min`` and ``tr(H)/N``, with a warning when the slice hides a saddle.  It is computed
+    after the plane is drawn (cancelled like it by a newer change) and kept in ``w.trust`` and
+    ``w.surface.meta["trust"]``; the median of several seeds has none.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -71,19 +78,24 @@ class SurfaceWidget(RandomDirectionWidget):
     _path = t.Bytes(b"").tag(sync=True)  # float32 [n, 2]: the trajectory projected on the plane ("pca")
     _path_steps = t.List(t.Int(), []).tag(sync=True)
     _path_losses = t.Bytes(b"").tag(sync=True)
+    _trust = t.Dict().tag(sync=True)  # the trust panel of the plane shown, {} while it is computed or off
 
     _compute_traits = ("resolution", "seed", "normalization", "span", "seeds")
     _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses", "_path",
-                                                               "_path_steps", "_path_losses", "_iqr")
+                                                               "_path_steps", "_path_losses", "_iqr", "_trust")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
-                 title=None, compute=None, directions="random", trajectory=None, seeds=1):
+                 title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True):
         if directions not in KINDS:
             raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
         if (directions == "pca") != (trajectory is not None):
             raise ValueError("directions='pca' needs trajectory=lw.Trajectory(...), and trajectory= is only used by "
                              "directions='pca'")
+        if not isinstance(trust, (bool, np.bool_)):
+            raise TypeError(f"trust must be True or False, got {trust!r}")
         self._ls = private_landscape(ls)
+        self._with_trust = bool(trust)
+        self.trust = None  # the latest trust panel (dict), see Landscape.trust
         self._compute_kw = check_compute(compute)
         self._kind_kw = {} if trajectory is None else {"trajectory": trajectory}
         self._span0 = _span(span)  # for "pca"/"hessian": the kind's own grid until the span is changed
@@ -146,7 +158,7 @@ class SurfaceWidget(RandomDirectionWidget):
               "cancel": cancel, "directions": p["directions"], **self._kind_kw}
         full = {"resolution": p["resolution"], "callback": lambda tile: emit("tile", tile), **self._compute_kw}
         if p["resolution"] <= PREVIEW and p["seeds"] == 1:
-            emit("done", self._ls.plane(**kw, **full))
+            self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
         preview = self._ls.plane(resolution=PREVIEW, **kw)
         emit("preview", preview)
@@ -157,7 +169,7 @@ class SurfaceWidget(RandomDirectionWidget):
                 callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw))
             return
         if p["directions"] == "random":
-            emit("done", self._ls.plane(**kw, **full))
+            self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
         # Hessian eigenvectors and PCA components are computed once, by the preview, and reused on the same grid
         surf = self._ls.plane(directions=preview.directions, normalization="none", ignore=None, progress=False,
@@ -166,7 +178,13 @@ class SurfaceWidget(RandomDirectionWidget):
                                                                                     "ignore", "seed")}
         surf.meta.update(keep)
         surf.path = preview.path
+        self._done_with_trust(surf, emit, cancel)
+
+    def _done_with_trust(self, surf, emit, cancel):
+        """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products."""
         emit("done", surf)
+        if self._with_trust:
+            emit("trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE))
 
     def _pending_status(self, p):
         return f"computing {p['resolution']}×{p['resolution']}…"
@@ -240,15 +258,25 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._show(payload.alphas, payload.betas, payload.median)
         elif kind == "done":
             self.surface = payload
+            self.trust = None
             self._grid = None
             with self.complete_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
                 self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p, payload)}"
-                                + gaps_note(payload.losses))
+                                + gaps_note(payload.losses) + (" · trust panel: computing…" if self._with_trust else ""))
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
+        elif kind == "trust":
+            self.trust = payload
+            if self.surface is not None:
+                self.surface.meta["trust"] = payload
+            with self.complete_sync():
+                self._status = self._status.replace(" · trust panel: computing…", "") + (
+                    " · ⚠ this slice hides a saddle" if payload.get("hides_saddle") else "")
+                self._trust = finite(payload)
 
     def _show(self, alphas, betas, losses, surf=None):
+        self._trust = {}  # whatever is drawn now, the panel shown belonged to an earlier plane
         if surf is not None:  # a single plane (preview or done): no seed spread to show
             self._iqr = b""
         path = getattr(surf, "path", None) if surf is not None else None

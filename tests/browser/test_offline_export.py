@@ -38,6 +38,7 @@ def pages(tmp_path_factory):
     curve.wait(120)
     assert surface.surface is not None and curve.curve is not None
     return {"surface": Path(surface.to_html(out / "surface.html")), "surface_losses": surface.surface.losses,
+            "surface_trust": surface.trust,
             "curve": Path(curve.to_html(out / "curve.html")), "curve_losses": curve.curve.losses}
 
 
@@ -88,6 +89,16 @@ def test_surface_page_renders_offline_with_webgl(page, pages, artifacts):
     z = np.array(page.evaluate(f"""() => document.querySelector("{root} .lw-plot").data[0].z
                                    .map(r => Array.from(r))"""), dtype=float)
     np.testing.assert_allclose(z, np.log10(pages["surface_losses"]).T, rtol=1e-5)
+    # the trust panel computed in the kernel travels with the page: kappa(d1), kappa(d2), lambda_max, ...
+    box = page.locator(f"{root} .lw-trust")
+    assert box.is_visible()
+    items = dict(page.evaluate(f"""() => Array.from(document.querySelectorAll("{root} .lw-trust-item"))
+        .filter(e => e.children.length === 2).map(e => [e.children[0].textContent, e.children[1].textContent])"""))
+    trust = pages["surface_trust"]
+    for label, value in (("κ(d1)", trust["kappa"][0]), ("κ(d2)", trust["kappa"][1]), ("λmax", trust["lambda_max"]),
+                         ("λmin", trust["lambda_min"])):
+        assert float(items[label]) == pytest.approx(value, rel=1e-3)
+    assert page.get_attribute(f"{root} .lw-trust", "data-hides-saddle") == str(trust["hides_saddle"]).lower()
     page.screenshot(path=str(artifacts / "offline-surface-3d.png"), full_page=True)
     assert_no_requests(page, blocked)
 

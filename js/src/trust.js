@@ -1,0 +1,60 @@
+// The trust panel of a surface (Böttcher & Wheeler 2022, arXiv 2208.13219): the curvature κ(d) = dᵀHd/‖d‖² along
+// each plotted direction next to λmax, λmin and tr(H)/N, and a warning when λmin < 0 while both κ > 0 (the slice
+// hides a saddle).  Shared by the surface view (a box under the plot) and the spectrum view (its side panel).
+import { injectCss } from "./style.js";
+
+export const WARNING = "λmin < 0 but both plotted directions curve upwards: this slice hides a saddle.";
+
+export const TRUST_CSS = `
+.lw-warning { color: var(--lw-error); border: 1px solid var(--lw-error); border-radius: 4px; padding: 4px 6px;
+  font-weight: 600; }
+.lw-warning[hidden] { display: none; }
+.lw-trust { font-size: 12px; margin-top: 6px; display: flex; flex-wrap: wrap; gap: 4px 16px; align-items: baseline; }
+.lw-trust[hidden] { display: none; }
+.lw-trust > .lw-warning { flex-basis: 100%; }
+.lw-trust-item { font-variant-numeric: tabular-nums; white-space: nowrap; }
+.lw-trust-item > span:first-child { color: var(--lw-muted); margin-right: 4px; }
+`;
+
+export function injectTrustStyle(doc = document) {
+  injectCss("lw-trust-style", TRUST_CSS, doc);
+}
+
+export function fmt(v) {
+  if (v == null || !Number.isFinite(v)) return "n/a";
+  return Number(v.toPrecision(4)).toString();
+}
+
+/** [label, value] rows of a trust panel dict ({kappa, lambda_max, lambda_min, trace_over_n, ...}); [] without one. */
+export function trustRows(t) {
+  if (!t || !Array.isArray(t.kappa)) return [];
+  const rows = t.kappa.map((v, i) => [`κ(d${i + 1})`, fmt(v)]);
+  const tr = Number.isFinite(t.trace_over_n_stderr) ? ` ± ${fmt(t.trace_over_n_stderr)}` : "";
+  rows.push(["λmax", fmt(t.lambda_max)], ["λmin", fmt(t.lambda_min)], ["tr(H)/N", `${fmt(t.trace_over_n)}${tr}`]);
+  return rows;
+}
+
+export function hidesSaddle(t) {
+  return !!(t && t.hides_saddle);
+}
+
+/** The warning element, hidden unless the panel says the slice hides a saddle. */
+export function warningBox(h, t) {
+  const warn = h("div", { class: "lw-warning", role: "alert", text: WARNING });
+  warn.hidden = !hidesSaddle(t);
+  return warn;
+}
+
+/** Fill `box` (a div under a surface plot) with the panel: one "label value" item per row, the warning first. */
+export function fillTrustBox(h, box, t) {
+  const rows = trustRows(t);
+  box.replaceChildren();
+  box.hidden = rows.length === 0;
+  box.dataset.hidesSaddle = String(hidesSaddle(t));
+  if (!rows.length) return;
+  box.append(warningBox(h, t), h("span", { class: "lw-trust-item", title: "Hessian curvature along the plotted "
+    + "directions vs its extreme eigenvalues (Böttcher & Wheeler 2022)" }, h("span", { text: "trust:" })));
+  for (const [label, value] of rows) {
+    box.append(h("span", { class: "lw-trust-item" }, h("span", { text: label }), h("span", { text: value })));
+  }
+}

@@ -1,0 +1,86 @@
+"""SurfaceWidget's own trust panel (issue 4: "beside every surface"): the curvatures along its two directions
+against the dense Hessian's quadratic forms, the eigenvalues against eigvalsh, and its life cycle."""
+import numpy as np
+import pytest
+from torch import nn
+
+import landscape_widgets as lw
+from helpers import assert_same, snapshot
+
+CE = nn.CrossEntropyLoss()
+
+
+@pytest.fixture(scope="module")
+def case(mlp_case):
+    return mlp_case[:4]
+
+
+def flat(d, model):
+    return np.concatenate([d[n].double().reshape(-1).numpy() for n, _ in model.named_parameters()])
+
+
+@pytest.mark.parametrize("directions", ["random", "hessian"])
+def test_panel_matches_the_dense_hessian(case, directions):
+    model, x, y, H = case
+    before = snapshot(model)
+    w = lw.SurfaceWidget(lw.Landscape(model, CE, (x, y)), resolution=5, directions=directions, span=0.3)
+    assert w.error == "" and w._state == "done"
+    panel = w.trust
+    assert panel is w.surface.meta["trust"]
+    exact = np.linalg.eigvalsh(H)
+    for d, kappa in zip(w.surface.directions, panel["kappa"]):
+        v = flat(d, model)
+        assert kappa == pytest.approx(v @ H @ v / (v @ v), rel=1e-6, abs=1e-10)
+    assert panel["lambda_max"] == pytest.approx(exact[-1], rel=1e-4)
+    assert panel["lambda_min"] == pytest.approx(exact[0], rel=1e-4)
+    assert abs(panel["trace"] - np.trace(H)) < 4 * panel["trace_stderr"]
+    assert w._trust["kappa"] == panel["kappa"] and w._trust["hides_saddle"] == panel["hides_saddle"]
+    assert "trust panel: computing" not in w._status
+    if directions == "hessian":  # its eigenvalues come from the plane's own meta, not from a second Lanczos run
+        assert panel["lambda_max"] == w.surface.meta["lambda_max"]
+        assert panel["kappa"][0] == pytest.approx(exact[-1], rel=1e-4)
+        assert panel["kappa"][1] == pytest.approx(exact[0], rel=1e-4)
+        assert panel["negative_curvature"] and not panel["hides_saddle"]  # kappa(d2) < 0: the slice shows it
+    assert_same(model, before)
+    w.close()
+
+
+def test_a_new_plane_gets_a_new_panel_and_trust_false_computes_none(case):
+    model, x, y, _ = case
+    ls = lw.Landscape(model, CE, (x, y))
+    w = lw.SurfaceWidget(ls, resolution=5, seed=1)
+    first = w.trust["kappa"]
+    w.seed = 2
+    w.wait(timeout=120)
+    assert w.trust["kappa"] != first and w.surface.meta["seed"] == 2
+    assert w.trust["kappa"] == pytest.approx(ls.trust(w.surface, trace_samples=30)["kappa"], rel=1e-9)
+    w.close()
+    off = lw.SurfaceWidget(ls, resolution=5, trust=False)
+    assert off.trust is None and off._trust == {} and "trust" not in off.surface.meta
+    assert "trust panel" not in off._status
+    off.close()
+
+
+def test_seed_median_has_no_panel(case):
+    model, x, y, _ = case
+    w = lw.SurfaceWidget(lw.Landscape(model, CE, (x, y)), resolution=11, seeds=3, span=0.5)
+    assert w._state == "done" and w.spread is not None
+    assert w.trust is None and w._trust == {}
+    w.close()
+
+
+def test_trust_must_be_a_bool(case):
+    model, x, y, _ = case
+    with pytest.raises(TypeError, match="trust must be True or False"):
+        lw.SurfaceWidget(lw.Landscape(model, CE, (x, y)), trust="yes")
+
+
+def test_dashboard_shows_the_panel_once(case):
+    model, x, y, _ = case
+    ls = lw.Landscape(model, CE, (x, y))
+    d = lw.Dashboard(ls, resolution=5).wait(timeout=300)
+    assert d.surface.trust is None and d.spectrum.trust is not None  # the spectrum view shows the surface's panel
+    alone = lw.Dashboard(ls, resolution=5, spectrum=False).wait(timeout=300)
+    assert alone.surface.trust["kappa"] == pytest.approx(d.spectrum.trust["kappa"], rel=1e-9)
+    d.close()
+    alone.close()
