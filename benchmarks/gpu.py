@@ -3,9 +3,12 @@
 Models: the digits MLP and CNN (sklearn's digits; synthetic 8x8 data of the same shape when sklearn is missing,
 which changes no timing) and a ResNet-20 (He et al. 2016, CIFAR variant, option-A shortcuts, written here: no
 torchvision) on synthetic 32x32 images.  Each method evaluates the same points on the same filter-normalized
-random plane; values of the batched evaluator are checked against the loop.  loss-landscapes (optional) is timed
-on its own ``random_plane`` with a comparable number of points.  Last, one forward pass of a ResNet-56 over
-50,000 32x32 images is timed (extrapolated from a few batches), the unit of docs/scaling.md's estimate.
+random plane; values of the batched evaluator are checked against the loop.  For the convolutional models the
+batched evaluator is timed three ways: vmap's own grouped convolutions (``batched_conv=False``, the path before
+``landscape_widgets.batched_conv``), im2col + bmm (the default on CUDA), and the same with the transposed GEMM.
+loss-landscapes (optional) is timed on its own ``random_plane`` with a comparable number of points.  Last, one
+forward pass of a ResNet-56 over 50,000 32x32 images is timed (extrapolated from a few batches), the unit of
+docs/scaling.md's estimate.
 
     python benchmarks/gpu.py            # full run on CUDA (< 5 min on one GPU), prints a markdown table
     python benchmarks/gpu.py --quick    # small sizes, any device (CPU: < 1 min), to check the script
@@ -45,7 +48,8 @@ def _import_core():
         pkg = types.ModuleType("landscape_widgets")
         pkg.__path__ = [os.path.join(ROOT, "landscape_widgets")]
         sys.modules["landscape_widgets"] = pkg
-    mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "evaluator", "batched")}
+    mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "evaluator", "batched",
+                                                                        "batched_conv")}
     return mods
 
 
@@ -193,6 +197,7 @@ def run_loss_landscapes(model, x, y, points, device):
 def bench(core, name, model, data, points, device, tile, warm=8):
     PrivateModel, DataSource = core["_model"].PrivateModel, core["data"].DataSource
     PointEvaluator, VmapEvaluator = core["evaluator"].PointEvaluator, core["batched"].VmapEvaluator
+    bc = core["batched_conv"]
     Moving, grid_tile_size = core["evaluator"].Moving, core["evaluator"].grid_tile_size
     private = PrivateModel(model, device)
     source = DataSource(data)
@@ -211,26 +216,42 @@ def bench(core, name, model, data, points, device, tile, warm=8):
     loop = PointEvaluator(private, source, loss, moving)
     loop.run(coords[:warm], tile_size=warm)
     t_loop, v_loop = timed(lambda: loop.run(coords, tile_size=tile_size), device)
-    vm = VmapEvaluator(private, source, loss, moving)
-    vm.run(coords[:warm], tile_size=warm)  # warm-up, and the automatic chunk size
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t_vm, v_vm = timed(lambda: vm.run(coords, tile_size=tile_size), device)
+
+    def rel(v):
+        return float(np.max(np.abs(v - v_loop) / np.maximum(np.abs(v_loop), 1e-12)))
+
+    def run_vmap(**kw):
+        ev = VmapEvaluator(private, source, loss, moving, **kw)
+        ev.run(coords[:warm], tile_size=warm)  # warm-up, and the automatic chunk size
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        dt, v = timed(lambda: ev.run(coords, tile_size=tile_size), device)
+        return len(coords) / dt, v, ev
+
+    pts_vm, v_vm, vm = run_vmap()  # the library's default: batched convolutions on CUDA (batched.BATCHED_CONV_DEVICES)
+    mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    diffs = [rel(v_vm)]
+    conv = {}  # vmap's grouped convolutions (the old path) vs batched_conv's im2col + bmm, in both GEMM layouts
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        conv["grouped"] = run_vmap(batched_conv=False) if vm.batched_conv else (pts_vm, v_vm, vm)
+        conv["cout"] = run_vmap(batched_conv=True) if not vm.batched_conv else (pts_vm, v_vm, vm)
+        layout, bc.GEMM_LAYOUT = bc.GEMM_LAYOUT, "pixels"
+        try:
+            conv["pixels"] = run_vmap(batched_conv=True)
+        finally:
+            bc.GEMM_LAYOUT = layout
+        diffs += [rel(v) for _p, v, _e in conv.values()]
     auto = VmapEvaluator(private, source, loss, moving, autotune=True)
     t_auto, v_auto = timed(lambda: auto.run(coords, tile_size=tile_size), device)
     bench_flag = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # an experiment: cuDNN's autotuner on the grouped convolutions of vmap
     try:
-        vb = VmapEvaluator(private, source, loss, moving)
-        vb.run(coords[:warm], tile_size=warm)
-        t_vb, _ = timed(lambda: vb.run(coords, tile_size=tile_size), device)
+        pts_vb, _v, _e = run_vmap(batched_conv=False)
     finally:
         torch.backends.cudnn.benchmark = bench_flag
-    row.update(auto=len(coords) / t_auto, auto_mode=auto.mode, cudnn_bench=len(coords) / t_vb,
-               auto_diff=float(np.max(np.abs(v_auto - v_loop) / np.maximum(np.abs(v_loop), 1e-12))))
-    row.update(loop=len(coords) / t_loop, vmap=len(coords) / t_vm, chunk=vm.chunk_size,
-               diff=float(np.max(np.abs(v_vm - v_loop) / np.maximum(np.abs(v_loop), 1e-12))),
-               mem=torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None)
+    row.update(auto=len(coords) / t_auto, auto_mode=auto.mode, cudnn_bench=pts_vb, auto_diff=rel(v_auto))
+    row.update(loop=len(coords) / t_loop, vmap=pts_vm, chunk=vm.chunk_size, diff=max(diffs), mem=mem,
+               conv={k: (p, e.chunk_size) for k, (p, _v, e) in conv.items()})
     row["ll"], row["ll_note"] = run_loss_landscapes(model, *data, max(4, len(coords) // 4), device)
     return row
 
@@ -272,8 +293,9 @@ def main(argv=None):
              f"tiles: {args.tile}, total {time.perf_counter() - t0:.0f} s", "",
              "| model | params | samples | points | loop pts/s | vmap pts/s | vmap / loop | auto pts/s (chose) | "
              "vmap + cudnn.benchmark pts/s | chunk | vmap peak GiB | max rel. diff | loss-landscapes pts/s | "
-             "vmap / loss-landscapes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vmap / loss-landscapes | vmap, grouped conv pts/s (chunk) | vmap, batched conv pts/s (chunk) | "
+             "batched conv, pixels GEMM pts/s (chunk) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ll = f"{r['ll']:.1f} ({r['ll_note']})" if r["ll"] else r["ll_note"]
         ratio = f"{r['vmap'] / r['ll']:.1f}x" if r["ll"] else "—"
@@ -281,7 +303,9 @@ def main(argv=None):
         lines.append(f"| {r['model']} | {r['params']:,} | {r['samples']:,} | {r['points']} | {r['loop']:.1f} | "
                      f"{r['vmap']:.1f} | {r['vmap'] / r['loop']:.2f}x | {r['auto']:.1f} ({r['auto_mode']}) | "
                      f"{r['cudnn_bench']:.1f} | {r['chunk']} | {mem} | {max(r['diff'], r['auto_diff']):.1e} | "
-                     f"{ll} | {ratio} |")
+                     f"{ll} | {ratio} | " + " | ".join(
+                         f"{r['conv'][k][0]:.1f} ({r['conv'][k][1]})" if k in r["conv"] else "—"
+                         for k in ("grouped", "cout", "pixels")) + " |")
     lines += ["", f"ResNet-56 (0.85 M params), one eval pass over 50,000 32x32 images: {pass_s:.2f} s on this device "
                   "(docs/scaling.md multiplies this by 2,601 grid points)."]
     print("\n".join(lines))

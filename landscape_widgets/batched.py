@@ -3,18 +3,22 @@
 A chunk of ``B`` points becomes one call of the model on stacked weights ``theta + C @ D`` of shape
 ``[B, *param.shape]`` through ``torch.func.functional_call`` (the private copy's own tensors are never written),
 so small and medium models stop being bound by kernel launches.  The chunk size comes from the device's free
-memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  On a CPU the per-point
-loop of :class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point beats batched
-small ones), so ``Landscape`` only picks this evaluator on CUDA unless asked.
+memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  On CUDA, convolutions
+of batched inputs with batched weights run as im2col and one batched GEMM (:mod:`~landscape_widgets.batched_conv`)
+instead of vmap's grouped convolutions.  On a CPU the per-point loop of
+:class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point beats batched small ones),
+so ``Landscape`` only picks this evaluator on CUDA unless asked.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
+from .batched_conv import batched_convs
 from .evaluator import PointEvaluator, check_loss
 
 CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
@@ -23,6 +27,9 @@ EVALUATORS = ("auto", "loop", "vmap")
 MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
 TILE_POINTS = 512       # points per tile of a plane with this evaluator: chunks of 64 left an H200 idle (RESULTS.md)
 AUTO_PROBE = 8          # points timed on each path when "auto" chooses between vmap and the loop
+# where batched_conv=None uses batched_conv: on a CPU oneDNN's grouped convolutions beat im2col + bmm (18.9 vs 13.8
+# pts/s, digits CNN, 2 threads), and "auto" keeps the per-point loop there anyway
+BATCHED_CONV_DEVICES = ("cuda",)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -56,9 +63,13 @@ class VmapEvaluator(PointEvaluator):
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
     ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
     large enough to fill the device with one point per pass gains nothing from batching: ResNet-20 in RESULTS.md).
+    ``batched_conv``: run the copy's ``nn.Conv2d`` layers through :mod:`~landscape_widgets.batched_conv` (im2col and
+    one batched GEMM instead of vmap's grouped convolutions); None: on the ``BATCHED_CONV_DEVICES``; False keeps
+    vmap's own rule, for comparisons.
     """
 
-    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None, autotune=False):
+    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None, autotune=False,
+                 batched_conv=None):
         if point_hook is not None:
             raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
                              "BatchNorm statistics point by point); pass evaluator='loop'")
@@ -83,6 +94,7 @@ class VmapEvaluator(PointEvaluator):
         self.autotune = autotune
         self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
         self.timings = {}
+        self.batched_conv = private.device.type in BATCHED_CONV_DEVICES if batched_conv is None else bool(batched_conv)
 
     # -- batched forward --------------------------------------------------------------------------------------
     def _stacked(self, c: torch.Tensor) -> dict:
@@ -110,6 +122,11 @@ class VmapEvaluator(PointEvaluator):
         stacked = self._stacked(c)
         if not stacked:  # nothing moves (e.g. the loss at the model itself)
             return check_loss(self.loss_fn(forward({}), y)).double().reshape(1).expand(len(c))
+        with batched_convs(module) if self.batched_conv else contextlib.nullcontext():
+            return self._vmapped_losses(forward, stacked, y)
+
+    def _vmapped_losses(self, forward, stacked, y):
+        """The loss under vmap too when it can run there (once it cannot, per point on vmap's outputs)."""
         if self._loss_in_vmap:
             try:
                 return vmap(lambda mv: check_loss(self.loss_fn(forward(mv), y)))(stacked).double()
