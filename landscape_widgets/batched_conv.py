@@ -6,7 +6,9 @@ point), which cuDNN runs slowly (the digits CNN was only 2.5x the per-point loop
 
 - weights batched, input not (a first layer): one plain convolution with the ``B * Cout`` filters stacked;
 - both batched: im2col (a strided view of the padded input, one copy) and one ``bmm``
-  ``[B, Cout, C*kh*kw] @ [B, C*kh*kw, N*H'*W']``, in float32 on CUDA with cuDNN's TF32 setting for convolutions;
+  ``[B, Cout, C*kh*kw] @ [B, C*kh*kw, N*H'*W']`` in the user's own float32 matmul precision
+  (``torch.set_float32_matmul_precision("high")`` allows TF32 on CUDA; we never flip that process-wide flag
+  ourselves: a worker thread must not change the precision of the user's concurrent matmuls);
 - input batched, weights not: one plain convolution over the ``B * N`` images;
 - anything else (groups, ``padding="same"``, non-float dtypes, unbatched 3-D images): vmap's own rule.
 
@@ -85,52 +87,11 @@ def _vmap_rule(batch, dims, x, w, b, stride, padding, dilation, groups):
     w2 = w.reshape(batch, cout, c * kh * kw)
     if GEMM_LAYOUT == "pixels":  # [B, N*H'*W', C*kh*kw] @ [B, C*kh*kw, Cout]: a channels-last output
         cols = win.permute(0, 1, 3, 4, 2, 5, 6).reshape(batch, n * ho * wo, c * kh * kw)  # the one copy
-        with matmul_precision_of_convs(x):
-            y = torch.bmm(cols, w2.mT) if b is None else torch.baddbmm(b.unsqueeze(1), cols, w2.mT)
+        y = torch.bmm(cols, w2.mT) if b is None else torch.baddbmm(b.unsqueeze(1), cols, w2.mT)
         return y.view(batch, n, ho, wo, cout).permute(0, 1, 4, 2, 3), 0
     cols = win.permute(0, 2, 5, 6, 1, 3, 4).reshape(batch, c * kh * kw, n * ho * wo)  # the one copy
-    with matmul_precision_of_convs(x):
-        y = torch.bmm(w2, cols) if b is None else torch.baddbmm(b.unsqueeze(-1), w2, cols)
+    y = torch.bmm(w2, cols) if b is None else torch.baddbmm(b.unsqueeze(-1), w2, cols)
     return y.view(batch, cout, n, ho, wo).transpose(1, 2), 0  # [B, N, Cout, H', W'] as a view
-
-
-def conv_tf32() -> bool:
-    """Whether cuDNN runs float32 convolutions in TF32 (PyTorch's default): the per-operator flag of torch >= 2.9
-    when there is one (``cudnn.allow_tf32`` raises once the convolution and RNN flags differ), else the old flag."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(conv, "fp32_precision"):
-        return conv.fp32_precision == "tf32"
-    return bool(torch.backends.cudnn.allow_tf32)
-
-
-@contextlib.contextmanager
-def matmul_precision_of_convs(x):
-    """On CUDA, float32 cuBLAS in the precision cuDNN uses for the same convolution in the per-point loop (so both
-    evaluators agree and the GEMM gets tensor cores), restored on exit; elsewhere nothing changes."""
-    if x.device.type != "cuda" or x.dtype != torch.float32:
-        yield
-        return
-    mm, want = torch.backends.cuda.matmul, conv_tf32()
-    if not hasattr(mm, "fp32_precision"):  # torch < 2.9
-        old = mm.allow_tf32
-        mm.allow_tf32 = want
-        try:
-            yield
-        finally:
-            mm.allow_tf32 = old
-        return
-    # only the new flag, which cuBLAS reads: setting the legacy one too makes the legacy getters raise ("mix")
-    old = mm.fp32_precision
-    if (old == "tf32") == want:
-        yield
-        return
-    mm.fp32_precision = "tf32" if want else "ieee"
-    try:
-        yield
-    finally:
-        mm.fp32_precision = "none"  # the default, inherited from torch.backends' flag: restore it when it was so
-        if mm.fp32_precision != old:
-            mm.fp32_precision = old
 
 
 def _patched_forward(module, x, w, b):

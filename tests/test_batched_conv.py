@@ -1,6 +1,5 @@
 """batched_conv: its vmap rule against a Python loop of F.conv2d per point, its fallbacks against vmap's own rule,
 and the vmap evaluator with it against the per-point loop."""
-import types
 
 import numpy as np
 import pytest
@@ -116,30 +115,6 @@ def test_fallbacks_equal_plain_vmap(case, spy):
 def test_outside_vmap_is_conv2d():
     x, w, b = _operands(torch.float64)
     assert torch.equal(conv2d(x[0], w[0], b[0], stride=2), F.conv2d(x[0], w[0], b[0], stride=2))
-
-
-def test_tf32_follows_cudnn_and_is_restored():
-    """On CUDA float32 the GEMM runs in cuDNN's precision for convolutions; the flag is restored, errors included
-    (the flags are plain globals: this runs without a GPU)."""
-    mm, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
-    if not hasattr(conv, "fp32_precision"):
-        pytest.skip("torch < 2.9: legacy allow_tf32 flags")
-    cuda32 = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
-    before, conv_before = mm.fp32_precision, conv.fp32_precision
-    try:
-        for prec in ("tf32", "ieee"):
-            conv.fp32_precision = prec
-            with pytest.raises(KeyError):
-                with batched_conv.matmul_precision_of_convs(cuda32):
-                    assert (mm.fp32_precision == "tf32") == (prec == "tf32")
-                    raise KeyError
-            assert mm.fp32_precision == before
-            for other in (types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32),
-                          types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float64)):
-                with batched_conv.matmul_precision_of_convs(other):
-                    assert mm.fp32_precision == before
-    finally:
-        conv.fp32_precision = conv_before
 
 
 class BnCNN(nn.Module):
