@@ -95,6 +95,10 @@ class VmapEvaluator(PointEvaluator):
         self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
         self.timings = {}
         self.batched_conv = private.device.type in BATCHED_CONV_DEVICES if batched_conv is None else bool(batched_conv)
+        # autotune also times both convolution paths: im2col + bmm is not faster on every device and model
+        self._conv_choice = batched_conv is None and any(isinstance(m, torch.nn.Conv2d)
+                                                         for m in private.module.modules())
+        self._given_chunk = chunk_size
 
     # -- batched forward --------------------------------------------------------------------------------------
     def _stacked(self, c: torch.Tensor) -> dict:
@@ -187,13 +191,25 @@ class VmapEvaluator(PointEvaluator):
         return self._vmap_tile(coords)
 
     def _tune(self, coords):
-        """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path."""
+        """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path; for a
+        model with convolutions the tile is split between vmap's grouped convolutions and batched_conv's bmm."""
         k = AUTO_PROBE
         out = np.empty(len(coords))
-        out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, the chunk size
-        t0 = time.perf_counter()
-        out[k:] = self._vmap_tile(coords[k:])  # ends with a copy to the host: synchronized
-        t_vmap = (time.perf_counter() - t0) / (len(coords) - k)
+        variants = [True, False] if self._conv_choice else [self.batched_conv]
+        per_point, chunks = {}, {}
+        start, share = k, (len(coords) - k) // len(variants)
+        for i, variant in enumerate(variants):
+            self.batched_conv, self.chunk_size = variant, self._given_chunk
+            out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, this path's chunk size
+            stop = len(coords) if i == len(variants) - 1 else start + share
+            t0 = time.perf_counter()
+            out[start:stop] = self._vmap_tile(coords[start:stop])  # ends with a copy to the host: synchronized
+            per_point[variant] = (time.perf_counter() - t0) / (stop - start)
+            chunks[variant] = self.chunk_size
+            start = stop
+        best = min(per_point, key=per_point.get)
+        self.batched_conv, self.chunk_size = best, chunks[best]
+        t_vmap = per_point[best]
         self.accelerate = True  # the loop's exact shortcuts apply on its own path
         PointEvaluator._eval_tile(self, coords[:1])
         t0 = time.perf_counter()
@@ -202,6 +218,9 @@ class VmapEvaluator(PointEvaluator):
         self.mode = "loop" if t_loop < t_vmap else "vmap"
         self.accelerate = self.mode == "loop"
         self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
+        if len(variants) > 1:
+            self.timings.update(vmap_batched_conv_s_per_point=per_point[True],
+                                vmap_grouped_conv_s_per_point=per_point[False])
         return out
 
     def _vmap_tile(self, coords):

@@ -209,3 +209,35 @@ def test_digits_cnn_plane(monkeypatch):
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
     vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batched_faster", [True, False])
+def test_autotune_times_both_convolution_paths(monkeypatch, batched_faster):
+    """With batched_conv=None, autotune splits its first tile between the grouped and the batched path, keeps the
+    faster one (a fake clock decides here) and the values stay the loop's."""
+    model, data = BnCNN(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    loop = ls.plane(resolution=(6, 7), progress=False, evaluator="loop")
+    private = ls._fresh()
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, list(loop.directions)).moving,
+                       autotune=True)
+    ticks = {"t": 0.0}
+    real_vmap, real_loop = VmapEvaluator._vmap_tile, batched.PointEvaluator._eval_tile
+
+    def vmap_tile(self, coords):
+        ticks["t"] += (1.0 if self.batched_conv == batched_faster else 5.0) * len(coords)
+        return real_vmap(self, coords)
+
+    def loop_tile(self, coords):
+        ticks["t"] += 100.0 * len(coords)
+        return real_loop(self, coords)
+
+    monkeypatch.setattr(batched.time, "perf_counter", lambda: ticks["t"])
+    monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
+    monkeypatch.setattr(batched.PointEvaluator, "_eval_tile", loop_tile)
+    coords = np.stack(np.meshgrid(loop.alphas, loop.betas, indexing="ij"), -1).reshape(-1, 2)
+    got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
+    assert ev.mode == "vmap" and ev.batched_conv == batched_faster
+    assert ev.timings["vmap_batched_conv_s_per_point"] == (1.0 if batched_faster else 5.0)
+    assert ev.timings["vmap_grouped_conv_s_per_point"] == (5.0 if batched_faster else 1.0)
+    np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
