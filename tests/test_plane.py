@@ -207,6 +207,38 @@ def test_exact_accelerations_do_not_change_values(small):
             np.testing.assert_allclose(fast.losses, slow.losses, rtol=2e-6, atol=1e-7)
 
 
+def test_point_writes_go_through_one_flat_buffer_and_leave_no_trace(small):
+    """A point is written into views of one flat buffer; afterwards the private copy has its own contiguous,
+    non-inference tensors again (a leftover channels-last weight once changed a later run's rounding), and the
+    order of computations does not change any value."""
+    from landscape_widgets.evaluator import PointEvaluator, _FlatWrites
+
+    model, data = small
+    ls = lw.Landscape(model, CE, data)
+    start = SmallNet(seed=4)
+    alone = ls.interpolate(start, steps=6, buffers="recompute", progress=False).losses
+    seen = []
+    real = _FlatWrites.write
+
+    def spy(plan, c):
+        seen.append([(t.data_ptr() - plan.groups[0][0].data_ptr()) // 4 for t, _own in plan.swapped])
+        return real(plan, c)
+
+    _FlatWrites.write = spy
+    try:
+        ls.plane(resolution=3, ignore=None, progress=False)  # channels-last (a conv net), shortcuts
+    finally:
+        _FlatWrites.write = real
+    assert seen and all(off == sorted(off) and len(set(off)) == len(off) for off in seen)  # distinct slices
+    assert all(o % 16 == 0 for o in seen[0])  # each view 64-byte aligned
+    private = ls._private
+    for t in list(private.params.values()) + list(private.buffers.values()):
+        assert t.is_contiguous() and not t.is_inference()
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()  # its own storage, not a view
+    again = ls.interpolate(start, steps=6, buffers="recompute", progress=False).losses
+    np.testing.assert_array_equal(again, alone)
+
+
 def test_input_affine_shortcut_is_found_and_used():
     from landscape_widgets.evaluator import _input_layers
 
