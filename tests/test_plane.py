@@ -247,3 +247,21 @@ def test_input_affine_shortcut_is_found_and_used():
     assert _input_layers(mlp, x) == [mlp[0]]
     flat_first = nn.Sequential(nn.Flatten(), nn.Linear(5, 2))  # input reshaped first: not the data itself
     assert _input_layers(flat_first, x.reshape(4, 1, 5)) == []
+
+
+def test_allocator_is_warmed_once_per_process_on_cpus_only(monkeypatch):
+    """One 30 MiB block, allocated and freed untouched, before the first CPU run (see evaluator.warm_allocator)."""
+    import platform
+
+    import landscape_widgets.evaluator as E
+
+    calls = []
+    real = torch.empty
+    monkeypatch.setattr(E, "_warmed", False)
+    monkeypatch.setattr(E.torch, "empty", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    E.warm_allocator("cuda")
+    assert calls == [] and not E._warmed
+    E.warm_allocator(torch.device("cpu"))
+    E.warm_allocator("cpu")
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert E._warmed and calls == ([((E.WARM_BYTES,), {"dtype": torch.uint8})] if glibc else [])
