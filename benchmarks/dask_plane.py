@@ -30,15 +30,22 @@ def main(argv=None):
     ap.add_argument("--resolution", type=int, default=41)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--dask-malloc", action="store_true",
+                    help="keep Dask's default MALLOC_TRIM_THRESHOLD_=65536 in the workers (3x slower on CPUs)")
     args = ap.parse_args(argv)
+    import dask
     from distributed import Client, LocalCluster
+
+    from landscape_widgets.distributed import worker_environ
 
     data = examples.digits(flat=False)
     model = examples.digits_cnn()
     examples.train(model, data, epochs=args.epochs)
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     res = args.resolution
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ") if args.dask_malloc else worker_environ()
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # docs/scaling.md
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
     try:
         client.run(torch.set_num_threads, 1)  # single-threaded workers (Dask's nanny also sets OMP_NUM_THREADS=1)
@@ -58,12 +65,15 @@ def main(argv=None):
     pts = res * res
     local, dask = pts / statistics.median(t_local), pts / statistics.median(t_dask)
     diff = float(np.max(np.abs(z_local - z_dask)))
-    print(f"`python benchmarks/dask_plane.py --resolution {res} --rounds {args.rounds} --epochs {args.epochs}` — "
+    flag = " --dask-malloc" if args.dask_malloc else ""
+    print(f"`python benchmarks/dask_plane.py --resolution {res} --rounds {args.rounds} --epochs {args.epochs}{flag}` — "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
           f"medians of {args.rounds} alternating rounds, {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| setup | points | pts/s | vs local | max abs diff vs local |\n|---|---|---|---|---|")
     print(f"| local process, 2 torch threads | {pts} | {local:.1f} | 1.00x | 0 |")
-    print(f"| Dask LocalCluster, 2 workers x 1 thread | {pts} | {dask:.1f} | {dask / local:.2f}x | {diff:.1e} |")
+    env = "Dask's default worker environment" if args.dask_malloc else "workers started with worker_environ()"
+    print(f"| Dask LocalCluster, 2 workers x 1 thread, {env} | {pts} | {dask:.1f} | {dask / local:.2f}x | "
+          f"{diff:.1e} |")
     print(f"\nrounds (s): local {[round(t, 2) for t in t_local]}, dask {[round(t, 2) for t in t_dask]}")
 
 

@@ -14,8 +14,11 @@ finished is lost.  Li et al.'s reference code does the same over MPI ranks (plot
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import uuid
+import warnings
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -25,6 +28,48 @@ _CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker proces
 _CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, the previous one
 _CACHE_LOCK = threading.Lock()
 BUILDS = []              # tokens of the jobs this process built, in order (read by tests via client.run)
+_CHECKED = weakref.WeakSet()  # clients whose workers' allocator settings were looked at
+
+
+def worker_environ() -> dict:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` without ``MALLOC_TRIM_THRESHOLD_``, for CPU workers::
+
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": lwd.worker_environ()}):
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1)
+
+    Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker (to hand freed memory back quickly).  Setting any
+    glibc threshold switches off glibc's dynamic mmap threshold, so each activation above 128 KiB is mapped and
+    unmapped at every grid point: the digits CNN ran 3x slower per worker (benchmarks/RESULTS.md).
+    """
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
+
+
+def _allocator_env():
+    """On a worker: its glibc threshold variables, and whether it evaluates on CUDA."""
+    return ({k: v for k, v in os.environ.items() if k.startswith("MALLOC_") and k.endswith("THRESHOLD_")},
+            torch.cuda.is_available())
+
+
+def _check_workers(client, device):
+    """Warn once per client when CPU workers run under Dask's MALLOC_TRIM_THRESHOLD_ (see worker_environ)."""
+    if client in _CHECKED or (device is not None and torch.device(device).type == "cuda"):
+        return
+    _CHECKED.add(client)
+    try:
+        report = client.run(_allocator_env)
+    except Exception:  # noqa: BLE001 -- a check only: never fail a run for it
+        return
+    slow = sorted({k for env, cuda in report.values() if not cuda or device is not None for k in env})
+    if slow:
+        warnings.warn(f"the Dask workers run with {', '.join(slow)} set (Dask sets MALLOC_TRIM_THRESHOLD_=65536 by "
+                      "default): glibc then maps and unmaps every large activation at every grid point, 3x slower "
+                      "on the digits CNN. Start CPU workers inside dask.config.set({'distributed.nanny.pre-spawn-"
+                      "environ': landscape_widgets.distributed.worker_environ()}) (docs/scaling.md)",
+                      RuntimeWarning, stacklevel=4)
 
 
 class Workers:
@@ -125,6 +170,7 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
                buffer_dirs=None if buffer_dirs is None else
                {n: [_cpu(t) for t in ts] for n, ts in buffer_dirs.items()}, **shipped)
     client_ = workers.client
+    _check_workers(client_, workers.device)
     coords = np.asarray(coords, dtype=np.float64)
 
     def scatter():

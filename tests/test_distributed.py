@@ -14,12 +14,14 @@ from landscape_widgets import examples
 from helpers import SmallNet, direct_loss
 
 distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402 -- installed with distributed
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": lwd.worker_environ()}):  # docs/scaling.md
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     cl = distributed.Client(cluster)
     yield cl
     cl.close()
@@ -177,3 +179,29 @@ def test_widgets_compute_on_dask_through_an_option(client, small):
         lw.SurfaceWidget(ls, compute={"store": "x"})
     with pytest.raises(ValueError, match="evaluator='fast'"):
         lw.CurveWidget(ls, compute={"evaluator": "fast"})
+
+
+def test_workers_under_dasks_malloc_trim_threshold_get_a_warning_once(client, small):
+    """Dask's default MALLOC_TRIM_THRESHOLD_ makes CPU workers 3x slower: the kernel says so, once per client;
+    the fixture's cluster (started with worker_environ()) gets no warning."""
+    import warnings
+
+    assert "MALLOC_TRIM_THRESHOLD_" not in lwd.worker_environ()
+    assert all(env == {} for env, _cuda in client.run(lwd._allocator_env).values())
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ls.line(steps=5, progress=False, client=client)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    other = distributed.Client(cluster)
+    try:
+        with pytest.warns(RuntimeWarning, match="MALLOC_TRIM_THRESHOLD_.*worker_environ"):
+            first = ls.line(steps=5, progress=False, client=other)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            again = ls.line(steps=5, progress=False, client=other)  # once per client
+        np.testing.assert_array_equal(first.losses, again.losses)
+    finally:
+        other.close()
+        cluster.close()
