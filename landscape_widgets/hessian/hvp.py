@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from ..evaluator import Cancelled, _is_cancelled, check_loss
+from ..evaluator import Cancelled, _is_cancelled, check_loss, warm_allocator
 
 BACKENDS = ("graph", "func")
 
@@ -52,6 +52,7 @@ class HessianOperator:
         self.hvps = 0
         self.loss = None  # the full-data loss at the base weights, known after the first pass
         self._graph = None
+        warm_allocator(self.device)  # each product allocates activation-sized gradients: keep them off mmap
 
     # -- flat <-> dict ---------------------------------------------------------------------------------------
     def flatten(self, d: dict) -> torch.Tensor:
