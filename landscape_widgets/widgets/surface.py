@@ -23,6 +23,7 @@ KINDS = ("random", "pca", "hessian")
 SEEDS = (1, 16)  # seed spread: how many random planes at once (issue 4's "does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
+TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
 
 
 def _span(value):
@@ -184,7 +185,7 @@ class SurfaceWidget(RandomDirectionWidget):
         """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products."""
         emit("done", surf)
         if self._with_trust:
-            emit("trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE))
+            emit("trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL))
 
     def _pending_status(self, p):
         return f"computing {p['resolution']}×{p['resolution']}…"
