@@ -228,8 +228,8 @@ class Landscape:
                  trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
         """Eigen-spectrum of the Hessian of the loss over all data (eval mode) at the model's weights.
 
-        ``k`` largest and ``bottom`` smallest eigenvalues by Lanczos (stopped by ARPACK's test, relative accuracy ``tol``),
-        the trace by Hutch++ (``trace_method="hutchinson"`` for plain Rademacher) from ``trace_samples`` products,
+        ``k`` largest and ``bottom`` smallest eigenvalues by Lanczos (ARPACK's convergence test, relative accuracy
+        ``tol``), the trace by Hutch++ (``trace_method="hutchinson"`` for plain Rademacher) from ``trace_samples`` products,
         and with ``density=True`` the spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019,
         arXiv 1901.10159) from ``runs`` runs of ``steps`` steps.  ``callback(dict(stage, done, total, hvps))``
         reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product.

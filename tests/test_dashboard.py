@@ -58,15 +58,24 @@ def test_without_trajectory_or_start():
         lw.Dashboard(ls, title=3)
 
 
-def test_recomputes_share_one_worker_thread(setup):
-    ls, start, traj = setup
-    threads = set()
+def test_every_job_shares_one_worker_thread(setup, monkeypatch):
+    """The first results too: views created at once must not compute at once (they fought over the CPU)."""
+    from landscape_widgets.widgets._base import LiveWidget
 
-    def recording(run):
-        def wrapped(*args):
-            threads.add(threading.get_ident())
-            return run(*args)
-        return wrapped
+    ls, start, traj = setup
+    threads, running, overlap = set(), [0], [False]
+    real_run = LiveWidget._run
+
+    def recording(self, *args):
+        threads.add(threading.get_ident())
+        running[0] += 1
+        overlap[0] |= running[0] > 1
+        try:
+            return real_run(self, *args)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(LiveWidget, "_run", recording)
 
     async def settle(d):
         for w in d.views:
@@ -78,8 +87,6 @@ def test_recomputes_share_one_worker_thread(setup):
         d = lw.Dashboard(ls, trajectory=traj, start=start, resolution=5, spectrum=False)
         await settle(d)
         assert all(w._jobs.jobs is d._jobs for w in d.views)
-        for w in d.views:
-            w._run = recording(w._run)
         d.surface.seed = 3
         d.trajectory.dims = 3
         d.curve.steps = 11
@@ -89,7 +96,7 @@ def test_recomputes_share_one_worker_thread(setup):
         await settle(d)
         return d
     d = asyncio.run(asyncio.wait_for(go(), 300))
-    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert len(threads) == 1 and threading.get_ident() not in threads and not overlap[0]
     assert d.surface.surface.meta["seed"] == 3 and d.trajectory.embedding.coords.shape[1] == 2
     np.testing.assert_array_equal(d.surface.surface.losses, ls.plane(resolution=5, seed=3, progress=False).losses)
     assert len(d.curve.curve.losses) == 11

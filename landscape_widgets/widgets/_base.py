@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import math
 import numbers
@@ -67,6 +68,19 @@ def gaps_note(losses) -> str:
         return ""
     parts = [f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "inf")) if n]
     return f" · {', '.join(parts)} point{'s' if n_nan + n_inf > 1 else ''} drawn as gaps"
+
+
+_SHARED_JOBS = contextvars.ContextVar("landscape_widgets_shared_jobs", default=None)
+
+
+@contextlib.contextmanager
+def shared_jobs(jobs):
+    """Widgets created inside submit every job, their first included, to ``jobs`` (a dashboard's one worker)."""
+    token = _SHARED_JOBS.set(jobs)
+    try:
+        yield
+    finally:
+        _SHARED_JOBS.reset(token)
 
 
 def start_worker(owner) -> queue.SimpleQueue:
@@ -276,7 +290,7 @@ class LiveWidget(anywidget.AnyWidget):
             self._done = 0
             self._status = self._pending_status(params)
         if self._jobs is None:
-            self._jobs = start_worker(self)
+            self._jobs = _SHARED_JOBS.get() or start_worker(self)
 
         def post(msg):
             self._inbox.put(msg)

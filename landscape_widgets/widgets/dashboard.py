@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipywidgets
 
 from ..export import write_html
-from ._base import LiveWidget, start_worker
+from ._base import LiveWidget, shared_jobs, start_worker
 
 MIN_COLUMN_PX = 340  # two columns from ~700 px on; a side panel (~350-500 px) gets one
 
@@ -32,9 +32,8 @@ class Dashboard(ipywidgets.GridBox):
     embedding; ``spectrum=False`` leaves out the Hessian spectrum (``spectrum_options`` go to ``SpectrumWidget``,
     which follows the surface for its trust panel).  ``w.views`` lists the widgets (``w.curve``, ``w.surface``,
     ``w.spectrum``, ``w.trajectory``, ``w.pca_surface`` -- the PCA plane with the path drawn, for one trajectory;
-    None where absent).  One engine: after the first results, every recompute
-    of every view runs in one worker thread, one job after another, so the views do not fight over the CPU (the
-    first results are computed as each view is created).
+    None where absent).  One engine: every computation of every view, the first ones included, runs in one
+    worker thread, one job after another, so the views do not fight over the CPU.
     """
 
     def __init__(self, ls, *, trajectory=None, start=None, resolution=21, spectrum=True, title=None,
@@ -44,28 +43,32 @@ class Dashboard(ipywidgets.GridBox):
         if title is not None and not isinstance(title, str):
             raise TypeError(f"title must be a string or None, got {type(title).__name__}")
         self.title = title or "landscape_widgets dashboard"
-        self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
-                                 else "Random line through the model")
-        # with a spectrum view the plane's trust panel is shown there (it follows the surface), not twice
-        self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane",
-                                     trust=not spectrum)
-        # the spectrum follows the surface: its trust panel (curvature along d1, d2 vs the eigenvalues) is the plane's
-        self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum",
-                                        **(spectrum_options or {})) if spectrum else None)
-        self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
-                           if trajectory is not None else None)
-        # with one recorded run: the plane of its two principal directions, with the path drawn (Li et al. §7)
-        single = trajectory if not isinstance(trajectory, (list, tuple)) else (
-            trajectory[0] if len(trajectory) == 1 else None)
-        self.pca_surface = (SurfaceWidget(ls, directions="pca", trajectory=single, resolution=resolution,
-                                          title="PCA plane of the optimization path") if single is not None else None)
-        self.views = [w for w in (self.curve, self.surface, self.pca_surface, self.spectrum, self.trajectory)
-                      if w is not None]
+        # one engine: every job of every view, the first ones included, runs in one worker thread, one after another,
+        # so the views never fight over the CPU (a dashboard that computed its first four results at once did)
         self._jobs = start_worker(self)
-        for w in self.views:
-            own, w._jobs = w._jobs, _SharedJobs(self._jobs)
-            if own is not None:  # the first job finishes there; then that thread ends
-                own.put(None)
+        with shared_jobs(_SharedJobs(self._jobs)):
+            self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
+                                     else "Random line through the model")
+            # with a spectrum view the plane's trust panel is shown there (it follows the surface), not twice
+            self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane",
+                                         trust=not spectrum)
+            # the spectrum follows the surface: its trust panel (curvature along d1, d2 vs the eigenvalues) is the
+            # plane's
+            self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum",
+                                            **(spectrum_options or {})) if spectrum else None)
+            self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
+                               if trajectory is not None else None)
+            # with one recorded run: the plane of its two principal directions, with the path drawn (Li et al. §7)
+            single = trajectory if not isinstance(trajectory, (list, tuple)) else (
+                trajectory[0] if len(trajectory) == 1 else None)
+            self.pca_surface = (SurfaceWidget(ls, directions="pca", trajectory=single, resolution=resolution,
+                                              title="PCA plane of the optimization path")
+                                if single is not None else None)
+            self.views = [w for w in (self.curve, self.surface, self.pca_surface, self.spectrum, self.trajectory)
+                          if w is not None]
+        for w in self.views:  # a view that computed nothing yet (no running loop) joins the engine too
+            if getattr(w, "_jobs", None) is None:
+                w._jobs = _SharedJobs(self._jobs)
         super().__init__(children=self.views, layout=ipywidgets.Layout(
             grid_template_columns=f"repeat(auto-fit, minmax({MIN_COLUMN_PX}px, 1fr))", grid_gap="12px",
             width="100%"))
