@@ -112,3 +112,25 @@ def test_clustered_top_of_a_known_spectrum():
     assert info["converged"]
     np.testing.assert_allclose(w, np.linspace(1.0, 0.98, 5), rtol=1e-8)
     np.testing.assert_allclose(op.d.numpy()[:, None] * V, V * w, atol=1e-4)
+
+
+def test_an_unconverged_run_returns_k_estimates_and_says_so(monkeypatch):
+    """Neither the Lanczos phase nor ARPACK (one restart) reaches tol 1e-14 on a clustered spectrum: the k best
+    Lanczos estimates come back, marked converged=False, after a bounded number of products."""
+    d = np.r_[np.linspace(1.0, 0.999, 5), np.linspace(-0.3, 0.998, 395)]
+    op = Diagonal(np.random.default_rng(2).permutation(d))
+    monkeypatch.setattr(lanczos, "MIN_STEPS", 8)
+    w, V, info = extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1)
+    assert not info["converged"] and info["method"] == "arpack" and len(w) == 5 and V.shape == (400, 5)
+    assert info["hvps"] == op.hvps < 100
+    # Ritz values interlace (Cauchy): the i-th largest is at most the i-th largest eigenvalue, and inside the spectrum
+    assert np.all(w <= np.sort(d)[::-1][:5] + 1e-12) and np.all(w >= d.min()) and list(w) == sorted(w, reverse=True)
+
+
+def test_nothing_converged_and_no_estimates_is_a_clear_error(monkeypatch):
+    op = Diagonal(np.random.default_rng(2).permutation(np.r_[np.linspace(1.0, 0.999, 5),
+                                                              np.linspace(-0.3, 0.998, 395)]))
+    monkeypatch.setattr(lanczos, "MIN_STEPS", 1)
+    monkeypatch.setattr(lanczos, "MEMORY_BUDGET", 8 * 400 * 3)  # a basis of 3 vectors: no Lanczos phase for k=5
+    with pytest.raises(RuntimeError, match="maxiter=1.*looser tol"):
+        extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1)
