@@ -76,7 +76,8 @@ export function spectrumFigure(s, theme) {
                                                                          exponentformat: "power" });
   layout.yaxis3 = { overlaying: "y", range: [0, 1], visible: false, fixedrange: true };
   layout.xaxis2 = axis(theme, "± stderr", { domain: [0.86, 1], anchor: "y2", fixedrange: true });
-  layout.yaxis2 = axis(theme, "", { anchor: "x2", side: "left", tickformat: ".3~g", zeroline: true });
+  // 4 digits: the error bar spans ~1 % of tr(H)/N, and 3 digits labelled every tick alike ("0.00016")
+  layout.yaxis2 = axis(theme, "", { anchor: "x2", side: "left", tickformat: ".4~g", zeroline: true });
   return { data, layout };
 }
 
