@@ -8,7 +8,11 @@ matmuls lose to one large GEMM per point (measured in ``benchmarks/plane.py``). 
   ``f(x; W0 + sum_k c_k D_k) = f(x; W0) + sum_k c_k f(x; D_k)`` is precomputed once per batch and each point costs
   an axpy instead of a GEMM (the first layer of an MLP is a third of its FLOPs);
 - *memory layout*: convolutional models run channels-last on CPUs (oneDNN's channels-last kernels are ~1.8x
-  faster for small images; a fixed rule rather than a timing keeps results bitwise reproducible).
+  faster for small images; a fixed rule rather than a timing keeps results bitwise reproducible);
+- *micro-batches*: when one batch's activations outgrow the CPU's caches (the digits CNN: 15 MB), it is evaluated
+  in chunks of a few MiB of activations and the chunk losses are averaged with their sample weights -- the
+  library's own definition of the loss over batches.  Used only when that equals the full-batch loss at the
+  model's weights (a model or loss that couples the samples of a batch keeps the full batch).
 
 With a DataLoader the data are streamed once per tile of points, not once per point.  Points are grouped in tiles:
 after each tile a callback receives the finished values and a cooperative cancel flag is checked, which is what
@@ -31,6 +35,10 @@ _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WARM_BYTES = 30 * 2 ** 20  # below glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit)
 _warmed = False
 SHORTCUT_MIN_FAN_IN = 6  # per coordinate: measured on the digits MLP (64 inputs, a gain) and CNN (9, a loss)
+MICRO_MIN_BYTES = 8 * 2 ** 20   # micro-batch only when the batch's largest activation is bigger than this ...
+MICRO_BYTES = 4 * 2 ** 20       # ... into chunks whose largest activation is about this (caches: 2 MiB L2 per core)
+MICRO_MIN_SAMPLES = 64          # and never into chunks smaller than this (per-call overheads)
+MICRO_RTOL = 1e-5               # the chunked loss must equal the full-batch loss to float32 rounding
 
 
 def warm_allocator(device) -> None:
@@ -105,6 +113,7 @@ class PointEvaluator:
         self.accelerate = accelerate and point_hook is None
         self.coords = ()  # the point being evaluated, read by the input-affine shortcuts
         self._plan = None  # how a point is written (_FlatWrites), made on the first point of a run
+        self._micro = None  # [(x, y, n)] chunks of the one batch while a run micro-batches
 
     def _plan_writes(self, skip=()):
         """The tensors a point writes (``skip``: targets a shortcut stands in for), as views of one flat buffer per
@@ -147,6 +156,15 @@ class PointEvaluator:
 
     def _eval_tile(self, coords):
         out = np.empty(len(coords), dtype=np.float64)
+        if self._micro is not None:  # chunks outside, points inside: each chunk's data stays in the cache
+            parts = torch.empty((len(self._micro), len(coords)), dtype=torch.float64, device=self.private.device)
+            for k, (x, y, _n) in enumerate(self._micro):
+                for p, c in enumerate(coords):
+                    self._write(c)
+                    parts[k, p] = self._loss_once(x, y)
+            weights = torch.tensor([n for _x, _y, n in self._micro], dtype=torch.float64, device=parts.device)
+            out[:] = ((parts * weights[:, None]).sum(0) / weights.sum()).cpu().numpy()
+            return out
         if self.data.single is not None:
             (x, y, _n), = self.data.batches(self.private.device)
             x = self._layout_input(x)
@@ -193,7 +211,8 @@ class PointEvaluator:
         warm_allocator(self.private.device)
         try:
             # layout outermost (no inference tensors); the flat write views are released before it is undone
-            with self._layout(), self._releasing_plan(), torch.inference_mode(), self._run_shortcuts():
+            with self._layout(), self._releasing_plan(), torch.inference_mode(), self._micro_batching(), \
+                    self._run_shortcuts():
                 for start in range(0, total, tile_size):
                     if _is_cancelled(cancel):
                         raise Cancelled(f"cancelled after {start} of {total} points")
@@ -244,7 +263,7 @@ class PointEvaluator:
     @contextlib.contextmanager
     def _run_shortcuts(self):
         """With one in-memory batch, patch the input-affine layers once for the whole run."""
-        if self.data.single is None or not self.accelerate:
+        if self.data.single is None or not self.accelerate or self._micro is not None:
             yield
             return
         (x, _y, _n), = self.data.batches(self.private.device)
@@ -255,6 +274,37 @@ class PointEvaluator:
                 yield
             finally:
                 self._shortcut_x = None
+
+    @contextlib.contextmanager
+    def _micro_batching(self):
+        """Split the one in-memory batch into cache-sized chunks for this run, when that pays and is exact."""
+        self._micro = None
+        chunks = self._plan_micro_batches() if self.accelerate and self.private.device.type == "cpu" \
+            and self.data.single is not None else None
+        self._micro = chunks
+        try:
+            yield
+        finally:
+            self._micro = None
+
+    def _plan_micro_batches(self):
+        (x, y, n), = self.data.batches(self.private.device)
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and len(x) == len(y) == n):
+            return None
+        x = self._layout_input(x)
+        largest = _largest_output_bytes(self.private.module, x)
+        if largest <= MICRO_MIN_BYTES:
+            return None
+        size = max(MICRO_MIN_SAMPLES, int(MICRO_BYTES * n // largest))
+        if 2 * size > n:
+            return None
+        chunks = [(x[i:i + size], y[i:i + size], len(y[i:i + size])) for i in range(0, n, size)]
+        # at the model's weights (the run has not written a point yet): equal to the full batch, or not used
+        full = float(self._loss_once(x, y))
+        parts = sum(float(self._loss_once(a, b)) * m for a, b, m in chunks) / n
+        if not math.isclose(full, parts, rel_tol=MICRO_RTOL, abs_tol=MICRO_RTOL * 1e-3):
+            return None
+        return chunks
 
     @contextlib.contextmanager
     def _layout(self):
@@ -423,6 +473,23 @@ def _input_layers(module, x):
         for h in handles:
             h.remove()
     return [m for m in found if m.weight is not None]
+
+
+def _largest_output_bytes(module, x) -> int:
+    """Bytes of the largest tensor any submodule returns for the batch ``x`` (one traced forward)."""
+    largest = [0]
+
+    def hook(_mod, _args, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()]
+    try:
+        call_model(module, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
 
 
 def grid_tile_size(ny: int, total: int, target: int = 64) -> int:
