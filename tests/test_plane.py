@@ -278,7 +278,12 @@ class _BatchCoupled(nn.Module):
         return self.net(x - x.mean(0, keepdim=True))
 
 
-@pytest.mark.parametrize("coupled", [False, True])
+def _whole_batch_only(out, y):
+    assert len(y) == 40, "this loss takes the whole batch only"
+    return CE(out, y)
+
+
+@pytest.mark.parametrize("coupled", [False, True, "loss"])
 def test_micro_batches_only_where_they_equal_the_full_batch(monkeypatch, coupled):
     """Thresholds lowered so that the small test batch (40 samples) is cut into chunks of 8: the plane must equal
     a direct full-batch evaluation; a model that couples the samples of a batch must not be micro-batched."""
@@ -296,9 +301,9 @@ def test_micro_batches_only_where_they_equal_the_full_batch(monkeypatch, coupled
         return chunks
 
     monkeypatch.setattr(E.PointEvaluator, "_plan_micro_batches", spy)
-    model = _BatchCoupled() if coupled else SmallNet()
+    model = _BatchCoupled() if coupled is True else SmallNet()
     x, y = small_data()
-    ls = lw.Landscape(model, CE, (x, y))
+    ls = lw.Landscape(model, _whole_batch_only if coupled == "loss" else CE, (x, y))
     surf = ls.plane(resolution=3, ignore=None, progress=False)
     assert used == [None] if coupled else used == [[8] * 5]
     base = {n: p.detach() for n, p in model.named_parameters()}
