@@ -146,10 +146,7 @@ class PointEvaluator:
 
     def _write_one(self, m):
         """Write one moving tensor at the current point (a shortcut's fallback path needs its real weights)."""
-        m.target.copy_(m.base)
-        for ck, dk in zip(self.coords, m.dirs):
-            if dk is not None and ck != 0.0:
-                m.target.add_(dk, alpha=float(ck))
+        _write_tensor(m, self.coords)
 
     def _loss_once(self, x, y):
         return check_loss(self.loss_fn(call_model(self.private.module, x), y))
@@ -278,10 +275,8 @@ class PointEvaluator:
     @contextlib.contextmanager
     def _micro_batching(self):
         """Split the one in-memory batch into cache-sized chunks for this run, when that pays and is exact."""
-        self._micro = None
-        chunks = self._plan_micro_batches() if self.accelerate and self.private.device.type == "cpu" \
-            and self.data.single is not None else None
-        self._micro = chunks
+        eligible = self.accelerate and self.private.device.type == "cpu" and self.data.single is not None
+        self._micro = self._plan_micro_batches() if eligible else None
         try:
             yield
         finally:
@@ -342,6 +337,14 @@ class PointEvaluator:
         return x
 
 
+def _write_tensor(m, c):
+    """``m.target = m.base + sum_k c_k m.dirs[k]``, in place (the order of operations the flat writes keep)."""
+    m.target.copy_(m.base)
+    for ck, dk in zip(c, m.dirs):
+        if dk is not None and ck != 0.0:
+            m.target.add_(dk, alpha=float(ck))
+
+
 class _FlatWrites:
     """Moving tensors re-pointed (``.data``) at views of one flat buffer per (dtype, device), with their base and
     directions flattened in the same memory order: a point is ``flat = base + c_0 d_0`` then ``flat += c_k d_k``,
@@ -399,10 +402,7 @@ class _FlatWrites:
             if first:
                 flat.copy_(base)
         for m in self.single:
-            m.target.copy_(m.base)
-            for ck, dk in zip(c, m.dirs):
-                if dk is not None and ck != 0.0:
-                    m.target.add_(dk, alpha=float(ck))
+            _write_tensor(m, c)
 
     def release(self):
         for t, own in self.swapped:

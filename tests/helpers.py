@@ -9,6 +9,17 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def randomize(module, gen):
+    """Weights N(0, 0.25) and the BatchNorm ``module.bn``'s running statistics away from (0, 1), from ``gen``."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        c = module.bn.num_features
+        module.bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+        module.bn.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+    return module
+
+
 class SmallNet(nn.Module):
     """Linear, Conv2d, BatchNorm and biases: every normalization branch is exercised."""
 
@@ -18,12 +29,7 @@ class SmallNet(nn.Module):
         self.bn = nn.BatchNorm2d(3)
         self.fc1 = nn.Linear(3 * 6 * 6, 7)
         self.fc2 = nn.Linear(7, 4)
-        gen = _gen(seed)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-            self.bn.running_mean.copy_(torch.randn(3, generator=gen) * 0.1)
-            self.bn.running_var.copy_(torch.rand(3, generator=gen) + 0.5)
+        randomize(self, _gen(seed))
 
     def forward(self, x):
         h = torch.relu(self.bn(self.conv(x)))

@@ -12,7 +12,7 @@ from landscape_widgets import batched, batched_conv, examples
 from landscape_widgets.batched import VmapEvaluator
 from landscape_widgets.batched_conv import conv2d
 
-from helpers import assert_same, snapshot, small_data
+from helpers import assert_same, randomize, snapshot, small_data
 from test_batched import _plane_reference
 
 B, N = 3, 2
@@ -128,11 +128,7 @@ class BnCNN(nn.Module):
         self.c2 = nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), bias=False)
         self.c3 = nn.Conv2d(6, 5, 2)
         self.fc = nn.Linear(5 * 3 * 3, 4)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-            self.bn.running_mean.copy_(torch.randn(4, generator=gen) * 0.1)
-            self.bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+        randomize(self, gen)
 
     def forward(self, x):
         h = torch.relu(self.bn(self.c1(x)))
