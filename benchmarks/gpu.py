@@ -3,9 +3,10 @@
 Models: the digits MLP and CNN (sklearn's digits; synthetic 8x8 data of the same shape when sklearn is missing,
 which changes no timing) and a ResNet-20 (He et al. 2016, CIFAR variant, option-A shortcuts, written here: no
 torchvision) on synthetic 32x32 images.  Each method evaluates the same points on the same filter-normalized
-random plane; values of the batched evaluator are checked against the loop.  For the convolutional models the
-batched evaluator is timed three ways: vmap's own grouped convolutions (``batched_conv=False``, the path before
-``landscape_widgets.batched_conv``), im2col + bmm (the default on CUDA), and the same with the transposed GEMM.
+random plane; values of the batched evaluator are checked against the loop.  The batched evaluator is timed with
+each of its rules for layers with moving weights: vmap's own (grouped convolutions), im2col + bmm
+(``landscape_widgets.batched_conv``, in both GEMM layouts and with TF32 matmuls) and the affine one
+(``landscape_widgets.affine_layers``, the default on CUDA).
 loss-landscapes (optional) is timed on its own ``random_plane`` with a comparable number of points.  Last, one
 forward pass of a ResNet-56 over 50,000 32x32 images is timed (extrapolated from a few batches), the unit of
 docs/scaling.md's estimate.
@@ -49,7 +50,7 @@ def _import_core():
         pkg.__path__ = [os.path.join(ROOT, "landscape_widgets")]
         sys.modules["landscape_widgets"] = pkg
     mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "evaluator", "batched",
-                                                                        "batched_conv")}
+                                                                        "batched_conv", "affine_layers")}
     return mods
 
 
@@ -194,6 +195,9 @@ def run_loss_landscapes(model, x, y, points, device):
     return steps * steps / dt, f"{steps}x{steps}"
 
 
+RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine")
+
+
 def bench(core, name, model, data, points, device, tile, warm=8):
     PrivateModel, DataSource = core["_model"].PrivateModel, core["data"].DataSource
     PointEvaluator, VmapEvaluator = core["evaluator"].PointEvaluator, core["batched"].VmapEvaluator
@@ -228,37 +232,40 @@ def bench(core, name, model, data, points, device, tile, warm=8):
         dt, v = timed(lambda: ev.run(coords, tile_size=tile_size), device)
         return len(coords) / dt, v, ev
 
-    pts_vm, v_vm, vm = run_vmap()  # the library's default: batched convolutions on CUDA (batched.BATCHED_CONV_DEVICES)
+    pts_vm, v_vm, vm = run_vmap()  # the library's default rule on this device (batched.DEFAULT_RULES)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     diffs = [rel(v_vm)]
-    conv = {}  # vmap's grouped convolutions (the old path) vs batched_conv's im2col + bmm, in both GEMM layouts
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        conv["grouped"] = run_vmap(batched_conv=False) if vm.batched_conv else (pts_vm, v_vm, vm)
-        conv["cout"] = run_vmap(batched_conv=True) if not vm.batched_conv else (pts_vm, v_vm, vm)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    rules = {}  # each batching rule on its own: vmap's (grouped convolutions), im2col + bmm, the affine one
+    for rule in ("vmap", "im2col", "affine"):
+        if rule != "im2col" or has_conv:
+            rules[rule] = run_vmap(rule=rule) if rule != vm.rule else (pts_vm, v_vm, vm)
+    if has_conv:
         layout, bc.GEMM_LAYOUT = bc.GEMM_LAYOUT, "pixels"
         try:
-            conv["pixels"] = run_vmap(batched_conv=True)
+            rules["im2col, pixels"] = run_vmap(rule="im2col")
         finally:
             bc.GEMM_LAYOUT = layout
         # the batched GEMM follows the user's matmul precision; TF32 is what cuDNN already uses for the loop's convs
         precision = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("high")
         try:
-            conv["cout+tf32"] = run_vmap(batched_conv=True)
+            rules["im2col, tf32"] = run_vmap(rule="im2col")
         finally:
             torch.set_float32_matmul_precision(precision)
-        diffs += [rel(v) for _p, v, _e in conv.values()]
+    diffs += [rel(v) for _p, v, _e in rules.values()]
     auto = VmapEvaluator(private, source, loss, moving, autotune=True)
     t_auto, v_auto = timed(lambda: auto.run(coords, tile_size=tile_size), device)
     bench_flag = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True  # an experiment: cuDNN's autotuner on the grouped convolutions of vmap
+    torch.backends.cudnn.benchmark = True  # an experiment: cuDNN's autotuner on each rule's convolutions
     try:
-        pts_vb, _v, _e = run_vmap(batched_conv=False)
+        cudnn = {r: run_vmap(rule=r)[0] for r in ("vmap", "affine")}
     finally:
         torch.backends.cudnn.benchmark = bench_flag
-    row.update(auto=len(coords) / t_auto, auto_mode=auto.mode, cudnn_bench=pts_vb, auto_diff=rel(v_auto))
-    row.update(loop=len(coords) / t_loop, vmap=pts_vm, chunk=vm.chunk_size, diff=max(diffs), mem=mem,
-               conv={k: (p, e.chunk_size) for k, (p, _v, e) in conv.items()})
+    chose = auto.mode if auto.mode == "loop" else f"vmap, {auto.rule}"
+    row.update(auto=len(coords) / t_auto, auto_mode=chose, cudnn_bench=cudnn, auto_diff=rel(v_auto))
+    row.update(loop=len(coords) / t_loop, vmap=pts_vm, rule=vm.rule, chunk=vm.chunk_size, diff=max(diffs), mem=mem,
+               rules={k: (p, e.chunk_size) for k, (p, _v, e) in rules.items()})
     row["ll"], row["ll_note"] = run_loss_landscapes(model, *data, max(4, len(coords) // 4), device)
     return row
 
@@ -298,21 +305,22 @@ def main(argv=None):
                                                                        else "")
     lines = [f"`{cmd}` — {dev} ({device.type}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
              f"tiles: {args.tile}, total {time.perf_counter() - t0:.0f} s", "",
-             "| model | params | samples | points | loop pts/s | vmap pts/s | vmap / loop | auto pts/s (chose) | "
-             "vmap + cudnn.benchmark pts/s | chunk | vmap peak GiB | max rel. diff | loss-landscapes pts/s | "
-             "vmap / loss-landscapes | vmap, grouped conv pts/s (chunk) | vmap, batched conv pts/s (chunk) | "
-             "batched conv, pixels GEMM pts/s (chunk) | batched conv, matmul precision 'high' (TF32) pts/s (chunk) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | params | samples | points | loop pts/s | vmap pts/s (default rule) | vmap / loop | "
+             "auto pts/s (chose) | chunk | vmap peak GiB | max rel. diff | loss-landscapes pts/s | "
+             "vmap / loss-landscapes | " + " | ".join(f"rule {k} pts/s (chunk)" for k in RULE_COLUMNS)
+             + " | cudnn.benchmark: vmap, affine pts/s |",
+             "|" + "---|" * (13 + len(RULE_COLUMNS) + 1)]
     for r in rows:
         ll = f"{r['ll']:.1f} ({r['ll_note']})" if r["ll"] else r["ll_note"]
         ratio = f"{r['vmap'] / r['ll']:.1f}x" if r["ll"] else "—"
         mem = f"{r['mem']:.2f}" if r["mem"] is not None else "—"
         lines.append(f"| {r['model']} | {r['params']:,} | {r['samples']:,} | {r['points']} | {r['loop']:.1f} | "
-                     f"{r['vmap']:.1f} | {r['vmap'] / r['loop']:.2f}x | {r['auto']:.1f} ({r['auto_mode']}) | "
-                     f"{r['cudnn_bench']:.1f} | {r['chunk']} | {mem} | {max(r['diff'], r['auto_diff']):.1e} | "
+                     f"{r['vmap']:.1f} ({r['rule']}) | {r['vmap'] / r['loop']:.2f}x | {r['auto']:.1f} "
+                     f"({r['auto_mode']}) | {r['chunk']} | {mem} | {max(r['diff'], r['auto_diff']):.1e} | "
                      f"{ll} | {ratio} | " + " | ".join(
-                         f"{r['conv'][k][0]:.1f} ({r['conv'][k][1]})" if k in r["conv"] else "—"
-                         for k in ("grouped", "cout", "pixels", "cout+tf32")) + " |")
+                         f"{r['rules'][k][0]:.1f} ({r['rules'][k][1]})" if k in r["rules"] else "—"
+                         for k in RULE_COLUMNS)
+                     + f" | {r['cudnn_bench']['vmap']:.1f}, {r['cudnn_bench']['affine']:.1f} |")
     lines += ["", f"ResNet-56 (0.85 M params), one eval pass over 50,000 32x32 images: {pass_s:.2f} s on this device "
                   "(docs/scaling.md multiplies this by 2,601 grid points)."]
     print("\n".join(lines))

@@ -3,9 +3,11 @@
 A chunk of ``B`` points becomes one call of the model on stacked weights ``theta + C @ D`` of shape
 ``[B, *param.shape]`` through ``torch.func.functional_call`` (the private copy's own tensors are never written),
 so small and medium models stop being bound by kernel launches.  The chunk size comes from the device's free
-memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  On CUDA, convolutions
-of batched inputs with batched weights run as im2col and one batched GEMM (:mod:`~landscape_widgets.batched_conv`)
-instead of vmap's grouped convolutions.  On a CPU the per-point loop of
+memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  Layers whose weights
+move can run through one of three rules (``rule``): vmap's own (``"vmap"``: grouped convolutions, one group per
+point), im2col and one batched GEMM for convolutions (``"im2col"``, :mod:`~landscape_widgets.batched_conv`), or the
+plane's affine structure (``"affine"``, :mod:`~landscape_widgets.affine_layers`: a shared first layer once for all
+points, later convolutions as one ordinary convolution).  On a CPU the per-point loop of
 :class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point beats batched small ones),
 so ``Landscape`` only picks this evaluator on CUDA unless asked.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
+from .affine_layers import AffinePoints, affine_layers
 from .batched_conv import batched_convs
 from .evaluator import PointEvaluator, check_loss
 
@@ -27,9 +30,9 @@ EVALUATORS = ("auto", "loop", "vmap")
 MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
 TILE_POINTS = 512       # points per tile of a plane with this evaluator: chunks of 64 left an H200 idle (RESULTS.md)
 AUTO_PROBE = 8          # points timed on each path when "auto" chooses between vmap and the loop
-# where batched_conv=None uses batched_conv: on a CPU oneDNN's grouped convolutions beat im2col + bmm (18.9 vs 13.8
-# pts/s, digits CNN, 2 threads), and "auto" keeps the per-point loop there anyway
-BATCHED_CONV_DEVICES = ("cuda",)
+RULES = ("vmap", "im2col", "affine")  # how layers with moving weights are batched (module docstring)
+# rule=None by device type (vmap's own rule elsewhere); on a CPU "auto" keeps the per-point loop anyway
+DEFAULT_RULES = {"cuda": "affine"}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -63,16 +66,19 @@ class VmapEvaluator(PointEvaluator):
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
     ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
     large enough to fill the device with one point per pass gains nothing from batching: ResNet-20 in RESULTS.md).
-    ``batched_conv``: run the copy's ``nn.Conv2d`` layers through :mod:`~landscape_widgets.batched_conv` (im2col and
-    one batched GEMM instead of vmap's grouped convolutions); None: on the ``BATCHED_CONV_DEVICES``; False keeps
-    vmap's own rule, for comparisons.
+    ``rule``: how layers with moving weights are batched, one of ``RULES`` (module docstring); None: the device's
+    ``DEFAULT_RULES`` entry, and with ``autotune`` every rule that applies to the model is
+    timed on the first tile.
     """
 
     def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None, autotune=False,
-                 batched_conv=None):
+                 rule=None):
         if point_hook is not None:
             raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
                              "BatchNorm statistics point by point); pass evaluator='loop'")
+        if rule is not None and rule not in RULES:
+            raise ValueError(f"rule={rule!r} is not known; pass None (automatic) or one of "
+                             f"{', '.join(map(repr, RULES))}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be None (automatic) or an int >= 1")
@@ -94,10 +100,14 @@ class VmapEvaluator(PointEvaluator):
         self.autotune = autotune
         self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
         self.timings = {}
-        self.batched_conv = private.device.type in BATCHED_CONV_DEVICES if batched_conv is None else bool(batched_conv)
-        # autotune also times both convolution paths: im2col + bmm is not faster on every device and model
-        self._conv_choice = batched_conv is None and any(isinstance(m, torch.nn.Conv2d)
-                                                         for m in private.module.modules())
+        self.rule = rule or DEFAULT_RULES.get(private.device.type, "vmap")
+        self._points = AffinePoints(self._moving)
+        # autotune times every rule that changes something for this model: not one is fastest on every device
+        layers = [m for m in private.module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        self._rules = [self.rule]
+        if rule is None and layers:
+            has_conv = any(isinstance(m, torch.nn.Conv2d) for m in layers)
+            self._rules = [r for r in ("affine", "im2col", "vmap") if r != "im2col" or has_conv]
         self._given_chunk = chunk_size
 
     # -- batched forward --------------------------------------------------------------------------------------
@@ -126,19 +136,28 @@ class VmapEvaluator(PointEvaluator):
         stacked = self._stacked(c)
         if not stacked:  # nothing moves (e.g. the loss at the model itself)
             return check_loss(self.loss_fn(forward({}), y)).double().reshape(1).expand(len(c))
-        with batched_convs(module) if self.batched_conv else contextlib.nullcontext():
-            return self._vmapped_losses(forward, stacked, y)
+        if self.rule == "affine":
+            points = self._points
 
-    def _vmapped_losses(self, forward, stacked, y):
+            def forward_at(moving, ci):  # ci: the point's coefficients, which the affine rules read
+                with points.at(ci):
+                    return forward(moving)
+
+            with affine_layers(module, points):
+                return self._vmapped_losses(forward_at, stacked, c, y)
+        with batched_convs(module) if self.rule == "im2col" else contextlib.nullcontext():
+            return self._vmapped_losses(lambda mv, _ci: forward(mv), stacked, c, y)
+
+    def _vmapped_losses(self, forward, stacked, c, y):
         """The loss under vmap too when it can run there (once it cannot, per point on vmap's outputs)."""
         if self._loss_in_vmap:
             try:
-                return vmap(lambda mv: check_loss(self.loss_fn(forward(mv), y)))(stacked).double()
+                return vmap(lambda mv, ci: check_loss(self.loss_fn(forward(mv, ci), y)))(stacked, c).double()
             except Exception as exc:  # noqa: BLE001 -- any loss that vmap cannot trace falls back below
                 if _is_oom(exc):
                     raise
                 self._loss_in_vmap = False
-        outputs = vmap(forward)(stacked)
+        outputs = vmap(forward)(stacked, c)
         return torch.stack([check_loss(self.loss_fn(o, y)).double() for o in outputs])
 
     # -- chunk size -------------------------------------------------------------------------------------------
@@ -192,14 +211,14 @@ class VmapEvaluator(PointEvaluator):
 
     def _tune(self, coords):
         """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path; for a
-        model with convolutions the tile is split between vmap's grouped convolutions and batched_conv's bmm."""
+        model with convolutions or linear layers the tile is split between the rules that apply."""
         k = AUTO_PROBE
         out = np.empty(len(coords))
-        variants = [True, False] if self._conv_choice else [self.batched_conv]
+        variants = self._rules
         per_point, chunks = {}, {}
         start, share = k, (len(coords) - k) // len(variants)
         for i, variant in enumerate(variants):
-            self.batched_conv, self.chunk_size = variant, self._given_chunk
+            self.rule, self.chunk_size = variant, self._given_chunk
             out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, this path's chunk size
             stop = len(coords) if i == len(variants) - 1 else start + share
             t0 = time.perf_counter()
@@ -208,7 +227,7 @@ class VmapEvaluator(PointEvaluator):
             chunks[variant] = self.chunk_size
             start = stop
         best = min(per_point, key=per_point.get)
-        self.batched_conv, self.chunk_size = best, chunks[best]
+        self.rule, self.chunk_size = best, chunks[best]
         t_vmap = per_point[best]
         self.accelerate = True  # the loop's exact shortcuts apply on its own path
         PointEvaluator._eval_tile(self, coords[:1])
@@ -219,8 +238,7 @@ class VmapEvaluator(PointEvaluator):
         self.accelerate = self.mode == "loop"
         self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
         if len(variants) > 1:
-            self.timings.update(vmap_batched_conv_s_per_point=per_point[True],
-                                vmap_grouped_conv_s_per_point=per_point[False])
+            self.timings.update({f"vmap_{r}_s_per_point": per_point[r] for r in variants})
         return out
 
     def _vmap_tile(self, coords):

@@ -103,6 +103,8 @@ class Landscape:
                 if getattr(ev, "autotune", False):
                     info["evaluator"] = f"auto: {ev.mode or 'vmap'}"
                     info["evaluator_timings"] = ev.timings
+                if isinstance(ev, VmapEvaluator) and ev.mode != "loop":
+                    info["vmap_rule"] = ev.rule  # how its layers were batched (batched.RULES)
                 return losses, info
             compute = local_compute(ev, coords)
         losses = run_tiles(len(coords), tile_size, compute, on_tile=callback, cancel=cancel, progress=progress,

@@ -152,7 +152,7 @@ class FallbackCNN(nn.Module):
 
 @pytest.mark.parametrize("make", [BnCNN, FallbackCNN])
 def test_plane_vmap_equals_loop_and_direct(monkeypatch, make, spy):
-    monkeypatch.setattr(batched, "BATCHED_CONV_DEVICES", ("cpu", "cuda"))  # the default is CUDA only
+    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "im2col"})
     torch.manual_seed(0)
     model, data = make(), small_data()
     snap = snapshot(model)
@@ -174,8 +174,10 @@ def test_switch_and_default(small):
     model, data = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     private = ls._fresh()
-    assert not VmapEvaluator(private, ls.data, ls.loss_fn, []).batched_conv  # CPU: vmap's own rule by default
-    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], batched_conv=True).batched_conv
+    assert VmapEvaluator(private, ls.data, ls.loss_fn, []).rule == "vmap"  # CPU: vmap's own rule by default
+    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], rule="im2col").rule == "im2col"
+    with pytest.raises(ValueError, match="rule='bmm' is not known; pass None .* 'vmap', 'im2col', 'affine'"):
+        VmapEvaluator(private, ls.data, ls.loss_fn, [], rule="bmm")
 
 
 def test_patches_only_the_private_copy_and_restores_on_error(spy):
@@ -189,7 +191,7 @@ def test_patches_only_the_private_copy_and_restores_on_error(spy):
         seen.append([("_conv_forward" in vars(m)) for m in (private.module.c1, private.module.c2, model.c1)])
         raise RuntimeError("boom")
 
-    ev = VmapEvaluator(private, ls.data, loss, ls._evaluator(private, [surf.direction]).moving, batched_conv=True)
+    ev = VmapEvaluator(private, ls.data, loss, ls._evaluator(private, [surf.direction]).moving, rule="im2col")
     with pytest.raises(RuntimeError, match="boom"):
         ev.run(surf.alphas[:, None])
     assert seen and all(s == [True, True, False] for s in seen)  # patched while running; the user's model never
@@ -199,41 +201,9 @@ def test_patches_only_the_private_copy_and_restores_on_error(spy):
 
 @pytest.mark.slow
 def test_digits_cnn_plane(monkeypatch):
-    monkeypatch.setattr(batched, "BATCHED_CONV_DEVICES", ("cpu",))
+    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "im2col"})
     x, y = examples.digits(flat=False)
     ls = lw.Landscape(examples.digits_cnn(), nn.CrossEntropyLoss(), (x[:300], y[:300]), device="cpu")
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
     vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("batched_faster", [True, False])
-def test_autotune_times_both_convolution_paths(monkeypatch, batched_faster):
-    """With batched_conv=None, autotune splits its first tile between the grouped and the batched path, keeps the
-    faster one (a fake clock decides here) and the values stay the loop's."""
-    model, data = BnCNN(), small_data()
-    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
-    loop = ls.plane(resolution=(6, 7), progress=False, evaluator="loop")
-    private = ls._fresh()
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, list(loop.directions)).moving,
-                       autotune=True)
-    ticks = {"t": 0.0}
-    real_vmap, real_loop = VmapEvaluator._vmap_tile, batched.PointEvaluator._eval_tile
-
-    def vmap_tile(self, coords):
-        ticks["t"] += (1.0 if self.batched_conv == batched_faster else 5.0) * len(coords)
-        return real_vmap(self, coords)
-
-    def loop_tile(self, coords):
-        ticks["t"] += 100.0 * len(coords)
-        return real_loop(self, coords)
-
-    monkeypatch.setattr(batched.time, "perf_counter", lambda: ticks["t"])
-    monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
-    monkeypatch.setattr(batched.PointEvaluator, "_eval_tile", loop_tile)
-    coords = np.stack(np.meshgrid(loop.alphas, loop.betas, indexing="ij"), -1).reshape(-1, 2)
-    got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
-    assert ev.mode == "vmap" and ev.batched_conv == batched_faster
-    assert ev.timings["vmap_batched_conv_s_per_point"] == (1.0 if batched_faster else 5.0)
-    assert ev.timings["vmap_grouped_conv_s_per_point"] == (5.0 if batched_faster else 1.0)
-    np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,267 @@
+"""affine_layers: the plane's affine structure in conv/linear layers under vmap, against a Python loop of the layer
+at each point's own weights W0 + sum_k c_k D_k; its fallbacks; and the vmap evaluator with it against the loop."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+import landscape_widgets as lw
+from landscape_widgets import batched
+from landscape_widgets.affine_layers import AffinePoints, affine_layers
+from landscape_widgets.batched import VmapEvaluator
+
+from helpers import assert_same, snapshot, small_data
+from test_batched import _plane_reference
+from test_batched_conv import BnCNN
+
+B = 4
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Per F.conv2d / F.linear call: did it receive vmap-batched tensors (vmap's own rule) or plain ones?"""
+    calls = []
+    for name in ("conv2d", "linear"):
+        real = getattr(F, name)
+
+        def fn(x, w, *args, _real=real, **kwargs):
+            calls.append(any(torch._C._functorch.is_batchedtensor(t) for t in (x, w)))
+            return _real(x, w, *args, **kwargs)
+
+        monkeypatch.setattr(F, name, fn)
+    return calls
+
+
+def _moving(module, dtype, dirs_of, seed=0):
+    """(name, base, dirs) for the module's parameters, two directions; dirs_of[name] says which are None."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for name, p in module.named_parameters():
+        base = p.detach().to(dtype)
+        dirs = [torch.randn(p.shape, generator=gen, dtype=dtype) if k in dirs_of.get(name, (0, 1)) else None
+                for k in range(2)]
+        out.append((name, base, dirs))
+    return out
+
+
+def _point_params(moving, c):
+    out = {}
+    for name, base, dirs in moving:
+        t = base.clone()
+        for k, d in enumerate(dirs):
+            if d is not None:
+                t = t + c[k].to(d.dtype) * d
+        out[name] = t
+    return out
+
+
+def _run(module, moving, c, x, x_batched, spy=None):
+    """The evaluator's pattern: stacked weights and the point's coefficients into one vmapped functional_call."""
+    points = AffinePoints(moving)
+    stacked = {name: torch.stack([_point_params(moving, ci)[name] for ci in c]) for name, _b, _d in moving}
+
+    def f(mv, ci, xi):
+        with points.at(ci):
+            return functional_call(module, mv, (xi,))
+
+    with affine_layers(module, points):
+        if spy is not None:
+            spy.clear()
+        return torch.vmap(f, in_dims=(0, 0, 0 if x_batched else None))(stacked, c, x)
+
+
+def _loop(module, moving, c, x, x_batched):
+    return torch.stack([functional_call(module, _point_params(moving, ci), (x[i] if x_batched else x,))
+                        for i, ci in enumerate(c)])
+
+
+def _coords(dtype=torch.float64):
+    return torch.tensor([[0.0, 0.0], [1.0, -0.5], [-2.0, 0.25], [0.5, 3.0]], dtype=dtype)
+
+
+CONV_CASES = [dict(), dict(stride=2), dict(padding=1), dict(stride=2, padding=1, dilation=2),
+              dict(stride=(2, 1), padding=(0, 1), dilation=(1, 2)), dict(padding="same", dilation=2)]
+DIRS = [{}, {"weight": (0,), "bias": (0,)}, {"weight": (1,), "bias": ()}, {"weight": (0, 1), "bias": (1,)}]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("kw", CONV_CASES)
+@pytest.mark.parametrize("x_batched", [False, True])
+@pytest.mark.parametrize("bias, dirs_of", [(True, d) for d in DIRS] + [(False, {})])
+def test_conv_rule_equals_per_point_loop(dtype, rtol, kw, x_batched, bias, dirs_of, spy):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, (3, 2), bias=bias, **kw).to(dtype)
+    moving = _moving(conv, dtype, dirs_of)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*((B,) if x_batched else ()), 2, 3, 9, 7, generator=gen, dtype=dtype)
+    ref = _loop(conv, moving, _coords(), x, x_batched)
+    got = _run(conv, moving, _coords(), x, x_batched, spy)
+    assert got.shape == ref.shape and got.dtype == dtype
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=rtol, atol=rtol * float(ref.abs().max()))
+    assert spy and not any(spy)  # one plain convolution: no grouped one
+    assert "_conv_forward" not in vars(conv)
+
+
+@pytest.mark.parametrize("shape", [(6, 7), (2, 3, 7), (7,)])
+@pytest.mark.parametrize("bias, dirs_of", [(True, d) for d in DIRS] + [(False, {})])
+def test_linear_rule_on_a_shared_input_equals_per_point_loop(shape, bias, dirs_of, spy):
+    torch.manual_seed(0)
+    lin = nn.Linear(7, 5, bias=bias).double()
+    moving = _moving(lin, torch.float64, dirs_of)
+    x = torch.randn(*shape, dtype=torch.float64)
+    ref = _loop(lin, moving, _coords(), x, False)
+    got = _run(lin, moving, _coords(), x, False, spy)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    assert spy and not any(spy)
+    assert "forward" not in vars(lin)
+
+
+def test_shared_first_layer_is_computed_once_for_all_points(monkeypatch):
+    """(1): B points cost one convolution with (K+1) * Cout filters, not B of them."""
+    conv = nn.Conv2d(1, 4, 3).double()
+    moving = _moving(conv, torch.float64, {})
+    shapes, real = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: shapes.append(tuple(w.shape)) or real(x, w, *a, **k))
+    _run(conv, moving, _coords(), torch.randn(5, 1, 8, 8, dtype=torch.float64), False)
+    assert shapes == [(12, 1, 3, 3)]
+
+
+class Transformed(nn.Conv2d):
+    """A subclass that convolves with a transformed weight: the rule must not use the untransformed parts."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * 2.0, self.bias)
+
+
+class Scaled(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 3.0
+
+
+@pytest.mark.parametrize("case", ["batched_linear", "groups", "bias_only_direction", "transformed", "subclass",
+                                  "reflect"])
+def test_fallbacks_equal_the_loop(case, spy):
+    torch.manual_seed(0)
+    dtype, x_batched, dirs_of = torch.float64, False, {}
+    x = torch.randn(2, 4, 6, 6, dtype=dtype)
+    if case == "batched_linear":
+        layer, x, x_batched = nn.Linear(7, 3), torch.randn(B, 5, 7, dtype=dtype), True
+    elif case == "groups":
+        layer = nn.Conv2d(4, 4, 3, groups=2)
+    elif case == "bias_only_direction":  # the bias moves along direction 1, the weight does not
+        layer, dirs_of = nn.Conv2d(4, 3, 3), {"weight": (0,), "bias": (0, 1)}
+    elif case == "transformed":
+        layer = Transformed(4, 3, 3)
+    elif case == "subclass":
+        layer, x = Scaled(6, 3), torch.randn(5, 6, dtype=dtype)
+    else:
+        layer = nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect")
+    layer = layer.to(dtype)
+    moving = _moving(layer, dtype, dirs_of)
+    ref = _loop(layer, moving, _coords(), x, x_batched)
+    got = _run(layer, moving, _coords(), x, x_batched, spy)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+    assert spy and all(spy)  # vmap's own rule, on the stacked weights
+    assert all(a not in vars(layer) for a in ("_conv_forward", "forward"))
+
+
+class MixedNet(nn.Module):
+    """BnCNN's convolutions (shared first layer, strided, dilated, bias-free), then a linear layer on every point's
+    own features and one more on a shared input added back: every rule and fallback in one model."""
+
+    def __init__(self):
+        super().__init__()
+        self.cnn = BnCNN()
+        self.side = nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.cnn(x) + self.side(x.flatten(1))
+
+
+@pytest.mark.parametrize("make", [BnCNN, MixedNet])
+def test_plane_and_line_equal_loop_and_direct(monkeypatch, make, spy):
+    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "affine"})
+    torch.manual_seed(0)
+    model, data = make(), small_data()
+    snap, rng = snapshot(model), torch.get_rng_state()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
+    spy.clear()
+    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
+    assert spy and not all(spy)
+    assert vm.meta["vmap_rule"] == "affine" and "vmap_rule" not in loop.meta
+    np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vm.losses, _plane_reference(model, vm, [data]), rtol=1e-5, atol=1e-6)
+    line_loop = ls.line(steps=5, progress=False, evaluator="loop")
+    line_vm = ls.line(steps=5, progress=False, evaluator="vmap")
+    np.testing.assert_allclose(line_vm.losses, line_loop.losses, rtol=1e-5, atol=1e-6)
+    assert_same(model, snap)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(a not in vars(m) for m in model.modules() for a in ("_conv_forward", "forward"))
+
+
+def test_patches_only_the_private_copy_and_restores_on_error():
+    model, data = BnCNN(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    surf = ls.plane(resolution=(2, 2), progress=False, evaluator="loop")
+    private = ls._fresh()
+    seen = []
+
+    def loss(out, y):
+        mods = (private.module.c1, private.module.c2, private.module.fc, model.c1)
+        seen.append([("_conv_forward" in vars(m) or "forward" in vars(m)) for m in mods])
+        raise RuntimeError("boom")
+
+    ev = VmapEvaluator(private, ls.data, loss, ls._evaluator(private, list(surf.directions)).moving, rule="affine")
+    with pytest.raises(RuntimeError, match="boom"):
+        ev.run(np.zeros((3, 2)))
+    assert seen and all(s == [True, True, True, False] for s in seen)
+    assert all(a not in vars(m) for mod in (private.module, model) for m in mod.modules()
+               for a in ("_conv_forward", "forward"))
+    assert ev._points.coeffs is None
+
+
+@pytest.mark.parametrize("fastest", ["affine", "im2col", "vmap"])
+def test_autotune_times_every_rule(monkeypatch, fastest):
+    """With rule=None, autotune splits its first tile between the rules that apply, keeps the fastest one (a fake
+    clock decides here), and the values stay the loop's."""
+    model, data = BnCNN(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    loop = ls.plane(resolution=(6, 7), progress=False, evaluator="loop")
+    private = ls._fresh()
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, list(loop.directions)).moving,
+                       autotune=True)
+    assert ev._rules == ["affine", "im2col", "vmap"]
+    ticks = {"t": 0.0}
+    real_vmap, real_loop = VmapEvaluator._vmap_tile, batched.PointEvaluator._eval_tile
+
+    def vmap_tile(self, coords):
+        ticks["t"] += (1.0 if self.rule == fastest else 5.0) * len(coords)
+        return real_vmap(self, coords)
+
+    def loop_tile(self, coords):
+        ticks["t"] += 100.0 * len(coords)
+        return real_loop(self, coords)
+
+    monkeypatch.setattr(batched.time, "perf_counter", lambda: ticks["t"])
+    monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
+    monkeypatch.setattr(batched.PointEvaluator, "_eval_tile", loop_tile)
+    coords = np.stack(np.meshgrid(loop.alphas, loop.betas, indexing="ij"), -1).reshape(-1, 2)
+    got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
+    assert ev.mode == "vmap" and ev.rule == fastest
+    assert {k: v for k, v in ev.timings.items() if k.startswith("vmap_") and k != "vmap_s_per_point"} == {
+        f"vmap_{r}_s_per_point": 1.0 if r == fastest else 5.0 for r in ("affine", "im2col", "vmap")}
+    np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
+
+
+def test_autotune_rules_for_a_model_without_convolutions():
+    model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
+    x, y = small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x.flatten(1), y), device="cpu")
+    private = ls._fresh()
+    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True)._rules == ["affine", "vmap"]
+    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap")._rules == ["vmap"]
