@@ -16,6 +16,9 @@ with the ``K + 1`` weight sets stacked over output channels in (1) and over inpu
   per point, 2.5x a per-point loop on an H200, benchmarks/RESULTS.md) and im2col copies ``kh * kw`` times the input.
 
 ``nn.Linear`` gets (1) for a shared input; a per-point input keeps vmap's own rule (a batched GEMM, already fast).
+An eval-mode BatchNorm (moving or not) becomes one multiply-add per element,
+``x * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)`` (ATen's own CPU inference formula), where vmap's
+rule normalizes, copies, multiplies and adds in five passes over the activations.
 The rule applies only where the layer's forward passes its own moving weight unchanged (not a weight-normalized or
 otherwise transformed one) and the bias moves along no direction that the weight does not; everything else falls
 back to vmap's own rule on the stacked weights, which are always passed along.  Equal to the stacked weights' result
@@ -175,19 +178,35 @@ def _linear_forward(module, points, wname, bname, x):
     return AffineLinear.apply(x, points.coeffs, w, b, w0, dw, b0, db, iw, ib)
 
 
+def _batchnorm_forward(module, x):
+    """Eval-mode BatchNorm as one ``addcmul``: under vmap, one pass over the activations instead of five."""
+    if module.training or module.running_mean is None or module.weight is None or x.dim() < 2:
+        return type(module).forward(module, x)
+    module._check_input_dim(x)
+    s = module.weight / torch.sqrt(module.running_var + module.eps)
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    return torch.addcmul((module.bias - module.running_mean * s).view(shape), x, s.view(shape))
+
+
 @contextlib.contextmanager
 def affine_layers(module: nn.Module, points: AffinePoints):
-    """Route the plain ``nn.Conv2d`` (zero padding, one group) and ``nn.Linear`` layers of ``module`` (the
-    evaluator's private copy, never the user's model) whose weights move through the rules above while a chunk
+    """Route the plain ``nn.Conv2d`` (zero padding, one group), ``nn.Linear`` and BatchNorm layers of ``module``
+    (the evaluator's private copy, never the user's model) whose weights move through the rules above while a chunk
     runs; the patched attributes are removed on exit, exceptions included."""
     patched = []
     try:
         for prefix, m in module.named_modules():
             wname, bname = f"{prefix}.weight" if prefix else "weight", f"{prefix}.bias" if prefix else "bias"
+            if (isinstance(m, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(m)
+                    and type(m).forward is nn.modules.batchnorm._BatchNorm.forward):
+                # moving or not: vmap's rule copies the activations around its normalization either way
+                m.forward = functools.partial(_batchnorm_forward, m)
+                patched.append((m, "forward"))
             if wname not in points.parts:
                 continue
-            if (type(m) is nn.Conv2d and m.padding_mode == "zeros" and m.groups == 1
-                    and "_conv_forward" not in vars(m)):
+            # subclasses too: _conv_forward checks that it is handed the module's own weight and bias
+            if (isinstance(m, nn.Conv2d) and type(m)._conv_forward is nn.Conv2d._conv_forward
+                    and m.padding_mode == "zeros" and m.groups == 1 and "_conv_forward" not in vars(m)):
                 m._conv_forward = functools.partial(_conv_forward, m, points, wname, bname)
                 patched.append((m, "_conv_forward"))
             elif type(m) is nn.Linear and "forward" not in vars(m):

@@ -169,6 +169,36 @@ def test_fallbacks_equal_the_loop(case, spy):
     assert all(a not in vars(layer) for a in ("_conv_forward", "forward"))
 
 
+@pytest.mark.parametrize("make, shape", [(lambda: nn.BatchNorm2d(3), (5, 3, 4, 4)), (lambda: nn.BatchNorm1d(3), (5, 3)),
+                                         (lambda: nn.BatchNorm1d(3), (5, 3, 6)),
+                                         (lambda: nn.BatchNorm3d(3), (2, 3, 2, 3, 2))])
+@pytest.mark.parametrize("x_batched", [False, True])
+def test_eval_batchnorm_is_one_multiply_add_per_point(monkeypatch, make, shape, x_batched):
+    torch.manual_seed(0)
+    bn = make().double().eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(3))
+        bn.running_var.copy_(torch.rand(3) + 0.5)
+    moving = _moving(bn, torch.float64, {"bias": (1,)})
+    x = torch.randn(*((B,) if x_batched else ()), *shape, dtype=torch.float64)
+    ref = _loop(bn, moving, _coords(), x, x_batched)
+    calls, real = [], torch.addcmul
+    monkeypatch.setattr(torch, "addcmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = _run(bn, moving, _coords(), x, x_batched)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+    assert calls == [1]
+    assert "forward" not in vars(bn)
+
+
+def test_training_batchnorm_keeps_its_own_forward():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3, track_running_stats=False).double()  # batch statistics at every point
+    moving = _moving(bn, torch.float64, {})
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    np.testing.assert_allclose(_run(bn, moving, _coords(), x, False).numpy(),
+                               _loop(bn, moving, _coords(), x, False).numpy(), rtol=1e-12, atol=1e-12)
+
+
 class MixedNet(nn.Module):
     """BnCNN's convolutions (shared first layer, strided, dilated, bias-free), then a linear layer on every point's
     own features and one more on a shared input added back: every rule and fallback in one model."""
