@@ -4,7 +4,10 @@
 model, loss and data (or a user factory that builds them on the worker, for DataLoaders that cannot be pickled),
 the directions and the evaluator setting.  Each worker builds its private model and evaluator once per job and
 keeps it in a process-level cache; tiles are then small tasks (a block of coordinates in, losses out) that stream
-back through ``as_completed``, so ``callback``, the progress bar, ``cancel`` and ``store`` work as locally.
+back through ``as_completed``, so ``callback``, the progress bar, ``cancel`` and ``store`` work as locally.  A tile
+is split into several tasks when there are fewer than ``TASKS_PER_WORKER`` per worker thread, so that the last
+tasks do not leave workers idle (a 21x21 plane is 7 tiles: on 2 workers, 4 against 3); the tile, as the store keeps
+it, is handed on when all its parts are back.
 
 A worker that dies is replaced by its nanny and Dask reschedules its running tiles; a tile whose worker died
 ``distributed.scheduler.allowed-failures`` times (``KilledWorker``), or whose job copy was lost, is submitted
@@ -27,6 +30,8 @@ import torch
 _CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker process
 _CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, the previous one
 _CACHE_LOCK = threading.Lock()
+TASKS_PER_WORKER = 4     # tasks per worker thread at least, when the tiles allow it
+MIN_TASK_POINTS = 8      # points per task at least: a task costs a few milliseconds of scheduling
 BUILDS = []              # tokens of the jobs this process built, in order (read by tests via client.run)
 _CHECKED = weakref.WeakSet()  # clients whose workers' allocator settings were looked at
 
@@ -184,6 +189,9 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
     def compute(todo):
         job_future = [scatter()]
         pending, tries = {}, {}
+        parts = _split(todo, sum(client_.nthreads().values()))
+        tile_of = {p: t for t, ps in parts.items() for p in ps}
+        got = {t: {} for t in parts}
 
         def submit(start, stop):
             tries[start] = tries.get(start, 0) + 1
@@ -192,7 +200,7 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
             pending[fut] = (start, stop)
             return fut
 
-        ac = as_completed([submit(s, e) for s, e in todo])
+        ac = as_completed([submit(s, e) for ps in parts.values() for s, e in ps])
         try:
             for fut in ac:
                 start, stop = pending.pop(fut)
@@ -201,13 +209,17 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
                 except (KilledWorker,) + _cancelled_errors() as exc:
                     # workers kept dying on this tile, or the scattered job was lost with them: try again
                     if tries[start] > workers.retries:
-                        raise RuntimeError(f"tile [{start}, {stop}) failed {tries[start]} times on the Dask "
+                        raise RuntimeError(f"points [{start}, {stop}) failed {tries[start]} times on the Dask "
                                            f"workers: {exc!r}") from exc
                     if job_future[0].status != "finished":  # every copy of the job died with its workers
                         job_future[0] = scatter()
                     ac.add(submit(start, stop))
                     continue
-                yield start, stop, np.asarray(values, dtype=np.float64)
+                tile = tile_of[(start, stop)]
+                got[tile][start] = np.asarray(values, dtype=np.float64)
+                if len(got[tile]) == len(parts[tile]):
+                    yield tile[0], tile[1], np.concatenate([got[tile][s] for s, _e in parts[tile]])
+                    del got[tile]
         finally:
             if pending:
                 client_.cancel(list(pending))
@@ -217,6 +229,18 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
                                              "workers": len(client_.nthreads()),
                                              "factory": workers.factory is not None}}
     return compute, info
+
+
+def _split(todo, threads):
+    """``{tile: [parts]}``: each tile cut into equal runs of points so that there are ``TASKS_PER_WORKER`` tasks
+    per worker thread in all, none under ``MIN_TASK_POINTS`` points."""
+    per_tile = max(1, -(-TASKS_PER_WORKER * max(1, threads) // max(1, len(todo))))
+    out = {}
+    for start, stop in todo:
+        k = max(1, min(per_tile, (stop - start) // MIN_TASK_POINTS))
+        edges = np.linspace(start, stop, k + 1).round().astype(int)
+        out[(int(start), int(stop))] = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return out
 
 
 def _cancelled_errors():

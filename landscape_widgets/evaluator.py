@@ -236,7 +236,7 @@ class PointEvaluator:
         by_tensor = {id(m.target): m for m in self.moving}
         patched = []
         try:
-            for module in _input_layers(self.private.module, x):
+            for module in self._layers_taking(x):
                 mw = by_tensor.get(id(module.weight))
                 mb = by_tensor.get(id(module.bias)) if module.bias is not None else None
                 if mw is None and mb is None:
@@ -257,6 +257,15 @@ class PointEvaluator:
             if patched:
                 self._release_plan()
 
+    def _layers_taking(self, x):
+        """``_input_layers`` (one traced forward), once per evaluator for its one in-memory batch."""
+        if self.data.single is None:
+            return _input_layers(self.private.module, x)
+        key = (id(x), x.data_ptr() if isinstance(x, torch.Tensor) else None)
+        if getattr(self, "_input_layer_cache", (None,))[0] != key:
+            self._input_layer_cache = (key, _input_layers(self.private.module, x))
+        return self._input_layer_cache[1]
+
     @contextlib.contextmanager
     def _run_shortcuts(self):
         """With one in-memory batch, patch the input-affine layers once for the whole run."""
@@ -276,7 +285,11 @@ class PointEvaluator:
     def _micro_batching(self):
         """Split the one in-memory batch into cache-sized chunks for this run, when that pays and is exact."""
         eligible = self.accelerate and self.private.device.type == "cpu" and self.data.single is not None
-        self._micro = self._plan_micro_batches() if eligible else None
+        if eligible and not hasattr(self, "_micro_plan"):
+            # once per evaluator: data, loss and the weights at a run's start are fixed, and a Dask worker runs one
+            # evaluator per tile (three forward passes per tile before)
+            self._micro_plan = self._plan_micro_batches()
+        self._micro = self._micro_plan if eligible else None
         try:
             yield
         finally:

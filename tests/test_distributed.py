@@ -54,6 +54,20 @@ def test_dask_plane_equals_local_and_streams_tiles(client, small):
     assert remote.losses[7, 3] == pytest.approx(direct_loss(model, params, x, y), rel=1e-5)
 
 
+def test_tiles_are_split_into_tasks_for_balance():
+    """7 tiles of 63 points on 2 workers would leave one idle for the last tile: 8 tasks per worker thread wanted."""
+    tiles = [(i, i + 63) for i in range(0, 441, 63)]
+    parts = lwd._split(tiles, 2)
+    assert list(parts) == tiles and all(len(p) == 2 for p in parts.values())
+    assert parts[(0, 63)] == [(0, 32), (32, 63)]
+    for (a, b), ps in lwd._split(tiles, 16).items():  # 64 tasks wanted: 10 per tile, cut at 7 by MIN_TASK_POINTS
+        assert ps[0][0] == a and ps[-1][1] == b and all(p[1] == q[0] for p, q in zip(ps, ps[1:]))
+        assert len(ps) == 63 // lwd.MIN_TASK_POINTS and min(q - p for p, q in ps) >= lwd.MIN_TASK_POINTS
+    assert lwd._split([(0, 10)], 2) == {(0, 10): [(0, 10)]}  # too small to split
+    many = [(i, i + 64) for i in range(0, 640, 64)]
+    assert all(len(p) == 1 for p in lwd._split(many, 2).values())  # 10 tiles for 2 threads: enough already
+
+
 def test_each_worker_builds_once_per_run(client):
     ls = _digits_cnn(100)
     before = {a: len(t) for a, t in client.run(lambda: list(lwd.BUILDS)).items()}

@@ -343,3 +343,32 @@ def test_digits_cnn_is_micro_batched_and_exact():
     for (a, b), value in zip(coords, got):
         params = {n: private.base[n] + a * d[0][n] + b * d[1][n] for n in private.base}
         assert value == pytest.approx(direct_loss(model, params, x, y), rel=1e-5)
+
+
+@pytest.mark.parametrize("micro", [True, False])
+def test_probes_run_once_per_evaluator(monkeypatch, micro):
+    """A Dask worker calls run() once per tile on one evaluator: the micro-batch plan and the input-layer trace
+    are made on the first run only, and later runs give the values of a fresh evaluator."""
+    import landscape_widgets.evaluator as E
+
+    if micro:
+        monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
+        monkeypatch.setattr(E, "MICRO_BYTES", 1)
+        monkeypatch.setattr(E, "MICRO_MIN_SAMPLES", 8)
+    monkeypatch.setattr(E, "SHORTCUT_MIN_FAN_IN", 0)  # SmallNet's input layers take the shortcut
+    calls = {"plan": 0, "trace": 0}
+    real_plan, real_trace = E.PointEvaluator._plan_micro_batches, E._input_layers
+    monkeypatch.setattr(E.PointEvaluator, "_plan_micro_batches",
+                        lambda self: calls.__setitem__("plan", calls["plan"] + 1) or real_plan(self))
+    monkeypatch.setattr(E, "_input_layers", lambda *a: calls.__setitem__("trace", calls["trace"] + 1) or real_trace(*a))
+    model = SmallNet()
+    ls = lw.Landscape(model, CE, small_data())
+    private = ls._fresh()
+    d = [{n: torch.randn(t.shape, generator=torch.Generator().manual_seed(k)) for n, t in private.base.items()}
+         for k in (1, 2)]
+    ev = ls._evaluator(private, d)
+    coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5], [0.5, 0.5]])
+    first, second = ev.run(coords[:2]), ev.run(coords[2:])
+    assert calls == {"plan": 1, "trace": 0 if micro else 1}  # shortcuts are not used with micro-batches
+    fresh = ls._evaluator(ls._fresh(), d).run(coords)
+    np.testing.assert_array_equal(np.concatenate([first, second]), fresh)
