@@ -397,15 +397,20 @@ def check_normalization_choice(value, name="normalization"):
     return value
 
 
-class RandomDirectionWidget(LiveWidget):
-    """A widget whose directions are random: ``seed`` and ``normalization`` controls (Li et al. 2018, §4)."""
+class SeededWidget(LiveWidget):
+    """A widget with a ``seed`` control (its private generators' seed; the user's global RNG is never used)."""
 
     seed = t.Int(0).tag(sync=True)
-    normalization = t.Unicode("filter").tag(sync=True)
 
     @t.validate("seed")
     def _v_seed(self, proposal):
         return check_int(proposal["value"], "seed", low=0, high=SEED_MAX)
+
+
+class RandomDirectionWidget(SeededWidget):
+    """A widget whose directions are random: ``seed`` and ``normalization`` controls (Li et al. 2018, §4)."""
+
+    normalization = t.Unicode("filter").tag(sync=True)
 
     @t.validate("normalization")
     def _v_normalization(self, proposal):

@@ -14,7 +14,7 @@ import time
 import traitlets as t
 
 from .._checks import check_int
-from ._base import SEED_MAX, SEND_INTERVAL_S, LiveWidget, browser_bool, browser_int, f32, finite, private_landscape
+from ._base import SEND_INTERVAL_S, SeededWidget, browser_bool, browser_int, f32, finite, private_landscape
 
 K = (1, 50)
 BOTTOM = (0, 50)
@@ -22,7 +22,7 @@ STEPS = (10, 300)
 RUNS = (1, 100)
 
 
-class SpectrumWidget(LiveWidget):
+class SpectrumWidget(SeededWidget):
     """Live Hessian spectrum: controls for ``k``, ``bottom``, Lanczos ``steps``, SLQ ``runs``, ``seed`` and
     ``density``; each change recomputes in the kernel (worker thread, progress, cancelled by a newer change).
 
@@ -37,7 +37,6 @@ class SpectrumWidget(LiveWidget):
     density = t.Bool(True).tag(sync=True)
     steps = t.Int(90).tag(sync=True)
     runs = t.Int(10).tag(sync=True)
-    seed = t.Int(0).tag(sync=True)
     _top = t.List(t.Float()).tag(sync=True)
     _bottom = t.List(t.Float()).tag(sync=True)
     _trace = t.Dict().tag(sync=True)   # {trace, stderr, per_parameter, stderr_per_parameter, num_parameters}
@@ -102,10 +101,6 @@ class SpectrumWidget(LiveWidget):
     @t.validate("runs")
     def _v_runs(self, proposal):
         return check_int(proposal["value"], "runs", low=RUNS[0], high=RUNS[1], hint=" (SLQ runs averaged)")
-
-    @t.validate("seed")
-    def _v_seed(self, proposal):
-        return check_int(proposal["value"], "seed", low=0, high=SEED_MAX)
 
     def _browser_check(self, name, value):
         limits = {"k": (K[0], min(K[1], self._num_parameters)), "bottom": (BOTTOM[0], min(BOTTOM[1],

@@ -14,7 +14,7 @@ import traitlets as t
 
 from .._checks import check_int
 from ..embedding import METHODS, check_trajectories, embed
-from ._base import SEED_MAX, LiveWidget, Rejected, browser_choice, browser_int, f32
+from ._base import SEED_MAX, Rejected, SeededWidget, browser_choice, browser_int, f32
 
 NEIGHBORS = (2, 200)
 COLOR_BY = ("step", "loss")
@@ -24,7 +24,7 @@ def _finite_or_none(v):
     return None if v is None or not np.isfinite(v) else float(v)
 
 
-class TrajectoryWidget(LiveWidget):
+class TrajectoryWidget(SeededWidget):
     """Live trajectory embedding of ``trajectory`` (an :class:`~landscape_widgets.Trajectory` or a list, embedded
     together to compare runs), coloured by step or loss, with trustworthiness and reconstruction error beside it.
 
@@ -36,7 +36,6 @@ class TrajectoryWidget(LiveWidget):
     method = t.Unicode("pca").tag(sync=True)
     dims = t.Int(2).tag(sync=True)
     n_neighbors = t.Int(15).tag(sync=True)
-    seed = t.Int(0).tag(sync=True)
     color_by = t.Unicode("step").tag(sync=True)
     _coords = t.Bytes(b"").tag(sync=True)
     _shape = t.List(t.Int(), [0, 0]).tag(sync=True)
@@ -75,10 +74,6 @@ class TrajectoryWidget(LiveWidget):
     @t.validate("n_neighbors")
     def _v_n_neighbors(self, proposal):
         return check_int(proposal["value"], "n_neighbors", low=NEIGHBORS[0], high=NEIGHBORS[1], hint=" (UMAP's)")
-
-    @t.validate("seed")
-    def _v_seed(self, proposal):
-        return check_int(proposal["value"], "seed", low=0, high=SEED_MAX)
 
     @t.validate("color_by")
     def _v_color_by(self, proposal):
