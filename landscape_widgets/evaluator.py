@@ -297,25 +297,7 @@ class PointEvaluator:
 
     def _plan_micro_batches(self):
         (x, y, n), = self.data.batches(self.private.device)
-        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and len(x) == len(y) == n):
-            return None
-        x = self._layout_input(x)
-        largest = _largest_output_bytes(self.private.module, x)
-        if largest <= MICRO_MIN_BYTES:
-            return None
-        size = max(MICRO_MIN_SAMPLES, int(MICRO_BYTES * n // largest))
-        if 2 * size > n:
-            return None
-        chunks = [(x[i:i + size], y[i:i + size], len(y[i:i + size])) for i in range(0, n, size)]
-        # at the model's weights (the run has not written a point yet): equal to the full batch, or not used
-        full = float(self._loss_once(x, y))
-        try:
-            parts = sum(float(self._loss_once(a, b)) * m for a, b, m in chunks) / n
-        except Exception:  # noqa: BLE001 -- a model or loss that only takes the whole batch keeps it
-            return None
-        if not math.isclose(full, parts, rel_tol=MICRO_RTOL, abs_tol=MICRO_RTOL * 1e-3):
-            return None
-        return chunks
+        return plan_micro_batches(self.private.module, self.loss_fn, self._layout_input(x), y, n)
 
     @contextlib.contextmanager
     def _layout(self):
@@ -348,6 +330,35 @@ class PointEvaluator:
                 self._cl_key, self._cl_x = key, x.contiguous(memory_format=torch.channels_last)
             return self._cl_x
         return x
+
+
+def plan_micro_batches(module, loss_fn, x, y, n):
+    """``[(x_i, y_i, n_i)]``: the one in-memory batch cut into chunks whose largest activation is about
+    ``MICRO_BYTES``, or None where that does not pay (small activations) or is not exact.  Exact means: at the
+    module's current weights the sample-weighted mean of the chunk losses equals the full-batch loss (a model or
+    loss that couples the samples of a batch, or takes only the whole batch, keeps it).  Runs forward passes only;
+    the caller's grad mode applies."""
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and len(x) == len(y) == n):
+        return None
+    largest = _largest_output_bytes(module, x)
+    if largest <= MICRO_MIN_BYTES:
+        return None
+    size = max(MICRO_MIN_SAMPLES, int(MICRO_BYTES * n // largest))
+    if 2 * size > n:
+        return None
+    chunks = [(x[i:i + size], y[i:i + size], len(y[i:i + size])) for i in range(0, n, size)]
+
+    def loss(a, b):
+        return float(check_loss(loss_fn(call_model(module, a), b)))
+
+    full = loss(x, y)
+    try:
+        parts = sum(loss(a, b) * m for a, b, m in chunks) / n
+    except Exception:  # noqa: BLE001 -- a model or loss that only takes the whole batch keeps it
+        return None
+    if not math.isclose(full, parts, rel_tol=MICRO_RTOL, abs_tol=MICRO_RTOL * 1e-3):
+        return None
+    return chunks
 
 
 def _write_tensor(m, c):

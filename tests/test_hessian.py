@@ -50,6 +50,51 @@ def test_hvp_matches_dense_hessian(backend, make, batched):
         assert op.loss is None or op.loss == pytest.approx(float(CE(model(x), y)), rel=1e-12)
 
 
+@pytest.mark.parametrize("make", [small_mlp, small_cnn])
+@pytest.mark.parametrize("coupled", [False, True])
+def test_hvp_on_micro_batches_matches_dense_hessian(monkeypatch, make, coupled):
+    """Thresholds lowered so that 23 samples are cut into chunks of 8, 8 and 7: one graph per chunk, weighted by
+    its samples, is still the full-batch Hessian; a loss that couples the batch keeps one graph."""
+    import landscape_widgets.evaluator as E
+
+    monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
+    monkeypatch.setattr(E, "MICRO_BYTES", 1)
+    monkeypatch.setattr(E, "MICRO_MIN_SAMPLES", 8)
+    model = make()
+    x, y = classification_data(model, n=23)
+
+    def loss(out, t):  # coupled: the square of the batch's mean logit, which chunk losses do not average to
+        return CE(out, t) + (out.mean() ** 2 if coupled else 0.0)
+
+    H = dense_hessian(model, loss, x, y)
+    op = HessianOperator(PrivateModel(model, torch.device("cpu")), DataSource((x, y)), loss)
+    V = np.random.default_rng(0).standard_normal((H.shape[0], 2))
+    np.testing.assert_allclose(op.matmat(V), H @ V, rtol=1e-9, atol=1e-11)
+    assert [w for _g, w in op._graph] == ([1.0] if coupled else [8 / 23, 8 / 23, 7 / 23])
+    with torch.no_grad():
+        assert op.loss == pytest.approx(float(loss(model(x), y)), rel=1e-12)
+
+
+def test_running_quiets_numpy_blas_and_frees_the_graph_also_on_error():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    model = small_mlp()
+    x, y = classification_data(model, n=23)
+    op = HessianOperator(PrivateModel(model, torch.device("cpu")), DataSource((x, y)), CE)
+    before, inside = blas_threads(), []
+    with pytest.raises(RuntimeError, match="boom"):
+        with op.running():
+            op.matvec(np.ones(op.num_parameters))
+            inside.append(blas_threads())
+            assert op._graph is not None
+            raise RuntimeError("boom")
+    assert inside == [[1] * len(before)] and blas_threads() == before
+    assert op._graph is None
+
+
 def test_extreme_eigenvalues_match_dense(mlp_case, mlp_spectrum):
     *_, w = mlp_case
     s = mlp_spectrum

@@ -50,15 +50,13 @@ def hessian_directions(private, count, *, loss_fn=None, data=None, seed=0, norma
     if op.num_parameters < 2 and count == 2:
         raise ValueError("the 'hessian' plane needs at least 2 parameters")
     rng_top, rng_bottom, _, _ = seed_streams(seed)
-    try:
+    with op.running():
         lmax, vmax, _ = extreme_eigenpairs(op, 1, "LA", rng=rng_top, tol=tol)
         pairs = [(float(lmax[0]), vmax[:, 0])]
         if count == 2:
             lmin, vmin, _ = extreme_eigenpairs(op, 1, "SA", rng=rng_bottom, tol=tol)
             pairs.append((float(lmin[0]), vmin[:, 0]))
         loss0 = op.loss if op.loss is not None else float("nan")
-    finally:
-        op.release()
     dirs = [op.unflatten(torch.from_numpy(v).to(device=private.device, dtype=op.dtype).contiguous())
             for _, v in pairs]
     dirs = [{n: t.clone() for n, t in d.items()} for d in dirs]

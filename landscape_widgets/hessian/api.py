@@ -47,12 +47,10 @@ def spectrum(ls, k=5, *, bottom=1, density=True, seed=0, steps=90, runs=10, trac
     op = HessianOperator(private, ls.data, ls.loss_fn, backend=backend, cancel=cancel)
     report = None if callback is None else (lambda stage, done, total: callback(
         {"stage": stage, "done": done, "total": total, "hvps": op.hvps}))
-    try:
+    with op.running():
         fields, meta = compute_spectrum(op, k, bottom, density=density, seed=seed, steps=steps, runs=runs,
                                         trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                         report=report)
-    finally:
-        op.release()
     meta["timings"]["total_s"] = round(timer(), 6)
     return Spectrum(**fields, meta=ls._meta(private, kind="spectrum", **meta))
 
@@ -85,11 +83,9 @@ def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, can
     dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
             for d in surface.directions]
     op = HessianOperator(private, ls.data, ls.loss_fn, cancel=cancel)
-    try:
+    with op.running():
         return trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
                            tol=_check_tol(tol))
-    finally:
-        op.release()
 
 
 def seed_spread(ls, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
