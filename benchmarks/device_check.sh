@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 6 (and the Hessian benchmark on the GPU), as one command for a lent device session
+# (the `device` tool's `run`; about 3 minutes on an H200).  Needs the wheels the device image lacks in .whl/
+# (git-ignored; carry it):
+#   python3 -m pip download --no-deps -d .whl loss-landscapes==3.0.6 pyhessian==0.1
+# then:  run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=540)
+# Tables go to stdout and to $OUT (gpu.md, gpu-grid.md, hessian.md); paste them into benchmarks/RESULTS.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/device_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+else
+  export PYTHONPATH=$PWD
+  echo "(no .whl/: loss-landscapes and PyHessian columns will say why they are missing)"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+timeout 240 python3 benchmarks/gpu.py 2>&1 | tee "$OUT/gpu.md"
+timeout 120 python3 benchmarks/gpu.py --tile grid 2>&1 | tee "$OUT/gpu-grid.md"
+timeout 150 python3 benchmarks/hessian.py --device cuda --rounds 3 --epochs 30 2>&1 | tee "$OUT/hessian.md"
