@@ -244,6 +244,8 @@ class Landscape:
         """The trust panel of ``surface``: ``kappa`` (``d^T H d / ||d||^2`` per direction), ``lambda_max``,
         ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``hides_saddle`` (``lambda_min < 0``
         while both kappas are > 0; Böttcher & Wheeler 2022).  Pass ``spectrum`` to reuse its eigenvalues and trace.
+        ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
+        ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
         """
         return hessian_api.trust(self, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples, tol=tol,
                                  cancel=cancel)

@@ -61,12 +61,39 @@ def test_a_new_plane_gets_a_new_panel_and_trust_false_computes_none(case):
     off.close()
 
 
-def test_seed_median_has_no_panel(case):
-    model, x, y, _ = case
-    w = lw.SurfaceWidget(lw.Landscape(model, CE, (x, y)), resolution=11, seeds=3, span=0.5)
+def test_seed_median_panel_has_every_seeds_kappas(case):
+    """The median view's panel: kappa along both directions of each seed's plane (against the dense Hessian and
+    the directions plane() draws for that seed), their ranges, and the seeds whose plane hides a saddle."""
+    model, x, y, H = case
+    before = snapshot(model)
+    ls = lw.Landscape(model, CE, (x, y))
+    w = lw.SurfaceWidget(ls, resolution=11, seed=4, seeds=3, span=0.5)
     assert w._state == "done" and w.spread is not None
-    assert w.trust is None and w._trust == {}
+    panel = w.trust
+    assert panel is w.surface.meta["trust"] and panel["seeds"] == [4, 5, 6] and "kappa" not in panel
+    for s, pair in zip(panel["seeds"], panel["kappa_per_seed"]):
+        for d, kappa in zip(ls.plane(seed=s, resolution=3, span=0.5, progress=False).directions, pair):
+            v = flat(d, model)
+            assert kappa == pytest.approx(v @ H @ v / (v @ v), rel=1e-6, abs=1e-10)
+    per = np.array(panel["kappa_per_seed"])
+    assert panel["kappa_range"] == [[per[:, j].min(), per[:, j].max()] for j in range(2)]
+    assert panel["lambda_min"] == pytest.approx(np.linalg.eigvalsh(H)[0], rel=1e-4)
+    hiding = [s for s, (k1, k2) in zip(panel["seeds"], per) if panel["negative_curvature"] and k1 > 0 and k2 > 0]
+    assert panel["hides_saddle_seeds"] == hiding and panel["hides_saddle"] == bool(hiding)
+    assert w._trust["kappa_range"] == panel["kappa_range"] and "trust panel: computing" not in w._status
+    assert_same(model, before)
     w.close()
+
+
+def test_spread_panel_needs_random_planes_of_these_weights(case):
+    model, x, y, _ = case
+    ls = lw.Landscape(model, CE, (x, y))
+    spread = ls.seed_spread(2, resolution=3, span=0.5)
+    spread.meta["direction_kind"] = "pca"
+    with pytest.raises(ValueError, match="needs random directions"):
+        ls.trust(spread)
+    with pytest.raises(TypeError, match="an lw.Surface .* or an lw.SeedSpread"):
+        ls.trust(spread.median)
 
 
 def test_trust_must_be_a_bool(case):

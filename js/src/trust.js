@@ -25,10 +25,19 @@ export function fmt(v) {
   return Number(v.toPrecision(4)).toString();
 }
 
-/** [label, value] rows of a trust panel dict ({kappa, lambda_max, lambda_min, trace_over_n, ...}); [] without one. */
+/** [label, value] rows of a trust panel dict ({kappa, lambda_max, lambda_min, trace_over_n, ...}); [] without one.
+ *  The panel of a seed spread (the median view) has kappa_range instead: kappa over all seeds' planes, min … max. */
 export function trustRows(t) {
-  if (!t || !Array.isArray(t.kappa)) return [];
-  const rows = t.kappa.map((v, i) => [`κ(d${i + 1})`, fmt(v)]);
+  if (!t) return [];
+  let rows;
+  if (Array.isArray(t.kappa)) {
+    rows = t.kappa.map((v, i) => [`κ(d${i + 1})`, fmt(v)]);
+  } else if (Array.isArray(t.kappa_range) && Array.isArray(t.seeds)) {
+    const n = t.seeds.length;
+    rows = t.kappa_range.map(([lo, hi], i) => [`κ(d${i + 1}), ${n} seeds`, `${fmt(lo)} … ${fmt(hi)}`]);
+  } else {
+    return [];
+  }
   const tr = Number.isFinite(t.trace_over_n_stderr) ? ` ± ${fmt(t.trace_over_n_stderr)}` : "";
   rows.push(["λmax", fmt(t.lambda_max)], ["λmin", fmt(t.lambda_min)], ["tr(H)/N", `${fmt(t.trace_over_n)}${tr}`]);
   return rows;
@@ -38,9 +47,18 @@ export function hidesSaddle(t) {
   return !!(t && t.hides_saddle);
 }
 
+/** The warning's text: for a seed spread, in how many of its seeds' planes. */
+export function warningText(t) {
+  if (t && Array.isArray(t.hides_saddle_seeds) && Array.isArray(t.seeds)) {
+    return `λmin < 0 but both directions curve upwards in the planes of ${t.hides_saddle_seeds.length} of `
+      + `${t.seeds.length} seeds (${t.hides_saddle_seeds.join(", ")}): those slices hide a saddle.`;
+  }
+  return WARNING;
+}
+
 /** The warning element, hidden unless the panel says the slice hides a saddle. */
 export function warningBox(h, t) {
-  const warn = h("div", { class: "lw-warning", role: "alert", text: WARNING });
+  const warn = h("div", { class: "lw-warning", role: "alert", text: warningText(t) });
   warn.hidden = !hidesSaddle(t);
   return warn;
 }

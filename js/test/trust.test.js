@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { fmt, hidesSaddle, trustRows } from "../src/trust.js";
+import { WARNING, fmt, hidesSaddle, trustRows, warningText } from "../src/trust.js";
 
 describe("trustRows", () => {
   it("lists the curvature of each direction, then the eigenvalues and tr(H)/N with its error bar", () => {
@@ -21,5 +21,14 @@ describe("trustRows", () => {
     expect(hidesSaddle({ hides_saddle: false })).toBe(false);
     expect(hidesSaddle({})).toBe(false);
     expect(fmt(Infinity)).toBe("n/a");
+  });
+  it("shows a seed spread's kappas as ranges over its seeds, and in how many planes a saddle hides", () => {
+    const t = { seeds: [0, 1, 2], kappa_range: [[0.1, 0.5], [-0.25, 0.75]], lambda_max: 2, lambda_min: -0.5,
+                trace_over_n: 0.01, hides_saddle: true, hides_saddle_seeds: [0, 2] };
+    expect(trustRows(t).slice(0, 3)).toEqual([["κ(d1), 3 seeds", "0.1 … 0.5"], ["κ(d2), 3 seeds", "-0.25 … 0.75"],
+                                              ["λmax", "2"]]);
+    expect(warningText(t)).toBe("λmin < 0 but both directions curve upwards in the planes of 2 of 3 seeds (0, 2): "
+                                + "those slices hide a saddle.");
+    expect(warningText({ kappa: [1, 2] })).toBe(WARNING);
   });
 });

@@ -11,7 +11,7 @@ from ..evaluator import Timer
 from .hutchinson import METHODS
 from .hvp import HessianOperator
 from .spectrum import Spectrum, compute_spectrum
-from .trust import SeedSpread, trust_panel
+from .trust import SeedSpread, spread_panel, trust_panel
 
 
 def _check_bool(value, name):
@@ -65,27 +65,51 @@ def _same_weights(result, private, what):
 def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
     from ..results import Surface
 
-    if not isinstance(surface, Surface):
-        raise TypeError(f"surface must be an lw.Surface (from Landscape.plane), got {type(surface).__name__}")
-    if not surface.directions:
+    spread = isinstance(surface, SeedSpread)
+    if not spread and not isinstance(surface, Surface):
+        raise TypeError(f"surface must be an lw.Surface (from Landscape.plane) or an lw.SeedSpread (from "
+                        f"Landscape.seed_spread), got {type(surface).__name__}")
+    if not spread and not surface.directions:
         raise ValueError("surface has no directions (loaded from a file without them?); recompute it with "
                          "Landscape.plane")
     if spectrum is not None and not isinstance(spectrum, Spectrum):
         raise TypeError(f"spectrum must be an lw.Spectrum (from Landscape.spectrum) or None, got "
                         f"{type(spectrum).__name__}")
     private = ls._fresh()
-    _same_weights(surface, private, "surface")
+    _same_weights(surface, private, "seed spread" if spread else "surface")
     if spectrum is not None:
         _same_weights(spectrum, private, "spectrum")
     lambdas = None
-    if surface.meta.get("direction_kind") == "hessian" and surface.meta.get("lambda_min") is not None:
-        lambdas = (surface.meta["lambda_max"], surface.meta["lambda_min"])
-    dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
-            for d in surface.directions]
+    if spread:
+        dirs = _spread_directions(surface, private)
+    else:
+        if surface.meta.get("direction_kind") == "hessian" and surface.meta.get("lambda_min") is not None:
+            lambdas = (surface.meta["lambda_max"], surface.meta["lambda_min"])
+        dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
+                for d in surface.directions]
     op = HessianOperator(private, ls.data, ls.loss_fn, cancel=cancel)
     with op.running():
-        return trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
-                           tol=_check_tol(tol))
+        panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
+                            tol=_check_tol(tol))
+    return spread_panel(panel, [int(s) for s in surface.seeds]) if spread else panel
+
+
+def _spread_directions(spread, private):
+    """d1, d2 of every seed's plane in turn, regenerated from the seed and the spread's settings as ``plane`` made
+    them (a spread keeps no directions: K pairs of model-sized tensors)."""
+    from ..directions import make_directions
+
+    meta = spread.meta
+    kind = meta.get("direction_kind")
+    if kind != "random" or meta.get("normalization") is None:
+        raise ValueError(f"the trust panel of a seed spread needs random directions (this one has "
+                         f"{kind!r}); pass a spread from Landscape.seed_spread(directions='random')")
+    dirs = []
+    for s in spread.seeds:
+        pair, _ = make_directions(kind, private, 2, argname="directions", seed=int(s),
+                                  normalization=meta["normalization"], ignore=meta.get("ignore"))
+        dirs += list(pair)
+    return dirs
 
 
 def seed_spread(ls, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:

@@ -61,6 +61,21 @@ def trust_panel(op, directions, *, spectrum=None, lambdas=None, seed=0, trace_sa
                         if hides else None)}
 
 
+def spread_panel(panel: dict, seeds: list) -> dict:
+    """A trust panel over the 2K directions of K seeds' planes (``trust_panel`` of d1, d2 of each seed in turn) as
+    the panel of their median: ``kappa_per_seed`` [K][2], ``kappa_range`` [[min, max] of kappa(d1)], [... d2]],
+    ``hides_saddle_seeds`` (the seeds whose plane hides a saddle) and ``hides_saddle`` when any does."""
+    pairs = [panel["kappa"][2 * i:2 * i + 2] for i in range(len(seeds))]
+    hiding = [s for s, (k1, k2) in zip(seeds, pairs) if panel["negative_curvature"] and k1 > 0 and k2 > 0]
+    out = dict(panel, seeds=list(seeds), kappa_per_seed=pairs,
+               kappa_range=[[min(p[j] for p in pairs), max(p[j] for p in pairs)] for j in range(2)],
+               hides_saddle=bool(hiding), hides_saddle_seeds=hiding)
+    del out["kappa"]  # kappa_per_seed instead: "the two kappas" of a median of planes would mean nothing
+    out["warning"] = (f"lambda_min < 0 but both directions curve upwards in the planes of {len(hiding)} of "
+                      f"{len(seeds)} seeds: those slices hide a saddle" if hiding else None)
+    return out
+
+
 @register_result
 class SeedSpread(Result):
     """The same plane for several seeds: ``losses[k, i, j]`` for ``seeds[k]``, the per-cell ``median`` and ``iqr``

@@ -62,9 +62,10 @@ class SurfaceWidget(RandomDirectionWidget):
     arXiv 2208.13219): the curvature ``kappa(d) = d^T H d / ||d||^2`` along both plotted directions next to
     ``lambda_max``, ``lambda_min`` and ``tr(H)/N``, with a warning when the slice hides a saddle.  It is computed
     after the plane is drawn (cancelled like it by a newer change) and kept in ``w.trust`` and
-    ``w.surface.meta["trust"]``; the median of several seeds has none.  It costs about 100 Hessian-vector products
-    (each two to three passes over the data; 1.3 s for the digits MLP, 10 s for the digits CNN on 2 CPU cores):
-    for a large model on a large data set pass ``trust=False`` and call ``ls.trust(w.surface)`` when wanted.
+    ``w.surface.meta["trust"]``; the median of several seeds shows kappa as ranges over its seeds' planes and
+    warns in how many of them a saddle hides.  It costs about 100 Hessian-vector products (each two to three passes
+    over the data; 1.3 s for the digits MLP, 6 s for the digits CNN on 2 CPU cores), plus two per extra seed: for a
+    large model on a large data set pass ``trust=False`` and call ``ls.trust(w.surface)`` when wanted.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -167,9 +168,12 @@ class SurfaceWidget(RandomDirectionWidget):
         emit("preview", preview)
         if p["seeds"] > 1:  # Böttcher & Wheeler's caveat made visible: K random planes, median and spread
             seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
-            emit("spread", self._ls.seed_spread(
+            spread = self._ls.seed_spread(
                 seeds, resolution=p["resolution"], span=p["span"], normalization=p["normalization"], cancel=cancel,
-                callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw))
+                callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw)
+            emit("spread", spread)
+            if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
+                emit("trust", self._ls.trust(spread, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL))
             return
         if p["directions"] == "random":
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
@@ -256,7 +260,8 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._state = "done"
                 self._status = (f"median of {p['seeds']} random planes (seeds {payload.seeds[0]}–{payload.seeds[-1]}, "
                                 f"IQR on hover) in {time.perf_counter() - t0:.2f} s · sharpness per seed "
-                                f"(Keskar et al. Metric 2.1): {sharp}" + gaps_note(payload.median))
+                                f"(Keskar et al. Metric 2.1): {sharp}" + gaps_note(payload.median)
+                                + (" · trust panel: computing…" if self._with_trust else ""))
                 self._iqr = f32(payload.iqr)
                 self._show(payload.alphas, payload.betas, payload.median)
         elif kind == "done":
@@ -274,8 +279,10 @@ class SurfaceWidget(RandomDirectionWidget):
             if self.surface is not None:
                 self.surface.meta["trust"] = payload
             with self.complete_sync():
+                hiding = payload.get("hides_saddle_seeds")
                 self._status = self._status.replace(" · trust panel: computing…", "") + (
-                    " · ⚠ this slice hides a saddle" if payload.get("hides_saddle") else "")
+                    "" if not payload.get("hides_saddle") else " · ⚠ this slice hides a saddle" if hiding is None
+                    else f" · ⚠ the planes of {len(hiding)} of {len(payload['seeds'])} seeds hide a saddle")
                 self._trust = finite(payload)
 
     def _show(self, alphas, betas, losses, surf=None):
