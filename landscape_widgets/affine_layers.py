@@ -73,7 +73,8 @@ def _coefficients(c, iw, dtype):
 
 
 def _bias_stack(b0, db, iw, ib, cout, like):
-    """The bias of each weight set in (1), flat [(K+1)*Cout]: b0 for the base, db_k for direction k (zero where the bias is fixed)."""
+    """The bias of each weight set in (1), flat [(K+1)*Cout]: b0 for the base, db_k for direction k (zero where
+    the bias does not move along it)."""
     if b0 is None:
         return None
     rows = [b0.reshape(cout)]

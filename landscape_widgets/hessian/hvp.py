@@ -11,8 +11,9 @@ module stays in eval mode, so BatchNorm uses its running statistics: this is the
 With one batch of data the first-order graph (``grad L`` with ``create_graph=True``) is built once and reused by
 every product (``backend="graph"``); on a CPU a batch with large activations gets one graph per cache-sized chunk
 (the forward evaluator's micro-batches, used only where the chunked loss equals the full-batch loss), which made a
-digits-CNN product 1.5x faster (67 -> 45 ms, 2 threads); with several batches the graph of each batch is rebuilt per pass and a whole
-block of vectors is applied to it, so a pass over a DataLoader serves all vectors of the block.  ``backend="func"``
+digits-CNN product 1.5x faster (67 -> 45 ms, 2 threads).  With several batches the graph of each batch is rebuilt
+per pass and a whole block of vectors is applied to it, so a pass over a DataLoader serves all vectors of the
+block.  ``backend="func"``
 uses ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse) instead; ``benchmarks/hessian.py`` measures
 both.
 """
