@@ -68,11 +68,13 @@ class VmapEvaluator(PointEvaluator):
     large enough to fill the device with one point per pass gains nothing from batching: ResNet-20 in RESULTS.md).
     ``rule``: how layers with moving weights are batched, one of ``RULES`` (module docstring); None: the device's
     ``DEFAULT_RULES`` entry, and with ``autotune`` every rule that applies to the model is
-    timed on the first tile.
+    timed on the first tile.  ``tune_cache``: a dict shared by the evaluators of one ``Landscape``, where
+    ``autotune`` keeps its choice (mode, rule, chunk size) per set of moving tensors and device, so that the next
+    call, a widget's next preview say, starts on it instead of timing every path again.
     """
 
     def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None, autotune=False,
-                 rule=None):
+                 rule=None, tune_cache=None):
         if point_hook is not None:
             raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
                              "BatchNorm statistics point by point); pass evaluator='loop'")
@@ -109,6 +111,13 @@ class VmapEvaluator(PointEvaluator):
             has_conv = any(isinstance(m, torch.nn.Conv2d) for m in layers)
             self._rules = [r for r in ("affine", "im2col", "vmap") if r != "im2col" or has_conv]
         self._given_chunk = chunk_size
+        self._tune_cache = tune_cache
+        self._tune_key = (tuple(n for n, _b, _d in self._moving), len(self._moving[0][2]) if self._moving else 0,
+                          str(private.device), rule, chunk_size)
+        if autotune and tune_cache is not None and self._tune_key in tune_cache:
+            self.mode, self.rule, self.chunk_size, timings = tune_cache[self._tune_key]
+            self.accelerate = self.mode == "loop"
+            self.timings = dict(timings, reused=True)
 
     # -- batched forward --------------------------------------------------------------------------------------
     def _stacked(self, c: torch.Tensor) -> dict:
@@ -239,6 +248,8 @@ class VmapEvaluator(PointEvaluator):
         self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
         if len(variants) > 1:
             self.timings.update({f"vmap_{r}_s_per_point": per_point[r] for r in variants})
+        if self._tune_cache is not None:
+            self._tune_cache[self._tune_key] = (self.mode, self.rule, self.chunk_size, dict(self.timings))
         return out
 
     def _vmap_tile(self, coords):

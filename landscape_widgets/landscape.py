@@ -43,6 +43,7 @@ class Landscape:
         self.data = DataSource(data)
         self.device = resolve_device(device)
         self._private = None
+        self._tune_cache = {}  # evaluator="auto"'s choices (batched.VmapEvaluator), kept for the next call
 
     # -- internals --------------------------------------------------------------------------------------------
     def _fresh(self) -> PrivateModel:
@@ -70,7 +71,8 @@ class Landscape:
         for n, bd in (buffer_dirs or {}).items():
             moving.append(Moving(private.buffers[n], private.base_buffers[n], bd))
         if kind == "vmap":
-            return VmapEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook, autotune=autotune)
+            return VmapEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook, autotune=autotune,
+                                 tune_cache=self._tune_cache)
         return PointEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
 
     def _make_evaluator(self, private, dirs, *, buffer_dirs=None, buffers=None, evaluator="auto"):

@@ -295,3 +295,27 @@ def test_autotune_rules_for_a_model_without_convolutions():
     private = ls._fresh()
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True)._rules == ["affine", "vmap"]
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap")._rules == ["vmap"]
+
+
+def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
+    """A Landscape keeps what "auto" chose: the next plane (a widget's next preview) starts on it, without timing
+    every path again; other moving tensors (ignore=None moves the biases too) are tuned afresh."""
+    import landscape_widgets.landscape as L
+
+    monkeypatch.setattr(L, "resolve_evaluator", lambda e, d, buffers=None: "vmap")  # "auto" as on CUDA
+    tunes = []
+    real = VmapEvaluator._tune
+    monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
+    model, data = BnCNN(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    loop = ls.plane(resolution=(6, 7), progress=False, evaluator="loop")
+    first = ls.plane(resolution=(6, 7), progress=False, evaluator="auto")
+    second = ls.plane(resolution=(6, 7), progress=False, evaluator="auto", seed=1)
+    assert tunes == [42] and second.meta["evaluator_timings"]["reused"] is True
+    assert second.meta["evaluator"] == first.meta["evaluator"]
+    assert second.meta.get("vmap_rule") == first.meta.get("vmap_rule")
+    np.testing.assert_allclose(first.losses, loop.losses, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second.losses, ls.plane(resolution=(6, 7), progress=False, evaluator="loop",
+                                                       seed=1).losses, rtol=1e-5, atol=1e-6)
+    ls.plane(resolution=(6, 7), progress=False, evaluator="auto", ignore=None)
+    assert tunes == [42, 42]
