@@ -134,3 +134,16 @@ def test_nothing_converged_and_no_estimates_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(lanczos, "MEMORY_BUDGET", 8 * 400 * 3)  # a basis of 3 vectors: no Lanczos phase for k=5
     with pytest.raises(RuntimeError, match="maxiter=1.*looser tol"):
         extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1)
+
+
+def test_growing_basis_gives_the_same_pairs(case, monkeypatch):
+    """The basis grows by doubling from BLOCK vectors: from 2 it is reallocated four times on the way to the
+    ~30 steps tol 1e-10 needs here, and the pairs are bitwise those of a basis allocated whole."""
+    model, x, y, _H = case
+    runs = []
+    for block in (2, 10_000):
+        monkeypatch.setattr(lanczos, "BLOCK", block)
+        w, V, info = extreme_eigenpairs(operator(model, x, y), 3, "SA", rng=np.random.default_rng(0), tol=1e-10)
+        assert info["method"] == "lanczos" and info["hvps"] > 16
+        runs.append((w, V))
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])

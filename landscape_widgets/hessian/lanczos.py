@@ -20,7 +20,10 @@ import numpy as np
 import torch
 
 MEMORY_BUDGET = 2 ** 30  # bytes of float64 Krylov basis; beyond it ARPACK's restarted, smaller basis takes over
-MIN_STEPS = 60           # the basis may hold at least max(MIN_STEPS, 3 k) vectors before ARPACK takes over
+# the basis may hold max(MIN_STEPS, 3 k) vectors (within MEMORY_BUDGET) before ARPACK takes over: lambda_min of the
+# digits CNN needs 62 steps, and with 60 the ARPACK restart made it 81 products
+MIN_STEPS = 200
+BLOCK = 32               # the basis grows by doubling from this many vectors: most runs stop after 10-60
 MAX_RESTARTS = 200       # ARPACK's maxiter when none is given (its own default, 10 P, means "never stop")
 EPS23 = np.finfo(np.float64).eps ** (2 / 3)  # ARPACK's floor for |theta| in its relative test
 
@@ -83,7 +86,7 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
 def _lanczos(op, k, which, v0, tol, steps):
     """At most ``steps`` Lanczos steps from ``v0``; ``(values, vectors, converged)`` of the wanted Ritz pairs."""
     P = op.num_parameters
-    Q = torch.zeros((steps + 1, P), dtype=torch.float64, device=op.device)
+    Q = torch.empty((min(steps + 1, BLOCK), P), dtype=torch.float64, device=op.device)
     q = torch.from_numpy(np.asarray(v0, dtype=np.float64)).to(op.device)
     Q[0] = q / torch.linalg.vector_norm(q)
     alpha, beta = [], []
@@ -107,6 +110,10 @@ def _lanczos(op, k, which, v0, tol, steps):
             vectors = (Q[:j + 1].T @ torch.from_numpy(S[:, sel]).to(Q)).cpu().numpy()
             return theta[sel], vectors, done
         beta.append(b)
+        if j + 1 == len(Q):  # full: double it (amortized O(P) per step), never beyond steps + 1 vectors
+            grown = torch.empty((min(steps + 1, 2 * len(Q)), P), dtype=Q.dtype, device=Q.device)
+            grown[:len(Q)] = Q
+            Q = grown
         Q[j + 1] = w / b
     raise AssertionError("unreachable")
 
