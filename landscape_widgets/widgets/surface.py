@@ -64,7 +64,7 @@ class SurfaceWidget(RandomDirectionWidget):
     after the plane is drawn (cancelled like it by a newer change) and kept in ``w.trust`` and
     ``w.surface.meta["trust"]``; the median of several seeds shows kappa as ranges over its seeds' planes and
     warns in how many of them a saddle hides.  It costs about 100 Hessian-vector products (each two to three passes
-    over the data; 1.3 s for the digits MLP, 6 s for the digits CNN on 2 CPU cores), plus two per extra seed: for a
+    over the data; 1.3 s for the digits MLP, 5 s for the digits CNN on 2 CPU cores), plus two per extra seed: for a
     large model on a large data set pass ``trust=False`` and call ``ls.trust(w.surface)`` when wanted.
     """
 
