@@ -319,3 +319,20 @@ def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
                                                        seed=1).losses, rtol=1e-5, atol=1e-6)
     ls.plane(resolution=(6, 7), progress=False, evaluator="auto", ignore=None)
     assert tunes == [42, 42]
+
+
+def test_conv_rule_takes_the_points_dim_anywhere():
+    """vmap may hand the rule an input whose points' dim is not first (after a transpose in the model, say)."""
+    conv = nn.Conv2d(3, 5, 3, padding=1).double()
+    moving = _moving(conv, torch.float64, {})
+    x = torch.randn(B, 2, 3, 6, 5, dtype=torch.float64)
+    points = AffinePoints(moving)
+    stacked = {n: torch.stack([_point_params(moving, ci)[n] for ci in _coords()]) for n, _b, _d in moving}
+
+    def f(mv, ci, xi):
+        with points.at(ci):
+            return functional_call(conv, mv, (xi,))
+
+    with affine_layers(conv, points):
+        got = torch.vmap(f, in_dims=(0, 0, 2))(stacked, _coords(), x.movedim(0, 2))
+    np.testing.assert_allclose(got.numpy(), _loop(conv, moving, _coords(), x, True).numpy(), rtol=1e-12, atol=1e-12)
