@@ -36,9 +36,12 @@ def pages(tmp_path_factory):
     surface.wait(120)
     curve = lw.CurveWidget(ls, None, steps=21, span=(-1.0, 1.0), title="curve " + EVIL)
     curve.wait(120)
-    assert surface.surface is not None and curve.curve is not None
+    spread = lw.SurfaceWidget(ls, resolution=9, seeds=3, span=0.5)
+    spread.wait(120)
+    assert surface.surface is not None and curve.curve is not None and spread.trust is not None
     return {"surface": Path(surface.to_html(out / "surface.html")), "surface_losses": surface.surface.losses,
             "surface_trust": surface.trust,
+            "spread": Path(spread.to_html(out / "spread.html")), "spread_trust": spread.trust,
             "curve": Path(curve.to_html(out / "curve.html")), "curve_losses": curve.curve.losses}
 
 
@@ -100,6 +103,24 @@ def test_surface_page_renders_offline_with_webgl(page, pages, artifacts):
         assert float(items[label]) == pytest.approx(value, rel=1e-3)
     assert page.get_attribute(f"{root} .lw-trust", "data-hides-saddle") == str(trust["hides_saddle"]).lower()
     page.screenshot(path=str(artifacts / "offline-surface-3d.png"), full_page=True)
+    assert_no_requests(page, blocked)
+
+
+def test_seed_median_page_shows_kappa_ranges_over_its_seeds(page, pages, artifacts):
+    blocked = open_offline(page, pages["spread"])
+    root = ".lw-widget[data-view='surface']"
+    page.wait_for_selector(f"{root} .lw-trust:not([hidden])")
+    items = dict(page.evaluate(f"""() => Array.from(document.querySelectorAll("{root} .lw-trust-item"))
+        .filter(e => e.children.length === 2).map(e => [e.children[0].textContent, e.children[1].textContent])"""))
+    trust = pages["spread_trust"]
+    for i, (lo, hi) in enumerate(trust["kappa_range"]):
+        shown = [float(v) for v in items[f"κ(d{i + 1}), 3 seeds"].split(" … ")]
+        assert shown == pytest.approx([lo, hi], rel=1e-3)
+    warning = page.locator(f"{root} .lw-trust .lw-warning")
+    assert warning.is_visible() == trust["hides_saddle"]
+    if trust["hides_saddle"]:
+        assert f"{len(trust['hides_saddle_seeds'])} of 3 seeds" in warning.inner_text()
+    page.screenshot(path=str(artifacts / "offline-seed-median.png"), full_page=True)
     assert_no_requests(page, blocked)
 
 
