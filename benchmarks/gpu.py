@@ -13,6 +13,7 @@ docs/scaling.md's estimate.
 
     python benchmarks/gpu.py            # full run on CUDA (< 5 min on one GPU), prints a markdown table
     python benchmarks/gpu.py --quick    # small sizes, any device (CPU: < 1 min), to check the script
+    python benchmarks/gpu.py --profile  # only: the kernels of one tile of the digits CNN, per batching rule
 
 Needs torch and numpy; loss_landscapes and scikit-learn are optional.
 """
@@ -280,15 +281,46 @@ def resnet56_pass(device, batch, batches):
     return 50_000 * dt / (batch * batches)
 
 
+def profile_cnn(core, device, points):
+    """torch.profiler's table of one tile of the digits CNN per batching rule: where a rule's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    Moving = core["evaluator"].Moving
+    private = core["_model"].PrivateModel(digits_cnn(), device)
+    source = core["data"].DataSource(digits_data(False))
+    d1, d2 = filter_directions(private)
+    moving = [Moving(private.params[n], private.base[n], [d1[n], d2[n]]) for n in private.names
+              if d1[n].count_nonzero() or d2[n].count_nonzero()]
+    side = int(math.ceil(math.sqrt(points)))
+    a = np.linspace(-1, 1, side)
+    coords = np.stack(np.meshgrid(a, a, indexing="ij"), -1).reshape(-1, 2)[:points]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for rule in ("affine", "vmap", "im2col"):
+        ev = core["batched"].VmapEvaluator(private, source, nn.CrossEntropyLoss(), moving, rule=rule)
+        ev.run(coords[:16], tile_size=16)
+        dt, _ = timed(lambda: ev.run(coords, tile_size=len(coords)), device)
+        with profile(activities=activities) as prof:
+            ev.run(coords, tile_size=len(coords))
+        print(f"\n### digits CNN, rule {rule}: {len(coords)} points, {len(coords) / dt:.1f} pts/s unprofiled, "
+              f"chunk {ev.chunk_size}\n")
+        print(prof.key_averages().table(sort_by=key, row_limit=15))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes: checks the script on any device in < 1 min")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--tile", choices=("rows", "grid"), default="rows",
                     help="rows: Landscape.plane's tiles (~64 points, whole rows); grid: the whole grid as one tile")
+    ap.add_argument("--profile", action="store_true",
+                    help="only profile one tile of the digits CNN per batching rule (512 points; --quick: 16)")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     core = _import_core()
+    if args.profile:
+        profile_cnn(core, device, 16 if args.quick else 512)
+        return
     q = args.quick
     cases = [("digits MLP", digits_mlp(), digits_data(True), 32 if q else 2601),
              ("digits CNN", digits_cnn(), digits_data(False), 16 if q else 2601),
