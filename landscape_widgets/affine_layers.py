@@ -15,54 +15,48 @@ with the ``K + 1`` weight sets stacked over output channels in (1) and over inpu
   the kind of convolution cuDNN and oneDNN run fastest, where vmap's own rule is a grouped convolution (one group
   per point, 2.5x a per-point loop on an H200, benchmarks/RESULTS.md) and im2col copies ``kh * kw`` times the input.
 
-``nn.Linear`` gets (1) for a shared input; a per-point input keeps vmap's own rule (a batched GEMM, already fast).
-An eval-mode BatchNorm (moving or not) becomes one multiply-add per element,
+``linear`` gets (1) for a shared input; a per-point input keeps vmap's own rule (a batched GEMM, already fast).
+An eval-mode ``batch_norm`` (moving or not) becomes one multiply-add per element,
 ``x * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)`` (ATen's own CPU inference formula), where vmap's
 rule normalizes, copies, multiplies and adds in five passes over the activations.
-The rule applies only where the layer's forward passes its own moving weight unchanged (not a weight-normalized or
-otherwise transformed one) and the bias moves along no direction that the weight does not; everything else falls
-back to vmap's own rule on the stacked weights, which are always passed along.  Equal to the stacked weights' result
-up to float rounding (``tests/test_affine_layers.py``: 1e-5 relative in float32 against a loop of ``F.conv2d``).
+
+:class:`AffineMode` (a ``TorchFunctionMode``, active while vmap traces a chunk's forward) routes the calls: a
+``conv2d`` or ``linear`` whose weight *is* one of the point's moving tensors, from a module or from the model's own
+functional code, and whose bias moves along no direction that the weight does not.  Everything else, a weight the
+model transforms first included, keeps vmap's own rule on the stacked weights, which are always passed along.
+Equal to the stacked weights' result up to float rounding (``tests/test_affine_layers.py``: 1e-5 relative in float32
+against a loop of ``F.conv2d``).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
-from torch import nn
 from torch.nn import functional as F
+from torch.nn.modules.utils import _pair
+from torch.overrides import TorchFunctionMode
+
+
+# the functions the mode routes, as torch defines them (F.conv2d is torch.conv2d, F.linear torch._C._nn.linear)
+_CONV2D, _LINEAR, _BATCH_NORM = torch.conv2d, torch._C._nn.linear, F.batch_norm
 
 
 class AffinePoints:
-    """The moving tensors of an evaluator as ``name -> (base, stacked directions, direction indices)``, and the
-    coefficients of the current chunk's point (``coeffs``: set by the evaluator inside the vmapped function)."""
+    """The moving tensors of an evaluator as ``name -> (base, stacked directions, direction indices)``."""
 
     def __init__(self, moving):
         self.parts = {}
         for name, base, dirs in moving:  # a tensor without directions is stacked all the same: its base, shared
             idx = tuple(k for k, d in enumerate(dirs) if d is not None)
             self.parts[name] = (base, torch.stack([dirs[k] for k in idx]) if idx else None, idx)
-        self.coeffs = None
 
-    @contextlib.contextmanager
-    def at(self, coeffs):
-        self.coeffs = coeffs
-        try:
-            yield
-        finally:
-            self.coeffs = None
+    def mode(self, moving: dict, coeffs) -> "AffineMode":
+        return AffineMode(self, moving, coeffs)
 
 
-def _components(points, wname, bname, b):
-    """(W0, DW, iw, b0, DB, ib) for the layer, or None when the rule cannot use them."""
-    if points.coeffs is None or wname not in points.parts:
-        return None
-    w0, dw, iw = points.parts[wname]
-    b0, db, ib = (b, None, ()) if bname not in points.parts else points.parts[bname]
-    if not set(ib) <= set(iw):
-        return None  # the bias moves along a direction the weight does not: (1)/(2) would need a zero filter
-    return w0, dw, iw, b0, db, ib
+def _vmaps_own_rule(fn, in_dims, *args):
+    """What a rule falls back to: vmap's own batching of ``fn`` on the stacked weights."""
+    return torch.vmap(fn, in_dims=in_dims)(*args), 0
 
 
 def _coefficients(c, iw, dtype):
@@ -113,7 +107,7 @@ class AffineConv2d(torch.autograd.Function):
         xd, cd, wd, bd = in_dims[:4]
         if cd is None or any(d is not None for d in in_dims[4:8]) or x.dim() - (xd is not None) != 4:
             fn = functools.partial(F.conv2d, stride=stride, padding=padding, dilation=dilation)
-            return torch.vmap(fn, in_dims=(xd, wd, bd))(x, w, b), 0
+            return _vmaps_own_rule(fn, (xd, wd, bd), x, w, b)
         c = c.movedim(cd, 0)
         batch, cout = c.shape[0], w0.shape[0]
         cc = _coefficients(c, iw, w0.dtype)
@@ -149,7 +143,7 @@ class AffineLinear(torch.autograd.Function):
     def vmap(info, in_dims, x, c, w, b, w0, dw, b0, db, iw, ib):
         xd, cd, wd, bd = in_dims[:4]
         if xd is not None or cd is None or any(d is not None for d in in_dims[4:8]) or x.dim() < 1:
-            return torch.vmap(F.linear, in_dims=(xd, wd, bd))(x, w, b), 0
+            return _vmaps_own_rule(F.linear, (xd, wd, bd), x, w, b)
         c = c.movedim(cd, 0)
         cout = w0.shape[0]
         cc = _coefficients(c, iw, w0.dtype)
@@ -161,59 +155,61 @@ class AffineLinear(torch.autograd.Function):
         return out.view(len(c), *lead, cout), 0
 
 
-def _conv_forward(module, points, wname, bname, x, w, b):
-    parts = _components(points, wname, bname, b) if w is module.weight and b is module.bias else None
-    if parts is None:
-        return nn.Conv2d._conv_forward(module, x, w, b)
-    w0, dw, iw, b0, db, ib = parts
-    return AffineConv2d.apply(x, points.coeffs, w, b, w0, dw, b0, db, iw, ib, module.stride, module.padding,
-                              module.dilation)
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Eval-mode ``F.batch_norm`` as one ``addcmul``: under vmap, one pass over the activations instead of five;
+    None where it does not apply (training, batch statistics, no affine parameters)."""
+    if training or running_mean is None or running_var is None or weight is None or bias is None or input.dim() < 2:
+        return None
+    s = weight / torch.sqrt(running_var + eps)
+    shape = (-1,) + (1,) * (input.dim() - 2)
+    return torch.addcmul((bias - running_mean * s).view(shape), input, s.view(shape))
 
 
-def _linear_forward(module, points, wname, bname, x):
-    w, b = module.weight, module.bias
-    parts = _components(points, wname, bname, b)
-    if parts is None:
-        return F.linear(x, w, b)
-    w0, dw, iw, b0, db, ib = parts
-    return AffineLinear.apply(x, points.coeffs, w, b, w0, dw, b0, db, iw, ib)
+class AffineMode(TorchFunctionMode):
+    """Active while one chunk's forward is traced by vmap (``moving``: the point's tensors as ``functional_call``
+    installs them, ``coeffs``: the point's coefficients).  ``conv2d`` and ``linear`` calls whose weight *is* one of
+    the moving tensors go through the rules above, from ``nn.Conv2d``/``nn.Linear`` (any padding mode: a padded
+    input arrives with padding 0) or from a model's own ``F.conv2d(x, self.weight)`` alike; a weight the model
+    transforms first (weight normalization, a mask) is another tensor and keeps vmap's own rule.  Eval-mode
+    ``batch_norm`` becomes one ``addcmul``.  No module of the model is touched."""
 
+    def __init__(self, points, moving, coeffs):
+        super().__init__()
+        self.points, self.coeffs = points, coeffs
+        self.names = {id(t): n for n, t in moving.items()}
 
-def _batchnorm_forward(module, x):
-    """Eval-mode BatchNorm as one ``addcmul``: under vmap, one pass over the activations instead of five."""
-    if module.training or module.running_mean is None or module.weight is None or x.dim() < 2:
-        return type(module).forward(module, x)
-    module._check_input_dim(x)
-    s = module.weight / torch.sqrt(module.running_var + module.eps)
-    shape = (-1,) + (1,) * (x.dim() - 2)
-    return torch.addcmul((module.bias - module.running_mean * s).view(shape), x, s.view(shape))
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = None
+        if func is _CONV2D:
+            out = self._conv2d(*args, **kwargs)
+        elif func is _LINEAR:
+            out = self._linear(*args, **kwargs)
+        elif func is _BATCH_NORM:
+            out = _batch_norm(*args, **kwargs)
+        return func(*args, **kwargs) if out is None else out
 
+    def _parts(self, weight, bias):
+        """(W0, DW, b0, DB, iw, ib) of a moving weight (the rules' argument order), or None when they cannot use
+        them."""
+        wname = self.names.get(id(weight))
+        if wname is None or wname not in self.points.parts:
+            return None
+        w0, dw, iw = self.points.parts[wname]
+        bname = None if bias is None else self.names.get(id(bias))
+        b0, db, ib = (bias, None, ()) if bname is None else self.points.parts[bname]
+        if not set(ib) <= set(iw):
+            return None  # the bias moves along a direction the weight does not: (1)/(2) would need a zero filter
+        return w0, dw, b0, db, iw, ib
 
-@contextlib.contextmanager
-def affine_layers(module: nn.Module, points: AffinePoints):
-    """Route the plain ``nn.Conv2d`` (zero padding, one group), ``nn.Linear`` and BatchNorm layers of ``module``
-    (the evaluator's private copy, never the user's model) whose weights move through the rules above while a chunk
-    runs; the patched attributes are removed on exit, exceptions included."""
-    patched = []
-    try:
-        for prefix, m in module.named_modules():
-            wname, bname = f"{prefix}.weight" if prefix else "weight", f"{prefix}.bias" if prefix else "bias"
-            if (isinstance(m, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(m)
-                    and type(m).forward is nn.modules.batchnorm._BatchNorm.forward):
-                # moving or not: vmap's rule copies the activations around its normalization either way
-                m.forward = functools.partial(_batchnorm_forward, m)
-                patched.append((m, "forward"))
-            if wname not in points.parts:
-                continue
-            # subclasses too: _conv_forward checks that it is handed the module's own weight and bias
-            if (isinstance(m, nn.Conv2d) and type(m)._conv_forward is nn.Conv2d._conv_forward
-                    and m.padding_mode == "zeros" and m.groups == 1 and "_conv_forward" not in vars(m)):
-                m._conv_forward = functools.partial(_conv_forward, m, points, wname, bname)
-                patched.append((m, "_conv_forward"))
-            elif type(m) is nn.Linear and "forward" not in vars(m):
-                m.forward = functools.partial(_linear_forward, m, points, wname, bname)
-                patched.append((m, "forward"))
-        yield
-    finally:
-        for m, attr in patched:
-            delattr(m, attr)
+    def _conv2d(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        parts = self._parts(weight, bias) if groups == 1 else None
+        if parts is None:
+            return None
+        stride, dilation = _pair(stride), _pair(dilation)
+        padding = padding if isinstance(padding, str) else _pair(padding)
+        return AffineConv2d.apply(input, self.coeffs, weight, bias, *parts, stride, padding, dilation)
+
+    def _linear(self, input, weight, bias=None):
+        parts = self._parts(weight, bias)
+        return None if parts is None else AffineLinear.apply(input, self.coeffs, weight, bias, *parts)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from .affine_layers import AffinePoints, affine_layers
+from .affine_layers import AffinePoints
 from .batched_conv import batched_convs
 from .evaluator import PointEvaluator, check_loss
 
@@ -149,11 +149,10 @@ class VmapEvaluator(PointEvaluator):
             points = self._points
 
             def forward_at(moving, ci):  # ci: the point's coefficients, which the affine rules read
-                with points.at(ci):
+                with points.mode(moving, ci):
                     return forward(moving)
 
-            with affine_layers(module, points):
-                return self._vmapped_losses(forward_at, stacked, c, y)
+            return self._vmapped_losses(forward_at, stacked, c, y)
         with batched_convs(module) if self.rule == "im2col" else contextlib.nullcontext():
             return self._vmapped_losses(lambda mv, _ci: forward(mv), stacked, c, y)
 

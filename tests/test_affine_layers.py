@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 import landscape_widgets as lw
 from landscape_widgets import batched
-from landscape_widgets.affine_layers import AffinePoints, affine_layers
+from landscape_widgets import affine_layers as al
+from landscape_widgets.affine_layers import AffinePoints
 from landscape_widgets.batched import VmapEvaluator
 
 from helpers import assert_same, snapshot, small_data
@@ -22,16 +23,20 @@ B = 4
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Per F.conv2d / F.linear call: did it receive vmap-batched tensors (vmap's own rule) or plain ones?"""
+    """Per conv2d/linear call that the mode sees: False where a rule computed it from the parts, True where vmap's
+    own rule did (the mode passed it on, or a rule fell back)."""
     calls = []
-    for name in ("conv2d", "linear"):
-        real = getattr(F, name)
+    real_fallback = al._vmaps_own_rule
+    monkeypatch.setattr(al, "_vmaps_own_rule", lambda *a: calls.append(True) or real_fallback(*a))
+    for name in ("_conv2d", "_linear"):
+        real = getattr(al.AffineMode, name)
 
-        def fn(x, w, *args, _real=real, **kwargs):
-            calls.append(any(torch._C._functorch.is_batchedtensor(t) for t in (x, w)))
-            return _real(x, w, *args, **kwargs)
+        def routed(self, *args, _real=real, **kwargs):
+            out = _real(self, *args, **kwargs)
+            calls.append(out is None)
+            return out
 
-        monkeypatch.setattr(F, name, fn)
+        monkeypatch.setattr(al.AffineMode, name, routed)
     return calls
 
 
@@ -64,13 +69,12 @@ def _run(module, moving, c, x, x_batched, spy=None):
     stacked = {name: torch.stack([_point_params(moving, ci)[name] for ci in c]) for name, _b, _d in moving}
 
     def f(mv, ci, xi):
-        with points.at(ci):
+        with points.mode(mv, ci):
             return functional_call(module, mv, (xi,))
 
-    with affine_layers(module, points):
-        if spy is not None:
-            spy.clear()
-        return torch.vmap(f, in_dims=(0, 0, 0 if x_batched else None))(stacked, c, x)
+    if spy is not None:
+        spy.clear()
+    return torch.vmap(f, in_dims=(0, 0, 0 if x_batched else None))(stacked, c, x)
 
 
 def _loop(module, moving, c, x, x_batched):
@@ -102,7 +106,6 @@ def test_conv_rule_equals_per_point_loop(dtype, rtol, kw, x_batched, bias, dirs_
     assert got.shape == ref.shape and got.dtype == dtype
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=rtol, atol=rtol * float(ref.abs().max()))
     assert spy and not any(spy)  # one plain convolution: no grouped one
-    assert "_conv_forward" not in vars(conv)
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (2, 3, 7), (7,)])
@@ -117,7 +120,6 @@ def test_linear_rule_on_a_shared_input_equals_per_point_loop(shape, bias, dirs_o
     assert got.shape == ref.shape
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
     assert spy and not any(spy)
-    assert "forward" not in vars(lin)
 
 
 def test_shared_first_layer_is_computed_once_for_all_points(monkeypatch):
@@ -127,7 +129,7 @@ def test_shared_first_layer_is_computed_once_for_all_points(monkeypatch):
     shapes, real = [], F.conv2d
     monkeypatch.setattr(F, "conv2d", lambda x, w, *a, **k: shapes.append(tuple(w.shape)) or real(x, w, *a, **k))
     _run(conv, moving, _coords(), torch.randn(5, 1, 8, 8, dtype=torch.float64), False)
-    assert shapes == [(12, 1, 3, 3)]
+    assert shapes == [(4, 1, 3, 3), (12, 1, 3, 3)]  # nn.Conv2d's call (one point's view), then the rule's one
 
 
 class Transformed(nn.Conv2d):
@@ -142,8 +144,41 @@ class Scaled(nn.Linear):
         return super().forward(x) * 3.0
 
 
-@pytest.mark.parametrize("case", ["batched_linear", "groups", "bias_only_direction", "transformed", "subclass",
-                                  "reflect"])
+class Functional(nn.Module):
+    """A model that convolves with its own parameters through F.conv2d and F.linear, no nn.Conv2d/nn.Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4, 3, 3))
+        self.b = nn.Parameter(torch.randn(3))
+        self.v = nn.Parameter(torch.randn(2, 144))
+
+    def forward(self, x):  # both on the shared input: the linear rule's case too
+        h = torch.tanh(F.conv2d(x, self.w, self.b, stride=2, padding=1)).flatten(1)
+        return torch.cat([h, F.linear(x.flatten(1), self.v)], 1)
+
+
+@pytest.mark.parametrize("case", ["subclass", "reflect", "functional"])
+def test_rules_reach_subclasses_other_padding_modes_and_functional_code(case, spy):
+    """The mode sees conv2d/linear calls, not modules: a subclass, nn.Conv2d's reflect padding (a padded input with
+    padding 0) and a model's own F.conv2d/F.linear on its parameters all take the rules."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    if case == "subclass":
+        layer, x = Scaled(6, 3), torch.randn(5, 6, dtype=torch.float64)
+    elif case == "reflect":
+        layer = nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect")
+    else:
+        layer = Functional()
+    layer = layer.double()
+    moving = _moving(layer, torch.float64, {})
+    ref = _loop(layer, moving, _coords(), x, False)
+    got = _run(layer, moving, _coords(), x, False, spy)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+    assert spy and not any(spy)
+
+
+@pytest.mark.parametrize("case", ["batched_linear", "groups", "bias_only_direction", "transformed"])
 def test_fallbacks_equal_the_loop(case, spy):
     torch.manual_seed(0)
     dtype, x_batched, dirs_of = torch.float64, False, {}
@@ -154,19 +189,14 @@ def test_fallbacks_equal_the_loop(case, spy):
         layer = nn.Conv2d(4, 4, 3, groups=2)
     elif case == "bias_only_direction":  # the bias moves along direction 1, the weight does not
         layer, dirs_of = nn.Conv2d(4, 3, 3), {"weight": (0,), "bias": (0, 1)}
-    elif case == "transformed":
-        layer = Transformed(4, 3, 3)
-    elif case == "subclass":
-        layer, x = Scaled(6, 3), torch.randn(5, 6, dtype=dtype)
     else:
-        layer = nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect")
+        layer = Transformed(4, 3, 3)
     layer = layer.to(dtype)
     moving = _moving(layer, dtype, dirs_of)
     ref = _loop(layer, moving, _coords(), x, x_batched)
     got = _run(layer, moving, _coords(), x, x_batched, spy)
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
-    assert spy and all(spy)  # vmap's own rule, on the stacked weights
-    assert all(a not in vars(layer) for a in ("_conv_forward", "forward"))
+    assert spy and any(spy)  # vmap's own rule, on the stacked weights
 
 
 @pytest.mark.parametrize("make, shape", [(lambda: nn.BatchNorm2d(3), (5, 3, 4, 4)), (lambda: nn.BatchNorm1d(3), (5, 3)),
@@ -187,7 +217,6 @@ def test_eval_batchnorm_is_one_multiply_add_per_point(monkeypatch, make, shape, 
     got = _run(bn, moving, _coords(), x, x_batched)
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
     assert calls == [1]
-    assert "forward" not in vars(bn)
 
 
 def test_training_batchnorm_keeps_its_own_forward():
@@ -231,28 +260,28 @@ def test_plane_and_line_equal_loop_and_direct(monkeypatch, make, spy):
     np.testing.assert_allclose(line_vm.losses, line_loop.losses, rtol=1e-5, atol=1e-6)
     assert_same(model, snap)
     assert torch.equal(torch.get_rng_state(), rng)
-    assert all(a not in vars(m) for m in model.modules() for a in ("_conv_forward", "forward"))
 
 
-def test_patches_only_the_private_copy_and_restores_on_error():
+def test_no_module_is_touched_and_the_mode_ends_on_error():
     model, data = BnCNN(), small_data()
+    snap = snapshot(model)
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     surf = ls.plane(resolution=(2, 2), progress=False, evaluator="loop")
     private = ls._fresh()
+    before = {id(m): dict(vars(m)) for m in private.module.modules()}
     seen = []
 
     def loss(out, y):
-        mods = (private.module.c1, private.module.c2, private.module.fc, model.c1)
-        seen.append([("_conv_forward" in vars(m) or "forward" in vars(m)) for m in mods])
+        seen.append(torch._C._len_torch_function_stack())
         raise RuntimeError("boom")
 
     ev = VmapEvaluator(private, ls.data, loss, ls._evaluator(private, list(surf.directions)).moving, rule="affine")
     with pytest.raises(RuntimeError, match="boom"):
         ev.run(np.zeros((3, 2)))
-    assert seen and all(s == [True, True, True, False] for s in seen)
-    assert all(a not in vars(m) for mod in (private.module, model) for m in mod.modules()
-               for a in ("_conv_forward", "forward"))
-    assert ev._points.coeffs is None
+    assert seen and all(n == 0 for n in seen)  # the loss runs after the forward: the mode is already off
+    assert torch._C._len_torch_function_stack() == 0
+    assert all(dict(vars(m)).keys() == before[id(m)].keys() for m in private.module.modules())
+    assert_same(model, snap)
 
 
 @pytest.mark.parametrize("fastest", ["affine", "im2col", "vmap"])
@@ -330,9 +359,8 @@ def test_conv_rule_takes_the_points_dim_anywhere():
     stacked = {n: torch.stack([_point_params(moving, ci)[n] for ci in _coords()]) for n, _b, _d in moving}
 
     def f(mv, ci, xi):
-        with points.at(ci):
+        with points.mode(mv, ci):
             return functional_call(conv, mv, (xi,))
 
-    with affine_layers(conv, points):
-        got = torch.vmap(f, in_dims=(0, 0, 2))(stacked, _coords(), x.movedim(0, 2))
+    got = torch.vmap(f, in_dims=(0, 0, 2))(stacked, _coords(), x.movedim(0, 2))
     np.testing.assert_allclose(got.numpy(), _loop(conv, moving, _coords(), x, True).numpy(), rtol=1e-12, atol=1e-12)
