@@ -196,7 +196,7 @@ def run_loss_landscapes(model, x, y, points, device):
     return steps * steps / dt, f"{steps}x{steps}"
 
 
-RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine")
+RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine", "affine, nchw")
 
 
 def bench(core, name, model, data, points, device, tile, warm=8):
@@ -254,6 +254,12 @@ def bench(core, name, model, data, points, device, tile, warm=8):
             rules["im2col, tf32"] = run_vmap(rule="im2col")
         finally:
             torch.set_float32_matmul_precision(precision)
+        al = core["affine_layers"]
+        layout, al.CHANNELS_LAST = al.CHANNELS_LAST, False  # the convolution's input in NCHW instead
+        try:
+            rules["affine, nchw"] = run_vmap(rule="affine")
+        finally:
+            al.CHANNELS_LAST = layout
     diffs += [rel(v) for _p, v, _e in rules.values()]
     auto = VmapEvaluator(private, source, loss, moving, autotune=True)
     t_auto, v_auto = timed(lambda: auto.run(coords, tile_size=tile_size), device)

@@ -39,6 +39,9 @@ from torch.overrides import TorchFunctionMode
 
 # the functions the mode routes, as torch defines them (F.conv2d is torch.conv2d, F.linear torch._C._nn.linear)
 _CONV2D, _LINEAR, _BATCH_NORM = torch.conv2d, torch._C._nn.linear, F.batch_norm
+# (2)'s input built channels-last: oneDNN and cuDNN's tensor-core kernels work in NHWC (CPU, digits CNN: 24 vs 19
+# pts/s; benchmarks/gpu.py times both on a GPU)
+CHANNELS_LAST = True
 
 
 class AffinePoints:
@@ -120,8 +123,16 @@ class AffineConv2d(torch.autograd.Function):
         # (2): every point's images scaled by its coefficients, stacked over channels, one ordinary convolution
         x = x.movedim(xd, 0)
         n = x.shape[1]
-        xs = (x.unsqueeze(2) * cc.view(batch, 1, -1, 1, 1, 1).to(x.dtype)).flatten(2, 3).flatten(0, 1)
         wide = stack.transpose(0, 1).flatten(1, 2)  # [Cout, (K+1)*C, kh, kw], input channels ordered as xs's
+        if CHANNELS_LAST:
+            h_, w_ = x.shape[-2:]
+            xs = torch.empty((batch * n, wide.shape[1], h_, w_), dtype=x.dtype, device=x.device,
+                             memory_format=torch.channels_last)
+            torch.mul(x.unsqueeze(2), cc.view(batch, 1, -1, 1, 1, 1).to(x.dtype),
+                      out=xs.unflatten(0, (batch, n)).unflatten(2, (cc.shape[1], -1)))
+            wide = wide.contiguous(memory_format=torch.channels_last)
+        else:
+            xs = (x.unsqueeze(2) * cc.view(batch, 1, -1, 1, 1, 1).to(x.dtype)).flatten(2, 3).flatten(0, 1)
         bias = _point_bias(c, b0, db, ib)
         shared = bias is None or bias.dim() == 1
         y = F.conv2d(xs, wide, bias if shared else None, stride, padding, dilation).unflatten(0, (batch, n))

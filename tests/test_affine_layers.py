@@ -93,9 +93,10 @@ DIRS = [{}, {"weight": (0,), "bias": (0,)}, {"weight": (1,), "bias": ()}, {"weig
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("kw", CONV_CASES)
-@pytest.mark.parametrize("x_batched", [False, True])
+@pytest.mark.parametrize("x_batched", [False, "nchw", "nhwc"])
 @pytest.mark.parametrize("bias, dirs_of", [(True, d) for d in DIRS] + [(False, {})])
-def test_conv_rule_equals_per_point_loop(dtype, rtol, kw, x_batched, bias, dirs_of, spy):
+def test_conv_rule_equals_per_point_loop(monkeypatch, dtype, rtol, kw, x_batched, bias, dirs_of, spy):
+    monkeypatch.setattr(al, "CHANNELS_LAST", x_batched == "nhwc")
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 5, (3, 2), bias=bias, **kw).to(dtype)
     moving = _moving(conv, dtype, dirs_of)
