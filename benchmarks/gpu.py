@@ -199,19 +199,25 @@ def run_loss_landscapes(model, x, y, points, device):
 RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine", "affine, nchw")
 
 
-def bench(core, name, model, data, points, device, tile, warm=8):
-    PrivateModel, DataSource = core["_model"].PrivateModel, core["data"].DataSource
-    PointEvaluator, VmapEvaluator = core["evaluator"].PointEvaluator, core["batched"].VmapEvaluator
-    bc = core["batched_conv"]
-    Moving, grid_tile_size = core["evaluator"].Moving, core["evaluator"].grid_tile_size
-    private = PrivateModel(model, device)
-    source = DataSource(data)
+def plane_setup(core, model, data, points, device):
+    """The private copy, data, moving tensors of a filter-normalized random plane, and ``points`` of its grid."""
+    Moving = core["evaluator"].Moving
+    private = core["_model"].PrivateModel(model, device)
+    source = core["data"].DataSource(data)
     d1, d2 = filter_directions(private)
     moving = [Moving(private.params[n], private.base[n], [d1[n], d2[n]]) for n in private.names
               if d1[n].count_nonzero() or d2[n].count_nonzero()]
     side = int(math.ceil(math.sqrt(points)))
     a = np.linspace(-1, 1, side)
     coords = np.stack(np.meshgrid(a, a, indexing="ij"), -1).reshape(-1, 2)[:points]
+    return private, source, moving, coords, side
+
+
+def bench(core, name, model, data, points, device, tile, warm=8):
+    PointEvaluator, VmapEvaluator = core["evaluator"].PointEvaluator, core["batched"].VmapEvaluator
+    bc = core["batched_conv"]
+    grid_tile_size = core["evaluator"].grid_tile_size
+    private, source, moving, coords, side = plane_setup(core, model, data, points, device)
     ny = side if tile == "rows" else len(coords)
     target = core["batched"].TILE_POINTS  # what Landscape.plane uses with the vmap evaluator
     tile_size = grid_tile_size(ny, len(coords), target) if tile == "rows" else len(coords)
@@ -291,15 +297,7 @@ def profile_cnn(core, device, points):
     """torch.profiler's table of one tile of the digits CNN per batching rule: where a rule's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    Moving = core["evaluator"].Moving
-    private = core["_model"].PrivateModel(digits_cnn(), device)
-    source = core["data"].DataSource(digits_data(False))
-    d1, d2 = filter_directions(private)
-    moving = [Moving(private.params[n], private.base[n], [d1[n], d2[n]]) for n in private.names
-              if d1[n].count_nonzero() or d2[n].count_nonzero()]
-    side = int(math.ceil(math.sqrt(points)))
-    a = np.linspace(-1, 1, side)
-    coords = np.stack(np.meshgrid(a, a, indexing="ij"), -1).reshape(-1, 2)[:points]
+    private, source, moving, coords, _side = plane_setup(core, digits_cnn(), digits_data(False), points, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for rule in ("affine", "vmap", "im2col"):
