@@ -299,7 +299,7 @@ def profile_cnn(core, device, points):
 
     private, source, moving, coords, _side = plane_setup(core, digits_cnn(), digits_data(False), points, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for rule in ("affine", "vmap", "im2col"):
         ev = core["batched"].VmapEvaluator(private, source, nn.CrossEntropyLoss(), moving, rule=rule)
         ev.run(coords[:16], tile_size=16)
