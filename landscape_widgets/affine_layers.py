@@ -33,12 +33,12 @@ import functools
 
 import torch
 from torch.nn import functional as F
-from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
 
 # the functions the mode routes, as torch defines them (F.conv2d is torch.conv2d, F.linear torch._C._nn.linear)
-_CONV2D, _LINEAR, _BATCH_NORM = torch.conv2d, torch._C._nn.linear, F.batch_norm
+_CONV1D, _CONV2D, _CONV3D = torch.conv1d, torch.conv2d, torch.conv3d
+_LINEAR, _BATCH_NORM = torch._C._nn.linear, F.batch_norm
 # (2)'s input built channels-last: oneDNN and cuDNN's tensor-core kernels work in NHWC (CPU, digits CNN: 24 vs 19
 # pts/s; benchmarks/gpu.py times both on a GPU)
 CHANNELS_LAST = True
@@ -94,49 +94,54 @@ def _combine(cc, y):
     return (cc.to(y.dtype) @ y.transpose(0, 1).reshape(k1, m * f)).view(len(cc), m, f)
 
 
-class AffineConv2d(torch.autograd.Function):
-    """``F.conv2d(x, w, b)`` whose vmap rule uses (1) and (2) with ``w = W0 + sum_k c_k DW_k``; forward only."""
+def _conv_fn(nd):
+    return (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+
+
+class AffineConv(torch.autograd.Function):
+    """``F.conv{nd}d(x, w, b)`` whose vmap rule uses (1) and (2) with ``w = W0 + sum_k c_k DW_k``; forward only."""
 
     @staticmethod
-    def forward(x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation):
-        return F.conv2d(x, w, b, stride, padding, dilation)
+    def forward(x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation, nd):
+        return _conv_fn(nd)(x, w, b, stride, padding, dilation)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         pass
 
     @staticmethod
-    def vmap(info, in_dims, x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation):
+    def vmap(info, in_dims, x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation, nd):
         xd, cd, wd, bd = in_dims[:4]
-        if cd is None or any(d is not None for d in in_dims[4:8]) or x.dim() - (xd is not None) != 4:
-            fn = functools.partial(F.conv2d, stride=stride, padding=padding, dilation=dilation)
+        conv = _conv_fn(nd)
+        if cd is None or any(d is not None for d in in_dims[4:8]) or x.dim() - (xd is not None) != nd + 2:
+            fn = functools.partial(conv, stride=stride, padding=padding, dilation=dilation)
             return _vmaps_own_rule(fn, (xd, wd, bd), x, w, b)
         c = c.movedim(cd, 0)
-        batch, cout = c.shape[0], w0.shape[0]
+        batch, cout, k1 = c.shape[0], w0.shape[0], 1 + len(iw)
         cc = _coefficients(c, iw, w0.dtype)
-        stack = w0.unsqueeze(0) if dw is None else torch.cat([w0.unsqueeze(0), dw])  # [K+1, Cout, C, kh, kw]
+        stack = w0.unsqueeze(0) if dw is None else torch.cat([w0.unsqueeze(0), dw])  # [K+1, Cout, C, *kernel]
+        ones = (1,) * nd
         if xd is None:  # (1): the shared images once through all K+1 weight sets
-            y = F.conv2d(x, stack.flatten(0, 1), _bias_stack(b0, db, iw, ib, cout, x), stride, padding, dilation)
-            n, _kc, ho, wo = y.shape
-            out = _combine(cc, y.reshape(n, cc.shape[1], cout * ho * wo))
-            return out.view(batch, n, cout, ho, wo), 0
+            y = conv(x, stack.flatten(0, 1), _bias_stack(b0, db, iw, ib, cout, x), stride, padding, dilation)
+            n, spatial = y.shape[0], y.shape[2:]
+            out = _combine(cc, y.reshape(n, k1, cout * spatial.numel()))
+            return out.view(batch, n, cout, *spatial), 0
         # (2): every point's images scaled by its coefficients, stacked over channels, one ordinary convolution
         x = x.movedim(xd, 0)
         n = x.shape[1]
-        wide = stack.transpose(0, 1).flatten(1, 2)  # [Cout, (K+1)*C, kh, kw], input channels ordered as xs's
-        if CHANNELS_LAST:
-            h_, w_ = x.shape[-2:]
-            xs = torch.empty((batch * n, wide.shape[1], h_, w_), dtype=x.dtype, device=x.device,
+        wide = stack.transpose(0, 1).flatten(1, 2)  # [Cout, (K+1)*C, *kernel], input channels ordered as xs's
+        scale = cc.view(batch, 1, k1, 1, *ones).to(x.dtype)
+        if CHANNELS_LAST and nd == 2:
+            xs = torch.empty((batch * n, wide.shape[1], *x.shape[-2:]), dtype=x.dtype, device=x.device,
                              memory_format=torch.channels_last)
-            torch.mul(x.unsqueeze(2), cc.view(batch, 1, -1, 1, 1, 1).to(x.dtype),
-                      out=xs.unflatten(0, (batch, n)).unflatten(2, (cc.shape[1], -1)))
+            torch.mul(x.unsqueeze(2), scale, out=xs.unflatten(0, (batch, n)).unflatten(2, (k1, -1)))
             wide = wide.contiguous(memory_format=torch.channels_last)
         else:
-            xs = (x.unsqueeze(2) * cc.view(batch, 1, -1, 1, 1, 1).to(x.dtype)).flatten(2, 3).flatten(0, 1)
+            xs = (x.unsqueeze(2) * scale).flatten(2, 3).flatten(0, 1)
         bias = _point_bias(c, b0, db, ib)
         shared = bias is None or bias.dim() == 1
-        y = F.conv2d(xs, wide, bias if shared else None, stride, padding, dilation).unflatten(0, (batch, n))
-        return (y if shared else y + bias[:, None, :, None, None].to(y.dtype)), 0
+        y = conv(xs, wide, bias if shared else None, stride, padding, dilation).unflatten(0, (batch, n))
+        return (y if shared else y + bias.view(batch, 1, cout, *ones).to(y.dtype)), 0
 
 
 class AffineLinear(torch.autograd.Function):
@@ -178,9 +183,9 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
 
 class AffineMode(TorchFunctionMode):
     """Active while one chunk's forward is traced by vmap (``moving``: the point's tensors as ``functional_call``
-    installs them, ``coeffs``: the point's coefficients).  ``conv2d`` and ``linear`` calls whose weight *is* one of
-    the moving tensors go through the rules above, from ``nn.Conv2d``/``nn.Linear`` (any padding mode: a padded
-    input arrives with padding 0) or from a model's own ``F.conv2d(x, self.weight)`` alike; a weight the model
+    installs them, ``coeffs``: the point's coefficients).  ``conv1d/2d/3d`` and ``linear`` calls whose weight *is*
+    one of the moving tensors go through the rules above, from ``nn.Conv*d``/``nn.Linear`` (any padding mode: a
+    padded input arrives with padding 0) or from a model's own ``F.conv2d(x, self.weight)`` alike; a weight the model
     transforms first (weight normalization, a mask) is another tensor and keeps vmap's own rule.  Eval-mode
     ``batch_norm`` becomes one ``addcmul``.  No module of the model is touched."""
 
@@ -192,8 +197,9 @@ class AffineMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = None
-        if func is _CONV2D:
-            out = self._conv2d(*args, **kwargs)
+        nd = 2 if func is _CONV2D else 1 if func is _CONV1D else 3 if func is _CONV3D else 0
+        if nd:
+            out = self._conv(nd, *args, **kwargs)
         elif func is _LINEAR:
             out = self._linear(*args, **kwargs)
         elif func is _BATCH_NORM:
@@ -213,13 +219,10 @@ class AffineMode(TorchFunctionMode):
             return None  # the bias moves along a direction the weight does not: (1)/(2) would need a zero filter
         return w0, dw, b0, db, iw, ib
 
-    def _conv2d(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    def _conv(self, nd, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         parts = self._parts(weight, bias) if groups == 1 else None
-        if parts is None:
-            return None
-        stride, dilation = _pair(stride), _pair(dilation)
-        padding = padding if isinstance(padding, str) else _pair(padding)
-        return AffineConv2d.apply(input, self.coeffs, weight, bias, *parts, stride, padding, dilation)
+        return None if parts is None else AffineConv.apply(input, self.coeffs, weight, bias, *parts, stride,
+                                                           padding, dilation, nd)
 
     def _linear(self, input, weight, bias=None):
         parts = self._parts(weight, bias)

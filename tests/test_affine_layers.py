@@ -28,7 +28,7 @@ def spy(monkeypatch):
     calls = []
     real_fallback = al._vmaps_own_rule
     monkeypatch.setattr(al, "_vmaps_own_rule", lambda *a: calls.append(True) or real_fallback(*a))
-    for name in ("_conv2d", "_linear"):
+    for name in ("_conv", "_linear"):
         real = getattr(al.AffineMode, name)
 
         def routed(self, *args, _real=real, **kwargs):
@@ -107,6 +107,22 @@ def test_conv_rule_equals_per_point_loop(monkeypatch, dtype, rtol, kw, x_batched
     assert got.shape == ref.shape and got.dtype == dtype
     np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=rtol, atol=rtol * float(ref.abs().max()))
     assert spy and not any(spy)  # one plain convolution: no grouped one
+
+
+@pytest.mark.parametrize("nd, kw", [(1, dict()), (1, dict(stride=2, padding=1, dilation=2)), (1, dict(padding="same")),
+                                   (3, dict()), (3, dict(stride=(1, 2, 1), padding=1))])
+@pytest.mark.parametrize("x_batched", [False, True])
+@pytest.mark.parametrize("bias, dirs_of", [(True, {}), (True, {"weight": (0, 1), "bias": (1,)}), (False, {})])
+def test_conv1d_and_conv3d_rules_equal_per_point_loop(nd, kw, x_batched, bias, dirs_of, spy):
+    torch.manual_seed(0)
+    conv = (nn.Conv1d(3, 4, 3, bias=bias, **kw) if nd == 1 else nn.Conv3d(3, 4, (2, 3, 2), bias=bias, **kw)).double()
+    moving = _moving(conv, torch.float64, dirs_of)
+    x = torch.randn(*((B,) if x_batched else ()), 2, 3, *((9,) if nd == 1 else (4, 5, 6)), dtype=torch.float64)
+    ref = _loop(conv, moving, _coords(), x, x_batched)
+    got = _run(conv, moving, _coords(), x, x_batched, spy)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    assert spy and not any(spy)
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (2, 3, 7), (7,)])
