@@ -279,6 +279,23 @@ def test_plane_and_line_equal_loop_and_direct(monkeypatch, make, spy):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_interpolation_with_moving_batchnorm_statistics_equals_loop(monkeypatch):
+    """buffers="interpolate" moves BatchNorm's running statistics with the weights: batch_norm's addcmul then takes
+    per-point statistics, and every parameter (biases and BatchNorm's too) moves along the one direction."""
+    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "affine"})
+    torch.manual_seed(0)
+    model, data = BnCNN(), small_data()
+    start = BnCNN()
+    with torch.no_grad():
+        start.bn.running_mean.add_(0.5)
+        start.bn.running_var.mul_(2.0)
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    loop = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="loop")
+    vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="vmap")
+    assert vm.meta["vmap_rule"] == "affine"
+    np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
+
+
 def test_no_module_is_touched_and_the_mode_ends_on_error():
     model, data = BnCNN(), small_data()
     snap = snapshot(model)
