@@ -103,7 +103,7 @@ class VmapEvaluator(PointEvaluator):
         self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
         self.timings = {}
         self.rule = rule or DEFAULT_RULES.get(private.device.type, "vmap")
-        self._points = AffinePoints(self._moving)
+        self._points = None  # AffinePoints, made when the affine rule first runs (it stacks the directions)
         # autotune times every rule that changes something for this model: not one is fastest on every device
         layers = [m for m in private.module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
         self._rules = [self.rule]
@@ -146,6 +146,8 @@ class VmapEvaluator(PointEvaluator):
         if not stacked:  # nothing moves (e.g. the loss at the model itself)
             return check_loss(self.loss_fn(forward({}), y)).double().reshape(1).expand(len(c))
         if self.rule == "affine":
+            if self._points is None:
+                self._points = AffinePoints(self._moving)
             points = self._points
 
             def forward_at(moving, ci):  # ci: the point's coefficients, which the affine rules read

@@ -13,9 +13,8 @@ every product (``backend="graph"``); on a CPU a batch with large activations get
 (the forward evaluator's micro-batches, used only where the chunked loss equals the full-batch loss), which made a
 digits-CNN product 1.5x faster (67 -> 45 ms, 2 threads).  With several batches the graph of each batch is rebuilt
 per pass and a whole block of vectors is applied to it, so a pass over a DataLoader serves all vectors of the
-block.  ``backend="func"``
-uses ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse) instead; ``benchmarks/hessian.py`` measures
-both.
+block.  ``backend="func"`` uses ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse) instead;
+``benchmarks/hessian.py`` measures both.
 """
 from __future__ import annotations
 
@@ -138,11 +137,9 @@ class HessianOperator:
                     if self._graph is None:
                         self._graph = self._graphs()
                         self.loss = sum(float(g[3]) * w for g, w in self._graph)
-                    out = self._apply_graph(self._graph[0][0], V)
-                    if len(self._graph) > 1:
-                        out *= self._graph[0][1]
-                        for g, w in self._graph[1:]:
-                            out += self._apply_graph(g, V) * w
+                    out = torch.zeros_like(V)
+                    for g, w in self._graph:  # H v = sum_i (n_i / n) H_i v over the micro-batches
+                        out += self._apply_graph(g, V) * w
                 else:
                     (x, y, _n), = self.data.batches(self.device)
                     out = self._apply_func(x, y, V)
