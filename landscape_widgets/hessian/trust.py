@@ -29,6 +29,11 @@ def curvature(op, d: dict) -> float:
     return op.quadratic_form(d) / norm2
 
 
+def hides_saddle(negative_curvature: bool, kappas) -> bool:
+    """The panel's saddle rule: the Hessian has a negative eigenvalue, yet every plotted direction curves upwards."""
+    return bool(negative_curvature and all(k > 0 for k in kappas))
+
+
 def trust_panel(op, directions, *, spectrum=None, lambdas=None, seed=0, trace_samples=99, tol=1e-6):
     """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; stored in ``surface.meta``).
 
@@ -51,7 +56,7 @@ def trust_panel(op, directions, *, spectrum=None, lambdas=None, seed=0, trace_sa
         trace, stderr, _ = hutchinson_trace(op, trace_samples, rng=seed_streams(seed)[3])
     N = op.num_parameters
     negative = lmin < -NEGATIVE_RTOL * abs(lmax)
-    hides = bool(negative and all(k > 0 for k in kappas))
+    hides = hides_saddle(negative, kappas)
     return {"kappa": [float(k) for k in kappas], "lambda_max": float(lmax), "lambda_min": float(lmin),
             "trace": float(trace), "trace_stderr": float(stderr), "trace_over_n": float(trace) / N,
             "trace_over_n_stderr": float(stderr) / N, "num_parameters": N,
@@ -66,7 +71,7 @@ def spread_panel(panel: dict, seeds: list) -> dict:
     the panel of their median: ``kappa_per_seed`` [K][2], ``kappa_range`` [[min, max] of kappa(d1)], [... d2]],
     ``hides_saddle_seeds`` (the seeds whose plane hides a saddle) and ``hides_saddle`` when any does."""
     pairs = [panel["kappa"][2 * i:2 * i + 2] for i in range(len(seeds))]
-    hiding = [s for s, (k1, k2) in zip(seeds, pairs) if panel["negative_curvature"] and k1 > 0 and k2 > 0]
+    hiding = [s for s, pair in zip(seeds, pairs) if hides_saddle(panel["negative_curvature"], pair)]
     out = dict(panel, seeds=list(seeds), kappa_per_seed=pairs,
                kappa_range=[[min(p[j] for p in pairs), max(p[j] for p in pairs)] for j in range(2)],
                hides_saddle=bool(hiding), hides_saddle_seeds=hiding)
