@@ -6,7 +6,8 @@ torchvision) on synthetic 32x32 images.  Each method evaluates the same points o
 random plane; values of the batched evaluator are checked against the loop.  The batched evaluator is timed with
 each of its rules for layers with moving weights: vmap's own (grouped convolutions), im2col + bmm
 (``landscape_widgets.batched_conv``, in both GEMM layouts and with TF32 matmuls) and the affine one
-(``landscape_widgets.affine_layers``, the default on CUDA).
+(``landscape_widgets.affine_layers``, the default on CUDA), and that with each point's convolution as one Triton kernel
+(``landscape_widgets.triton_conv``, where Triton and a GPU are there).
 loss-landscapes (optional) is timed on its own ``random_plane`` with a comparable number of points.  Last, one
 forward pass of a ResNet-56 over 50,000 32x32 images is timed (extrapolated from a few batches), the unit of
 docs/scaling.md's estimate.
@@ -51,7 +52,8 @@ def _import_core():
         pkg.__path__ = [os.path.join(ROOT, "landscape_widgets")]
         sys.modules["landscape_widgets"] = pkg
     mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "evaluator", "batched",
-                                                                        "batched_conv", "affine_layers")}
+                                                                        "batched_conv", "affine_layers",
+                                                                        "triton_conv")}
     return mods
 
 
@@ -196,7 +198,7 @@ def run_loss_landscapes(model, x, y, points, device):
     return steps * steps / dt, f"{steps}x{steps}"
 
 
-RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine", "affine, nchw")
+RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine", "affine, nchw", "triton")
 
 
 def plane_setup(core, model, data, points, device):
@@ -266,6 +268,11 @@ def bench(core, name, model, data, points, device, tile, warm=8):
             rules["affine, nchw"] = run_vmap(rule="affine")
         finally:
             al.CHANNELS_LAST = layout
+        if core["triton_conv"].available(device):  # each point's convolution in one Triton kernel
+            try:
+                rules["triton"] = run_vmap(rule="triton")
+            except Exception as exc:  # noqa: BLE001 -- a kernel that fails here is a finding, not the end of the run
+                row["triton_error"] = f"{type(exc).__name__}: {exc}"[:300]
     diffs += [rel(v) for _p, v, _e in rules.values()]
     auto = VmapEvaluator(private, source, loss, moving, autotune=True)
     t_auto, v_auto = timed(lambda: auto.run(coords, tile_size=tile_size), device)
@@ -300,7 +307,9 @@ def profile_cnn(core, device, points):
     private, source, moving, coords, _side = plane_setup(core, digits_cnn(), digits_data(False), points, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    for rule in ("affine", "vmap", "im2col"):
+    rules = ("affine", "triton", "vmap", "im2col") if core["triton_conv"].available(device) else (
+        "affine", "vmap", "im2col")
+    for rule in rules:
         ev = core["batched"].VmapEvaluator(private, source, nn.CrossEntropyLoss(), moving, rule=rule)
         ev.run(coords[:16], tile_size=16)
         dt, _ = timed(lambda: ev.run(coords, tile_size=len(coords)), device)
@@ -330,35 +339,42 @@ def main(argv=None):
              ("digits CNN", digits_cnn(), digits_data(False), 16 if q else 2601),
              ("ResNet-20, synthetic 32x32", CifarResNet(n=3), synthetic_images(32 if q else 1024), 4 if q else 256)]
     t0 = time.perf_counter()
-    rows = []
-    for name, model, data, points in cases:
-        rows.append(bench(core, name, model, data, points, device, args.tile, warm=2 if q else 8))
-        print(f"  {name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    pass_s = resnet56_pass(device, 8 if q else 1000, 1 if q else 10)
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
                                                                               platform.machine())
     cmd = "python benchmarks/gpu.py" + (" --quick" if q else "") + (f" --tile {args.tile}" if args.tile != "rows"
                                                                        else "")
-    lines = [f"`{cmd}` — {dev} ({device.type}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
-             f"tiles: {args.tile}, total {time.perf_counter() - t0:.0f} s", "",
-             "| model | params | samples | points | loop pts/s | vmap pts/s (default rule) | vmap / loop | "
-             "auto pts/s (chose) | chunk | vmap peak GiB | max rel. diff | loss-landscapes pts/s | "
-             "vmap / loss-landscapes | " + " | ".join(f"rule {k} pts/s (chunk)" for k in RULE_COLUMNS)
-             + " | cudnn.benchmark: vmap, affine pts/s |",
-             "|" + "---|" * (13 + len(RULE_COLUMNS) + 1)]
-    for r in rows:
+    # the table row by row as each model finishes: a run cut short by a time limit still reports what it measured
+    print("\n".join([f"`{cmd}` — {dev} ({device.type}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
+                     f"tiles: {args.tile}", "",
+                     "| model | params | samples | points | loop pts/s | vmap pts/s (default rule) | vmap / loop | "
+                     "auto pts/s (chose) | chunk | vmap peak GiB | max rel. diff | loss-landscapes pts/s | "
+                     "vmap / loss-landscapes | " + " | ".join(f"rule {k} pts/s (chunk)" for k in RULE_COLUMNS)
+                     + " | cudnn.benchmark: vmap, affine pts/s |",
+                     "|" + "---|" * (13 + len(RULE_COLUMNS) + 1)]), flush=True)
+    rows = []
+    for name, model, data, points in cases:
+        r = bench(core, name, model, data, points, device, args.tile, warm=2 if q else 8)
+        rows.append(r)
         ll = f"{r['ll']:.1f} ({r['ll_note']})" if r["ll"] else r["ll_note"]
         ratio = f"{r['vmap'] / r['ll']:.1f}x" if r["ll"] else "—"
         mem = f"{r['mem']:.2f}" if r["mem"] is not None else "—"
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['samples']:,} | {r['points']} | {r['loop']:.1f} | "
-                     f"{r['vmap']:.1f} ({r['rule']}) | {r['vmap'] / r['loop']:.2f}x | {r['auto']:.1f} "
-                     f"({r['auto_mode']}) | {r['chunk']} | {mem} | {max(r['diff'], r['auto_diff']):.1e} | "
-                     f"{ll} | {ratio} | " + " | ".join(
-                         f"{r['rules'][k][0]:.1f} ({r['rules'][k][1]})" if k in r["rules"] else "—"
-                         for k in RULE_COLUMNS)
-                     + f" | {r['cudnn_bench']['vmap']:.1f}, {r['cudnn_bench']['affine']:.1f} |")
+        print(f"| {r['model']} | {r['params']:,} | {r['samples']:,} | {r['points']} | {r['loop']:.1f} | "
+              f"{r['vmap']:.1f} ({r['rule']}) | {r['vmap'] / r['loop']:.2f}x | {r['auto']:.1f} "
+              f"({r['auto_mode']}) | {r['chunk']} | {mem} | {max(r['diff'], r['auto_diff']):.1e} | "
+              f"{ll} | {ratio} | " + " | ".join(
+                  f"{r['rules'][k][0]:.1f} ({r['rules'][k][1]})" if k in r["rules"] else "—" for k in RULE_COLUMNS)
+              + f" | {r['cudnn_bench']['vmap']:.1f}, {r['cudnn_bench']['affine']:.1f} |", flush=True)
+        print(f"  {name}: done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    pass_s = resnet56_pass(device, 8 if q else 1000, 1 if q else 10)
+    lines = []
     lines += ["", f"ResNet-56 (0.85 M params), one eval pass over 50,000 32x32 images: {pass_s:.2f} s on this device "
                   "(docs/scaling.md multiplies this by 2,601 grid points)."]
+    errors = [f"- {r['model']}: rule triton raised {r['triton_error']}" for r in rows if "triton_error" in r]
+    errors += [f"- Triton kernel fell back to cuDNN for layer {k}: {v[:300]}"
+               for k, v in core["triton_conv"].failures.items()]
+    if errors:
+        lines += ["", "Triton rule problems:"] + errors
+    lines += ["", f"total {time.perf_counter() - t0:.0f} s"]
     print("\n".join(lines))
 
 

@@ -53,8 +53,10 @@ class AffinePoints:
             idx = tuple(k for k, d in enumerate(dirs) if d is not None)
             self.parts[name] = (base, torch.stack([dirs[k] for k in idx]) if idx else None, idx)
 
-    def mode(self, moving: dict, coeffs) -> "AffineMode":
-        return AffineMode(self, moving, coeffs)
+    def mode(self, moving: dict, coeffs, per_point_conv=None) -> "AffineMode":
+        """``per_point_conv``: what computes (2) instead of cuDNN, e.g. :func:`.triton_conv.conv2d_points` (it
+        returns None where it does not apply)."""
+        return AffineMode(self, moving, coeffs, per_point_conv)
 
 
 def _vmaps_own_rule(fn, in_dims, *args):
@@ -102,7 +104,7 @@ class AffineConv(torch.autograd.Function):
     """``F.conv{nd}d(x, w, b)`` whose vmap rule uses (1) and (2) with ``w = W0 + sum_k c_k DW_k``; forward only."""
 
     @staticmethod
-    def forward(x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation, nd):
+    def forward(x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation, nd, per_point):
         return _conv_fn(nd)(x, w, b, stride, padding, dilation)
 
     @staticmethod
@@ -110,7 +112,7 @@ class AffineConv(torch.autograd.Function):
         pass
 
     @staticmethod
-    def vmap(info, in_dims, x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation, nd):
+    def vmap(info, in_dims, x, c, w, b, w0, dw, b0, db, iw, ib, stride, padding, dilation, nd, per_point):
         xd, cd, wd, bd = in_dims[:4]
         conv = _conv_fn(nd)
         if cd is None or any(d is not None for d in in_dims[4:8]) or x.dim() - (xd is not None) != nd + 2:
@@ -129,6 +131,11 @@ class AffineConv(torch.autograd.Function):
         # (2): every point's images scaled by its coefficients, stacked over channels, one ordinary convolution
         x = x.movedim(xd, 0)
         n = x.shape[1]
+        bias = _point_bias(c, b0, db, ib)
+        if per_point is not None and nd == 2:  # each point's own weights in one kernel, where it applies
+            y = per_point(x, cc, stack, bias, stride, padding, dilation)
+            if y is not None:
+                return y, 0
         wide = stack.transpose(0, 1).flatten(1, 2)  # [Cout, (K+1)*C, *kernel], input channels ordered as xs's
         scale = cc.view(batch, 1, k1, 1, *ones).to(x.dtype)
         if CHANNELS_LAST and nd == 2:
@@ -138,7 +145,6 @@ class AffineConv(torch.autograd.Function):
             wide = wide.contiguous(memory_format=torch.channels_last)
         else:
             xs = (x.unsqueeze(2) * scale).flatten(2, 3).flatten(0, 1)
-        bias = _point_bias(c, b0, db, ib)
         shared = bias is None or bias.dim() == 1
         y = conv(xs, wide, bias if shared else None, stride, padding, dilation).unflatten(0, (batch, n))
         return (y if shared else y + bias.view(batch, 1, cout, *ones).to(y.dtype)), 0
@@ -189,9 +195,9 @@ class AffineMode(TorchFunctionMode):
     transforms first (weight normalization, a mask) is another tensor and keeps vmap's own rule.  Eval-mode
     ``batch_norm`` becomes one ``addcmul``.  No module of the model is touched."""
 
-    def __init__(self, points, moving, coeffs):
+    def __init__(self, points, moving, coeffs, per_point_conv=None):
         super().__init__()
-        self.points, self.coeffs = points, coeffs
+        self.points, self.coeffs, self.per_point_conv = points, coeffs, per_point_conv
         self.names = {id(t): n for n, t in moving.items()}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -222,7 +228,7 @@ class AffineMode(TorchFunctionMode):
     def _conv(self, nd, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         parts = self._parts(weight, bias) if groups == 1 else None
         return None if parts is None else AffineConv.apply(input, self.coeffs, weight, bias, *parts, stride,
-                                                           padding, dilation, nd)
+                                                           padding, dilation, nd, self.per_point_conv)
 
     def _linear(self, input, weight, bias=None):
         parts = self._parts(weight, bias)

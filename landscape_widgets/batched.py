@@ -4,10 +4,11 @@ A chunk of ``B`` points becomes one call of the model on stacked weights ``theta
 ``[B, *param.shape]`` through ``torch.func.functional_call`` (the private copy's own tensors are never written),
 so small and medium models stop being bound by kernel launches.  The chunk size comes from the device's free
 memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  Layers whose weights
-move can run through one of three rules (``rule``): vmap's own (``"vmap"``: grouped convolutions, one group per
-point), im2col and one batched GEMM for convolutions (``"im2col"``, :mod:`~landscape_widgets.batched_conv`), or the
+move can run through one of four rules (``rule``): vmap's own (``"vmap"``: grouped convolutions, one group per
+point), im2col and one batched GEMM for convolutions (``"im2col"``, :mod:`~landscape_widgets.batched_conv`), the
 plane's affine structure (``"affine"``, :mod:`~landscape_widgets.affine_layers`: a shared first layer once for all
-points, later convolutions as one ordinary convolution).  On a CPU the per-point loop of
+points, later convolutions as one ordinary convolution), or that with the later 2-D convolutions as one Triton
+kernel over every point's own weights (``"triton"``, :mod:`~landscape_widgets.triton_conv`; CUDA only).  On a CPU the per-point loop of
 :class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point beats batched small ones),
 so ``Landscape`` only picks this evaluator on CUDA unless asked.
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
+from . import triton_conv
 from .affine_layers import AffinePoints
 from .batched_conv import batched_convs
 from .evaluator import PointEvaluator, check_loss
@@ -30,7 +33,7 @@ EVALUATORS = ("auto", "loop", "vmap")
 MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
 TILE_POINTS = 512       # points per tile of a plane with this evaluator: chunks of 64 left an H200 idle (RESULTS.md)
 AUTO_PROBE = 8          # points timed on each path when "auto" chooses between vmap and the loop
-RULES = ("vmap", "im2col", "affine")  # how layers with moving weights are batched (module docstring)
+RULES = ("vmap", "im2col", "affine", "triton")  # how layers with moving weights are batched (module docstring)
 # rule=None by device type (vmap's own rule elsewhere); on a CPU "auto" keeps the per-point loop anyway
 DEFAULT_RULES = {"cuda": "affine"}
 
@@ -48,6 +51,18 @@ def resolve_evaluator(evaluator, device, *, buffers=None) -> str:
     if evaluator == "auto":
         return "vmap" if torch.device(device).type == "cuda" and buffers != "recompute" else "loop"
     return evaluator
+
+
+def tuned_rules(module, device) -> list:
+    """The rules ``autotune`` times for ``module`` on ``device``: every one that changes something for this model
+    (not one is fastest on every device); empty for a model without Linear or Conv2d layers."""
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    if not layers:
+        return []
+    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in layers)
+    triton = has_conv and torch.device(device).type == "cuda" and triton_conv.available(device)
+    return [r for r in ("affine", "triton", "im2col", "vmap")
+            if (r != "im2col" or has_conv) and (r != "triton" or triton)]
 
 
 def _call_args(inputs):
@@ -81,6 +96,8 @@ class VmapEvaluator(PointEvaluator):
         if rule is not None and rule not in RULES:
             raise ValueError(f"rule={rule!r} is not known; pass None (automatic) or one of "
                              f"{', '.join(map(repr, RULES))}")
+        if rule == "triton" and triton_conv.why_unavailable(private.device):
+            raise ValueError(f"rule='triton' cannot run here: {triton_conv.why_unavailable(private.device)}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be None (automatic) or an int >= 1")
@@ -104,12 +121,7 @@ class VmapEvaluator(PointEvaluator):
         self.timings = {}
         self.rule = rule or DEFAULT_RULES.get(private.device.type, "vmap")
         self._points = None  # AffinePoints, made when the affine rule first runs (it stacks the directions)
-        # autotune times every rule that changes something for this model: not one is fastest on every device
-        layers = [m for m in private.module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        self._rules = [self.rule]
-        if rule is None and layers:
-            has_conv = any(isinstance(m, torch.nn.Conv2d) for m in layers)
-            self._rules = [r for r in ("affine", "im2col", "vmap") if r != "im2col" or has_conv]
+        self._rules = [self.rule] if rule is not None else tuned_rules(private.module, private.device) or [self.rule]
         self._given_chunk = chunk_size
         self._tune_cache = tune_cache
         self._tune_key = (tuple(n for n, _b, _d in self._moving), len(self._moving[0][2]) if self._moving else 0,
@@ -145,13 +157,14 @@ class VmapEvaluator(PointEvaluator):
         stacked = self._stacked(c)
         if not stacked:  # nothing moves (e.g. the loss at the model itself)
             return check_loss(self.loss_fn(forward({}), y)).double().reshape(1).expand(len(c))
-        if self.rule == "affine":
+        if self.rule in ("affine", "triton"):
             if self._points is None:
                 self._points = AffinePoints(self._moving)
             points = self._points
+            per_point = triton_conv.conv2d_points if self.rule == "triton" else None
 
             def forward_at(moving, ci):  # ci: the point's coefficients, which the affine rules read
-                with points.mode(moving, ci):
+                with points.mode(moving, ci, per_point):
                     return forward(moving)
 
             return self._vmapped_losses(forward_at, stacked, c, y)
@@ -225,19 +238,31 @@ class VmapEvaluator(PointEvaluator):
         k = AUTO_PROBE
         out = np.empty(len(coords))
         variants = self._rules
-        per_point, chunks = {}, {}
+        per_point, chunks, failed, pending = {}, {}, {}, []
         start, share = k, (len(coords) - k) // len(variants)
         for i, variant in enumerate(variants):
             self.rule, self.chunk_size = variant, self._given_chunk
-            out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, this path's chunk size
             stop = len(coords) if i == len(variants) - 1 else start + share
-            t0 = time.perf_counter()
-            out[start:stop] = self._vmap_tile(coords[start:stop])  # ends with a copy to the host: synchronized
+            try:
+                out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, this path's chunk size
+                t0 = time.perf_counter()
+                out[start:stop] = self._vmap_tile(coords[start:stop])  # ends with a copy to the host: synchronized
+            except Exception as exc:  # noqa: BLE001 -- a rule that fails here (a kernel that does not compile on
+                if _is_oom(exc) or (not per_point and i == len(variants) - 1):  # this device) is left out
+                    raise
+                failed[variant] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"the vmap rule {variant!r} failed on this model and device and is left out: "
+                              f"{failed[variant]}", RuntimeWarning, stacklevel=2)
+                pending.append((start, stop))
+                start = stop
+                continue
             per_point[variant] = (time.perf_counter() - t0) / (stop - start)
             chunks[variant] = self.chunk_size
             start = stop
         best = min(per_point, key=per_point.get)
         self.rule, self.chunk_size = best, chunks[best]
+        for a, b in pending:  # the failed rules' share of the tile
+            out[a:b] = self._vmap_tile(coords[a:b])
         t_vmap = per_point[best]
         self.accelerate = True  # the loop's exact shortcuts apply on its own path
         PointEvaluator._eval_tile(self, coords[:1])
@@ -248,7 +273,8 @@ class VmapEvaluator(PointEvaluator):
         self.accelerate = self.mode == "loop"
         self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
         if len(variants) > 1:
-            self.timings.update({f"vmap_{r}_s_per_point": per_point[r] for r in variants})
+            self.timings.update({f"vmap_{r}_s_per_point": per_point[r] for r in per_point})
+            self.timings.update({f"vmap_{r}_error": e for r, e in failed.items()})
         if self._tune_cache is not None:
             self._tune_cache[self._tune_key] = (self.mode, self.rule, self.chunk_size, dict(self.timings))
         return out

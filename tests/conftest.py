@@ -1,6 +1,12 @@
+import os
+
 import pytest
 
 from helpers import SmallNet, small_data
+
+# Triton decides at import whether its kernels run on a GPU or in its CPU interpreter; these tests have no GPU, so
+# the Triton rule's kernel runs interpreted (tests/test_triton_conv.py compiles it for GPUs in a subprocess)
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -318,16 +318,22 @@ def test_no_module_is_touched_and_the_mode_ends_on_error():
     assert_same(model, snap)
 
 
+def bn_cnn_plane(resolution=(6, 7), **kw):
+    """A BnCNN's plane by the per-point loop, a VmapEvaluator (``kw``) over the same points, and the points."""
+    model, data = BnCNN(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    loop = ls.plane(resolution=resolution, progress=False, evaluator="loop")
+    private = ls._fresh()
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, list(loop.directions)).moving, **kw)
+    coords = np.stack(np.meshgrid(loop.alphas, loop.betas, indexing="ij"), -1).reshape(-1, 2)
+    return loop, ev, coords
+
+
 @pytest.mark.parametrize("fastest", ["affine", "im2col", "vmap"])
 def test_autotune_times_every_rule(monkeypatch, fastest):
     """With rule=None, autotune splits its first tile between the rules that apply, keeps the fastest one (a fake
     clock decides here), and the values stay the loop's."""
-    model, data = BnCNN(), small_data()
-    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
-    loop = ls.plane(resolution=(6, 7), progress=False, evaluator="loop")
-    private = ls._fresh()
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, list(loop.directions)).moving,
-                       autotune=True)
+    loop, ev, coords = bn_cnn_plane(autotune=True)
     assert ev._rules == ["affine", "im2col", "vmap"]
     ticks = {"t": 0.0}
     real_vmap, real_loop = VmapEvaluator._vmap_tile, batched.PointEvaluator._eval_tile
@@ -343,7 +349,6 @@ def test_autotune_times_every_rule(monkeypatch, fastest):
     monkeypatch.setattr(batched.time, "perf_counter", lambda: ticks["t"])
     monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
     monkeypatch.setattr(batched.PointEvaluator, "_eval_tile", loop_tile)
-    coords = np.stack(np.meshgrid(loop.alphas, loop.betas, indexing="ij"), -1).reshape(-1, 2)
     got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
     assert ev.mode == "vmap" and ev.rule == fastest
     assert {k: v for k, v in ev.timings.items() if k.startswith("vmap_") and k != "vmap_s_per_point"} == {

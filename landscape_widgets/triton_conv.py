@@ -1,0 +1,158 @@
+"""Every grid point's convolution with its own weights, as one Triton implicit-GEMM kernel (the ``"triton"`` rule).
+
+The affine rule (:mod:`~landscape_widgets.affine_layers`) computes a convolution whose input differs per point as
+one cuDNN convolution over ``[x, c_1 x, ..., c_K x]`` (its form (2)): ``K + 1`` times the FLOPs and a ``K + 1``
+times wider input written and read again.  Here each point's weights ``W_p = W0 + sum_k c_pk D_k`` (one small GEMM,
+``[B, K+1] @ [K+1, Cout*C*kh*kw]``) go into one kernel launch for all ``B`` points: program ``(m, n, p)`` computes
+a ``BLOCK_M x BLOCK_N`` tile of point ``p``'s output as ``sum_{kh, kw, c} x[p, pixel + tap, c] W_p[tap, c, :]``
+(implicit GEMM: the im2col matrix is never written), so a point costs its own FLOPs and one read of its input.
+
+Float32 only (TF32 inputs to the tensor cores where ``torch.backends.cudnn.allow_tf32`` lets cuDNN use them in
+the per-point loop too, full float32 otherwise); anything else -- other dtypes, groups, string padding that is
+not symmetric -- keeps the affine rule's cuDNN form.  Runs on CUDA devices; on a CPU only under Triton's own
+interpreter (``TRITON_INTERPRET=1``), which is how ``tests/test_triton_conv.py`` checks it against ``F.conv2d``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+import warnings
+
+import torch
+
+BLOCK_M = 128  # output pixels per program: the M dim of the tensor-core tile
+
+
+def available(device) -> bool:
+    """Whether the kernel can run on ``device``: Triton installed, and a CUDA device or Triton's interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.device(device).type == "cuda" or _interpreting()
+
+
+def why_unavailable(device) -> str | None:
+    """None when :func:`available`, else what to do instead (for the evaluator's error message)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install triton, or pass rule='affine')"
+    if torch.device(device).type != "cuda" and not _interpreting():
+        return (f"the Triton kernel runs on CUDA devices, not {torch.device(device).type} (set TRITON_INTERPRET=1 "
+                f"before importing triton to run it in Triton's interpreter for testing, or pass rule='affine')")
+    return None
+
+
+def _interpreting() -> bool:
+    """TRITON_INTERPRET=1, set before Triton was imported (Triton builds its own library for the interpreter or for
+    GPUs at import)."""
+    if os.environ.get("TRITON_INTERPRET", "0").lower() not in ("1", "true", "on", "yes"):
+        return False
+    lang = sys.modules.get("triton.language")
+    return lang is None or type(lang.zeros).__name__ == "InterpretedFunction"
+
+
+# (BLOCK_M, num_warps, num_stages) timed by triton.autotune on a GPU once per layer shape, whatever the chunk size
+# (one point's N*H*W output pixels are thousands of tiles already, so the first chunk's choice holds; the first
+# chunk is a warm-up in the evaluator's own timing);
+# from torch inductor's convolution configs with BLOCK_N, BLOCK_K fixed by the layer's channels
+CONFIGS = ((128, 4, 2), (256, 8, 2), (64, 4, 3), (128, 4, 3))
+failures = {}  # layer shape -> why the kernel failed there (it then keeps cuDNN's form); benchmarks print it
+
+
+@functools.lru_cache(maxsize=2)
+def _kernel(interpret: bool):
+    """The autotuned jitted kernel (CUDA) or Triton's interpreted one (CPU tensors, ``BLOCK_M`` passed); built on
+    first use, so that importing the package never imports Triton."""
+    import triton
+
+    from ._triton_kernel import conv_kernel as fn
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+        return InterpretedFunction(fn)
+    configs = [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st) for m, w, st in CONFIGS]
+    return triton.autotune(configs, key=["C", "COUT", "HO", "WO", "KH", "KW"])(triton.jit(fn))
+
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return tuple(v)
+    raise TypeError(f"{name}={v!r}")
+
+
+def _padding(padding, kernel, dilation):
+    """(pad_h, pad_w), or None for a string padding that would pad one side more than the other."""
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+    return _pair(padding, "padding")
+
+
+def _pow2(n, lo, hi):
+    return max(lo, min(hi, 1 << max(0, int(n) - 1).bit_length()))
+
+
+def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
+    """``F.conv2d(x[p], W_p, bias[p])`` for every point ``p``, with ``W_p = sum_j cc[p, j] stack[j]``.
+
+    x: [B, N, C, H, W]; cc: [B, K+1] (1 for the base, then the point's coefficients); stack: [K+1, Cout, C, kh, kw];
+    bias: None, shared [Cout] or per point [B, Cout].  Returns [B, N, Cout, Ho, Wo], or None where the kernel does
+    not apply (the caller then keeps cuDNN)."""
+    if x.dtype != torch.float32 or stack.dtype != torch.float32 or not available(x.device):
+        return None
+    kernel = tuple(stack.shape[-2:])
+    dil = _pair(dilation, "dilation")
+    pad = _padding(padding, kernel, dil)
+    if pad is None:
+        return None
+    st = _pair(stride, "stride")
+    batch, n, c, h, w = x.shape
+    k1, cout = stack.shape[:2]
+    ho = (h + 2 * pad[0] - dil[0] * (kernel[0] - 1) - 1) // st[0] + 1
+    wo = (w + 2 * pad[1] - dil[1] * (kernel[1] - 1) - 1) // st[1] + 1
+    # every point's weights, laid out [B, kh, kw, C, Cout] so a program's [BLOCK_K, BLOCK_N] slice is contiguous
+    weights = (cc.to(stack.dtype) @ stack.permute(0, 3, 4, 2, 1).reshape(k1, -1)).contiguous()
+    channels_last = x.stride(2) == 1 and c > 1
+    y = torch.empty((batch * n, cout, ho, wo), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    y = y.view(batch, n, cout, ho, wo)
+    if batch * n * ho * wo == 0 or cout == 0:
+        return y.zero_()
+    if bias is not None:
+        bias = bias.to(x.dtype).contiguous()
+    block_n, block_k = _pow2(cout, 16, 64), _pow2(c, 16, 32)
+    m = n * ho * wo
+    interpret = x.device.type != "cuda"
+    tf32 = torch.backends.cudnn.allow_tf32 and not interpret  # the precision of the loop's cuDNN convolutions
+    shape = (c, cout, h, w, kernel, st, pad, dil)
+    if shape in failures:
+        return None
+    meta = dict(KH=kernel[0], KW=kernel[1], STRIDE_H=st[0], STRIDE_W=st[1], PAD_H=pad[0], PAD_W=pad[1],
+                DIL_H=dil[0], DIL_W=dil[1], HAS_BIAS=bias is not None, PRECISION="tf32" if tf32 else "ieee",
+                BLOCK_N=block_n, BLOCK_K=block_k)
+    if interpret:
+        meta["BLOCK_M"] = BLOCK_M
+
+    def grid(cfg):
+        return triton_cdiv(m, cfg["BLOCK_M"]), triton_cdiv(cout, block_n), batch
+
+    try:
+        _kernel(interpret)[grid](
+            x, weights, bias if bias is not None else weights, y, m, c, h, w, cout, ho, wo,
+            *x.stride(), *y.stride(), cout if bias is not None and bias.dim() == 2 else 0,
+            **meta)
+    except Exception as exc:  # noqa: BLE001 -- a kernel that does not compile or launch here: cuDNN's form instead
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            raise
+        failures[shape] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"the Triton convolution failed for a layer of shape {shape} and falls back to cuDNN: "
+                      f"{failures[shape]}", RuntimeWarning, stacklevel=2)
+        return None
+    return y
+
+
+def triton_cdiv(a, b):
+    return (a + b - 1) // b
