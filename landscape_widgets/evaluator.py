@@ -114,6 +114,7 @@ class PointEvaluator:
         self.coords = ()  # the point being evaluated, read by the input-affine shortcuts
         self._plan = None  # how a point is written (_FlatWrites), made on the first point of a run
         self._micro = None  # [(x, y, n)] chunks of the one batch while a run micro-batches
+        self._probes = {}  # name -> (key, value): see _probe
 
     def _plan_writes(self, skip=()):
         """The tensors a point writes (``skip``: targets a shortcut stands in for), as views of one flat buffer per
@@ -257,14 +258,21 @@ class PointEvaluator:
             if patched:
                 self._release_plan()
 
+    def _probe(self, name, x, make):
+        """``make()``, once per evaluator for its one in-memory batch ``x`` (the weights at a run's start, the data
+        and the loss are fixed for an evaluator, and a Dask worker runs one evaluator per tile): the probes a run
+        would otherwise redo per tile or per run.  Keyed by the batch tensor itself, whose id alone may be reused."""
+        key = (id(x), x.data_ptr() if isinstance(x, torch.Tensor) else None)
+        hit = self._probes.get(name)
+        if hit is None or hit[0] != key:
+            hit = self._probes[name] = (key, make())
+        return hit[1]
+
     def _layers_taking(self, x):
         """``_input_layers`` (one traced forward), once per evaluator for its one in-memory batch."""
         if self.data.single is None:
             return _input_layers(self.private.module, x)
-        key = (id(x), x.data_ptr() if isinstance(x, torch.Tensor) else None)
-        if getattr(self, "_input_layer_cache", (None,))[0] != key:
-            self._input_layer_cache = (key, _input_layers(self.private.module, x))
-        return self._input_layer_cache[1]
+        return self._probe("input layers", x, lambda: _input_layers(self.private.module, x))
 
     @contextlib.contextmanager
     def _run_shortcuts(self):
@@ -285,11 +293,10 @@ class PointEvaluator:
     def _micro_batching(self):
         """Split the one in-memory batch into cache-sized chunks for this run, when that pays and is exact."""
         eligible = self.accelerate and self.private.device.type == "cpu" and self.data.single is not None
-        if eligible and not hasattr(self, "_micro_plan"):
-            # once per evaluator: data, loss and the weights at a run's start are fixed, and a Dask worker runs one
-            # evaluator per tile (three forward passes per tile before)
-            self._micro_plan = self._plan_micro_batches()
-        self._micro = self._micro_plan if eligible else None
+        self._micro = None
+        if eligible:  # three forward passes, once per evaluator (_probe)
+            (x, _y, _n), = self.data.batches(self.private.device)
+            self._micro = self._probe("micro-batches", x, self._plan_micro_batches)
         try:
             yield
         finally:
@@ -325,10 +332,7 @@ class PointEvaluator:
 
     def _layout_input(self, x):
         if getattr(self, "_channels_last", False) and isinstance(x, torch.Tensor) and x.dim() == 4:
-            key = (id(x), x.data_ptr())
-            if getattr(self, "_cl_key", None) != key:
-                self._cl_key, self._cl_x = key, x.contiguous(memory_format=torch.channels_last)
-            return self._cl_x
+            return self._probe("channels-last input", x, lambda: x.contiguous(memory_format=torch.channels_last))
         return x
 
 
