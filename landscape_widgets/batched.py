@@ -188,6 +188,8 @@ class VmapEvaluator(PointEvaluator):
         device = self.private.device
         if device.type != "cuda":
             return CPU_CHUNK
+        if self.rule == "triton":  # compile and autotune first: the autotuner's scratch buffers are no point's memory
+            self._chunk_losses(coords[:1], x, y)
         free, _total = torch.cuda.mem_get_info(device)
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
