@@ -8,9 +8,9 @@ move can run through one of four rules (``rule``): vmap's own (``"vmap"``: group
 point), im2col and one batched GEMM for convolutions (``"im2col"``, :mod:`~landscape_widgets.batched_conv`), the
 plane's affine structure (``"affine"``, :mod:`~landscape_widgets.affine_layers`: a shared first layer once for all
 points, later convolutions as one ordinary convolution), or that with the later 2-D convolutions as one Triton
-kernel over every point's own weights (``"triton"``, :mod:`~landscape_widgets.triton_conv`; CUDA only).  On a CPU the per-point loop of
-:class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point beats batched small ones),
-so ``Landscape`` only picks this evaluator on CUDA unless asked.
+kernel over every point's own weights (``"triton"``, :mod:`~landscape_widgets.triton_conv`; CUDA only).  On a CPU
+the per-point loop of :class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point
+beats batched small ones), so ``Landscape`` only picks this evaluator on CUDA unless asked.
 """
 from __future__ import annotations
 

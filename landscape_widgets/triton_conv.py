@@ -22,7 +22,8 @@ import warnings
 
 import torch
 
-BLOCK_M = 128  # output pixels per program: the M dim of the tensor-core tile
+BLOCK_M = 128  # output pixels per program: the M dim of the tensor-core tile (interpreter; autotuned on GPUs)
+MAX_GRID_Z = 65535  # CUDA's limit on a grid's z (points) axis
 
 
 def available(device) -> bool:
@@ -95,6 +96,10 @@ def _pow2(n, lo, hi):
     return max(lo, min(hi, 1 << max(0, int(n) - 1).bit_length()))
 
 
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
 def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
     """``F.conv2d(x[p], W_p, bias[p])`` for every point ``p``, with ``W_p = sum_j cc[p, j] stack[j]``.
 
@@ -110,7 +115,15 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         return None
     st = _pair(stride, "stride")
     batch, n, c, h, w = x.shape
+    if batch > MAX_GRID_Z:  # one launch's points are its grid's z axis
+        parts = [conv2d_points(x[i:i + MAX_GRID_Z], cc[i:i + MAX_GRID_Z], stack,
+                               bias[i:i + MAX_GRID_Z] if bias is not None and bias.dim() == 2 else bias,
+                               stride, padding, dilation) for i in range(0, batch, MAX_GRID_Z)]
+        return None if any(p is None for p in parts) else torch.cat(parts)
     k1, cout = stack.shape[:2]
+    shape = (c, cout, h, w, kernel, st, pad, dil)
+    if shape in failures:
+        return None
     ho = (h + 2 * pad[0] - dil[0] * (kernel[0] - 1) - 1) // st[0] + 1
     wo = (w + 2 * pad[1] - dil[1] * (kernel[1] - 1) - 1) // st[1] + 1
     # every point's weights, laid out [B, kh, kw, C, Cout] so a program's [BLOCK_K, BLOCK_N] slice is contiguous
@@ -127,9 +140,6 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
     m = n * ho * wo
     interpret = x.device.type != "cuda"
     tf32 = torch.backends.cudnn.allow_tf32 and not interpret  # the precision of the loop's cuDNN convolutions
-    shape = (c, cout, h, w, kernel, st, pad, dil)
-    if shape in failures:
-        return None
     meta = dict(KH=kernel[0], KW=kernel[1], STRIDE_H=st[0], STRIDE_W=st[1], PAD_H=pad[0], PAD_W=pad[1],
                 DIL_H=dil[0], DIL_W=dil[1], HAS_BIAS=bias is not None, PRECISION="tf32" if tf32 else "ieee",
                 BLOCK_N=block_n, BLOCK_K=block_k)
@@ -137,13 +147,12 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         meta["BLOCK_M"] = BLOCK_M
 
     def grid(cfg):
-        return triton_cdiv(m, cfg["BLOCK_M"]), triton_cdiv(cout, block_n), batch
+        return _cdiv(m, cfg["BLOCK_M"]), _cdiv(cout, block_n), batch
 
     try:
         _kernel(interpret)[grid](
             x, weights, bias if bias is not None else weights, y, m, c, h, w, cout, ho, wo,
-            *x.stride(), *y.stride(), cout if bias is not None and bias.dim() == 2 else 0,
-            **meta)
+            *x.stride(), *y.stride(), cout if bias is not None and bias.dim() == 2 else 0, **meta)
     except Exception as exc:  # noqa: BLE001 -- a kernel that does not compile or launch here: cuDNN's form instead
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             raise
@@ -152,7 +161,3 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
                       f"{failures[shape]}", RuntimeWarning, stacklevel=2)
         return None
     return y
-
-
-def triton_cdiv(a, b):
-    return (a + b - 1) // b

@@ -71,6 +71,15 @@ def test_kernel_equals_a_loop_of_conv2d(interpret, case, layout, bias):
     assert not triton_conv.failures
 
 
+def test_more_points_than_one_launch_takes(interpret, monkeypatch):
+    monkeypatch.setattr(triton_conv, "MAX_GRID_Z", 2)
+    g = torch.Generator().manual_seed(1)
+    x, stack = torch.randn(5, 2, 3, 6, 6, generator=g), torch.randn(3, 4, 3, 3, 3, generator=g)
+    cc, bias = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)
+    want = _loop(x, cc, stack, bias, 1, 1, 1)
+    torch.testing.assert_close(triton_conv.conv2d_points(x, cc, stack, bias, 1, 1, 1), want, rtol=1e-5, atol=1e-5)
+
+
 def test_where_the_kernel_does_not_apply_it_returns_none(interpret):
     x, cc, stack = torch.randn(2, 1, 3, 6, 6), torch.ones(2, 1), torch.randn(1, 4, 3, 2, 2)
     assert triton_conv.conv2d_points(x.double(), cc, stack.double(), None, 1, 0, 1) is None  # float32 only
