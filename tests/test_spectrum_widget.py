@@ -44,6 +44,7 @@ def test_widget_shows_the_spectrum_and_the_trust_panel(case):
     np.testing.assert_array_equal(f32(w._grid), ref.density_grid.astype(np.float32))
     panel = ls.trust(surf, spectrum=ref)
     assert w._trust["kappa"] == panel["kappa"] and w._trust["hides_saddle"] == panel["hides_saddle"] is True
+    assert w._trust["of"] == "filter-normalized random plane, seed 0"  # which plane the panel is about
     assert w.trust["lambda_min"] == ref.lambda_min < 0
     assert w._info["hvps"] == ref.meta["hvps_total"]
 
@@ -53,7 +54,10 @@ def test_trait_changes_recompute_and_a_new_surface_reuses_the_spectrum(case):
     sw = lw.SurfaceWidget(ls, resolution=5)
     w = lw.SpectrumWidget(ls, surface=sw, **FAST)
     spec, kappa = w.spectrum, w._trust["kappa"]
+    assert w._trust["of"] == "filter-normalized random plane, seed 0"  # an untitled widget: its surface's settings
+    sw.title = "my plane"
     sw.seed = 4  # the surface widget finishes a new surface: only the trust panel is recomputed
+    assert w._trust["of"] == "my plane"
     assert w.spectrum is spec and w._trust["kappa"] != kappa
     assert w._trust["kappa"] == ls.trust(sw.surface, spectrum=spec)["kappa"]
     w.k = 2

@@ -131,7 +131,7 @@ export function renderSpectrum({ model, el }) {
     panel.dataset.hidesSaddle = String(!!(s.trust && s.trust.hides_saddle));
     panel.append(warn);
     for (const [key, head] of [["eig", "eigenvalues"], ["trace", "trace (Hutch++)"],
-                               ["trust", "trust panel of the surface"]]) {
+                               ["trust", `trust panel of ${s.trust.of ? `"${s.trust.of}"` : "the surface"}`]]) {
       if (!rows[key].length) continue;
       panel.append(f.h("div", {}, f.h("h4", { text: head }), table(f.h, rows[key])));
     }

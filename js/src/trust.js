@@ -53,6 +53,9 @@ export function warningText(t) {
     return `λmin < 0 but both directions curve upwards in the planes of ${t.hides_saddle_seeds.length} of `
       + `${t.seeds.length} seeds (${t.hides_saddle_seeds.join(", ")}): those slices hide a saddle.`;
   }
+  if (t && typeof t.of === "string" && t.of) {
+    return `λmin < 0 but both plotted directions curve upwards: the slice "${t.of}" hides a saddle.`;
+  }
   return WARNING;
 }
 

@@ -31,4 +31,10 @@ describe("trustRows", () => {
                                 + "those slices hide a saddle.");
     expect(warningText({ kappa: [1, 2] })).toBe(WARNING);
   });
+  it("names the plane a spectrum's panel is about (a dashboard has two)", () => {
+    expect(warningText({ kappa: [1, 2], of: "Filter-normalized random plane" })).toBe(
+      "λmin < 0 but both plotted directions curve upwards: the slice \"Filter-normalized random plane\" hides a "
+      + "saddle.");
+    expect(warningText({ kappa: [1, 2], of: "" })).toBe(WARNING);
+  });
 });

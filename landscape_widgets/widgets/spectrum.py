@@ -42,7 +42,7 @@ class SpectrumWidget(SeededWidget):
     _trace = t.Dict().tag(sync=True)   # {trace, stderr, per_parameter, stderr_per_parameter, num_parameters}
     _grid = t.Bytes(b"").tag(sync=True)
     _density = t.Bytes(b"").tag(sync=True)
-    _trust = t.Dict().tag(sync=True)   # the trust panel of the followed surface, {} without one
+    _trust = t.Dict().tag(sync=True)   # the trust panel of the followed surface, {} without one; "of": which one
     _info = t.Dict().tag(sync=True)    # products and timings
 
     _compute_traits = ("k", "bottom", "density", "steps", "runs", "seed")
@@ -133,7 +133,19 @@ class SpectrumWidget(SeededWidget):
         surface = self._current_surface()
         self._trusted = surface
         panel = ls.trust(surface, spectrum=spec, cancel=cancel) if surface is not None else None
+        if panel is not None:  # a dashboard has two planes: say which one this panel (and its warning) is about
+            panel = dict(panel, of=self._surface_label(surface))
         emit("done", (spec, panel))
+
+    def _surface_label(self, surface):
+        """The followed widget's title, else the surface's own description (its directions, seed)."""
+        title = getattr(self._surface, "title", "") if self._surface is not surface else ""
+        if title:
+            return title
+        m = surface.meta
+        if m.get("direction_kind") == "random":
+            return f"{m.get('normalization')}-normalized random plane, seed {m.get('seed')}"
+        return f"{m.get('direction_kind', 'given')} plane"
 
     def _apply(self, kind, payload, p, t0):
         if kind == "progress":
