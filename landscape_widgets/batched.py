@@ -33,6 +33,10 @@ EVALUATORS = ("auto", "loop", "vmap")
 MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
 TILE_POINTS = 512       # points per tile of a plane with this evaluator: chunks of 64 left an H200 idle (RESULTS.md)
 AUTO_PROBE = 8          # points timed on each path when "auto" chooses between vmap and the loop
+# a smaller tile (a widget's 9x9 preview) runs on the device's default rule and leaves the choice to the first large
+# one: timing four rules, each with its warm-up (Triton's compile and autotuning among them), costs a preview more
+# than any rule saves it
+AUTO_MIN_POINTS = 128
 RULES = ("vmap", "im2col", "affine", "triton")  # how layers with moving weights are batched (module docstring)
 # rule=None by device type (vmap's own rule elsewhere); on a CPU "auto" keeps the per-point loop anyway
 DEFAULT_RULES = {"cuda": "affine"}
@@ -227,9 +231,9 @@ class VmapEvaluator(PointEvaluator):
 
     def _eval_tile(self, coords):
         if self.mode is None:
-            if len(coords) >= 4 * AUTO_PROBE:
+            if len(coords) >= max(AUTO_MIN_POINTS, 4 * AUTO_PROBE):
                 return self._tune(coords)
-            return self._vmap_tile(coords)
+            return self._vmap_tile(coords)  # on the default rule (self.rule until a tile is tuned)
         if self.mode == "loop":
             return PointEvaluator._eval_tile(self, coords)
         return self._vmap_tile(coords)

@@ -10,6 +10,14 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
+def tune_small_tiles(monkeypatch):
+    """Let "auto" tune on the tests' small tiles (tens of points) as it does on a plane's 512-point tiles."""
+    from landscape_widgets import batched
+
+    monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 32)
+
+
+@pytest.fixture
 def small():
     model = SmallNet()
     model.train()  # the user left it in train mode: we must neither use nor change that

@@ -329,6 +329,7 @@ def bn_cnn_plane(resolution=(6, 7), **kw):
     return loop, ev, coords
 
 
+@pytest.mark.usefixtures("tune_small_tiles")
 @pytest.mark.parametrize("fastest", ["affine", "im2col", "vmap"])
 def test_autotune_times_every_rule(monkeypatch, fastest):
     """With rule=None, autotune splits its first tile between the rules that apply, keeps the fastest one (a fake
@@ -365,6 +366,7 @@ def test_autotune_rules_for_a_model_without_convolutions():
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap")._rules == ["vmap"]
 
 
+@pytest.mark.usefixtures("tune_small_tiles")
 def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
     """A Landscape keeps what "auto" chose: the next plane (a widget's next preview) starts on it, without timing
     every path again; other moving tensors (ignore=None moves the biases too) are tuned afresh."""
@@ -387,6 +389,25 @@ def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
                                                        seed=1).losses, rtol=1e-5, atol=1e-6)
     ls.plane(resolution=(6, 7), progress=False, evaluator="auto", ignore=None)
     assert tunes == [42, 42]
+
+
+def test_a_preview_sized_tile_runs_on_the_default_rule_and_leaves_tuning_to_a_large_one(monkeypatch):
+    """Below AUTO_MIN_POINTS (a widget's 9x9 preview) "auto" neither times the rules nor keeps a choice; the first
+    large tile does both."""
+    import landscape_widgets.landscape as L
+
+    monkeypatch.setattr(L, "resolve_evaluator", lambda e, d, buffers=None: "vmap")  # "auto" as on CUDA
+    monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 50)
+    tunes = []
+    real = VmapEvaluator._tune
+    monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
+    ls = lw.Landscape(BnCNN(), nn.CrossEntropyLoss(), small_data(), device="cpu")
+    preview = ls.plane(resolution=(7, 7), progress=False, evaluator="auto")
+    assert tunes == [] and not ls._tune_cache and preview.meta["vmap_rule"] == batched.DEFAULT_RULES.get("cpu", "vmap")
+    ls.plane(resolution=(8, 8), progress=False, evaluator="auto")
+    assert tunes == [64] and ls._tune_cache
+    np.testing.assert_allclose(preview.losses, ls.plane(resolution=(7, 7), progress=False, evaluator="loop").losses,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_conv_rule_takes_the_points_dim_anywhere():

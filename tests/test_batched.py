@@ -183,6 +183,7 @@ def test_auto_chunk_from_free_cuda_memory(small, monkeypatch, peak_mib, oom, wan
     assert ev._auto_chunk(torch.zeros(5, 1, dtype=torch.float64), x, y) == want
 
 
+@pytest.mark.usefixtures("tune_small_tiles")
 @pytest.mark.parametrize("loop_faster", [True, False])
 def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_faster):
     """evaluator="auto" on CUDA times vmap against the loop on its first tile; both paths give the same values."""

@@ -155,6 +155,7 @@ def test_a_kernel_that_fails_falls_back_to_cudnn_form_with_a_warning(interpret, 
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("tune_small_tiles")
 def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
     """A rule whose kernels fail on this device is left out of the first tile's timing, with a warning and its
     error in the timings; its share of the tile is computed by the rule that won."""
@@ -174,6 +175,7 @@ def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("tune_small_tiles")
 def test_autotune_raises_when_every_rule_fails(monkeypatch):
     _loop, ev, coords = bn_cnn_plane(autotune=True)
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
