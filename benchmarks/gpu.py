@@ -369,6 +369,11 @@ def main(argv=None):
     lines = []
     lines += ["", f"ResNet-56 (0.85 M params), one eval pass over 50,000 32x32 images: {pass_s:.2f} s on this device "
                   "(docs/scaling.md multiplies this by 2,601 grid points)."]
+    best = {r["model"]: max(((k, v[0]) for k, v in r["rules"].items() if k in ("vmap", "im2col", "affine", "triton")),
+                            key=lambda kv: kv[1]) for r in rows}
+    lines += ["", "Fastest rule per model (for `batched.DEFAULT_RULES`, the rule `evaluator=\"vmap\"` runs without "
+                  "timing): " + "; ".join(f"{m}: {k} ({v:.1f} pts/s, {v / r['loop']:.2f}x the loop)"
+                                          for r in rows for m, (k, v) in [(r["model"], best[r["model"]])])]
     errors = [f"- {r['model']}: rule triton raised {r['triton_error']}" for r in rows if "triton_error" in r]
     errors += [f"- Triton kernel fell back to cuDNN for layer {k}: {v[:300]}"
                for k, v in core["triton_conv"].failures.items()]
