@@ -58,6 +58,7 @@ def _interpreting() -> bool:
 # from torch inductor's convolution configs with BLOCK_N, BLOCK_K fixed by the layer's channels
 CONFIGS = ((128, 4, 2), (256, 8, 2), (64, 4, 3), (128, 4, 3))
 failures = {}  # layer shape -> why the kernel failed there (it then keeps cuDNN's form); benchmarks print it
+verified = set()  # layer shapes whose first output agreed with F.conv2d (_verify)
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,7 +154,9 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         _kernel(interpret)[grid](
             x, weights, bias if bias is not None else weights, y, m, c, h, w, cout, ho, wo,
             *x.stride(), *y.stride(), cout if bias is not None and bias.dim() == 2 else 0, **meta)
-    except Exception as exc:  # noqa: BLE001 -- a kernel that does not compile or launch here: cuDNN's form instead
+        if shape not in verified and _verify(y, x, weights, bias, kernel, st, pad, dil, tf32):
+            verified.add(shape)
+    except Exception as exc:  # noqa: BLE001 -- a kernel that does not compile, launch or agree: cuDNN's form instead
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             raise
         failures[shape] = f"{type(exc).__name__}: {exc}"
@@ -161,3 +164,32 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
                       f"{failures[shape]}", RuntimeWarning, stacklevel=2)
         return None
     return y
+
+
+class WrongResult(RuntimeError):
+    """The kernel's output disagrees with cuDNN's on the same point."""
+
+
+def _verify(y, x, weights, bias, kernel, stride, padding, dilation, tf32) -> bool:
+    """The first and last points' outputs against ``F.conv2d`` at their weights, until a layer shape has been
+    checked once (a compiler bug on some device and config -- Triton's #1254 gave wrong convolutions with 8 warps --
+    must not become a wrong landscape).  Relative error in norm: TF32 rounds inputs to 10 bits (about 5e-4), a
+    wrong kernel is O(1) off.  A point whose input or weights are not finite (NaN/inf losses are data) proves
+    nothing either way; False when no point could be checked."""
+    from torch.nn import functional as F
+
+    batch, cout, c = len(y), y.shape[2], x.shape[2]
+    checked = False
+    for p in sorted({0, batch - 1}):
+        w = weights[p].view(*kernel, c, cout).permute(3, 2, 0, 1)
+        b = None if bias is None else bias[p] if bias.dim() == 2 else bias
+        if not (torch.isfinite(x[p]).all() and torch.isfinite(w).all() and (b is None or torch.isfinite(b).all())):
+            continue
+        ref = F.conv2d(x[p], w, b, stride, padding, dilation)
+        if not torch.isfinite(ref).all():  # overflow in float32: as unprovable as a non-finite input
+            continue
+        err = float((y[p] - ref).norm() / ref.norm().clamp_min(1e-30))
+        if not err <= (1e-2 if tf32 else 1e-5):  # NaN fails too
+            raise WrongResult(f"point {p} of {batch} differs from F.conv2d by {err:.2e} (relative, in norm)")
+        checked = True
+    return checked

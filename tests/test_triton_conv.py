@@ -23,8 +23,10 @@ triton = pytest.importorskip("triton")
 def interpret():
     assert triton_conv.available("cpu"), "conftest sets TRITON_INTERPRET=1 before Triton is imported"
     triton_conv.failures.clear()
+    triton_conv.verified.clear()
     yield
     triton_conv.failures.clear()
+    triton_conv.verified.clear()
 
 
 def _loop(x, cc, stack, bias, stride, padding, dilation):
@@ -153,6 +155,40 @@ def test_a_kernel_that_fails_falls_back_to_cudnn_form_with_a_warning(interpret, 
     with pytest.warns(RuntimeWarning):
         got = ev.run(coords).reshape(loop.losses.shape)
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(interpret, monkeypatch):
+    """A compiler bug that gives wrong outputs is caught by the first call's check against F.conv2d: the layer keeps
+    cuDNN's form, with a warning; a correct kernel is checked once per layer shape, and non-finite inputs (data, not
+    errors) neither pass nor fail the check."""
+    g = torch.Generator().manual_seed(2)
+    x, stack = torch.randn(3, 2, 3, 6, 6, generator=g), torch.randn(3, 4, 3, 3, 3, generator=g)
+    cc = torch.cat([torch.ones(3, 1), torch.randn(3, 2, generator=g)], 1)
+    real = triton_conv._kernel(True)
+    checks = []
+    real_verify = triton_conv._verify
+    monkeypatch.setattr(triton_conv, "_verify", lambda *a: checks.append(1) or real_verify(*a))
+    bad_x = x.clone()
+    bad_x[0, 0, 0, 0, 0] = bad_x[2, 1, 1, 1, 1] = float("nan")
+    torch.testing.assert_close(triton_conv.conv2d_points(bad_x, cc, stack, None, 1, 1, 1),
+                               _loop(bad_x, cc, stack, None, 1, 1, 1), rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert checks == [1] and not triton_conv.verified  # nothing provable: checked again next time
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None
+    assert checks == [1, 1] and len(triton_conv.verified) == 1
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None and checks == [1, 1]
+
+    class OffByOne:  # what a miscompiled kernel might do: the right values for every point but the last
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                real[grid](*args, **meta)
+                args[3][-1].add_(1.0)
+            return launch
+
+    triton_conv.verified.clear()
+    monkeypatch.setattr(triton_conv, "_kernel", lambda interpret: OffByOne())
+    with pytest.warns(RuntimeWarning, match="falls back to cuDNN.*point 2 of 3 differs from F.conv2d"):
+        assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is None
+    assert "WrongResult" in next(iter(triton_conv.failures.values()))
 
 
 @pytest.mark.usefixtures("tune_small_tiles")
