@@ -127,8 +127,14 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         return None
     ho = (h + 2 * pad[0] - dil[0] * (kernel[0] - 1) - 1) // st[0] + 1
     wo = (w + 2 * pad[1] - dil[1] * (kernel[1] - 1) - 1) // st[1] + 1
-    # every point's weights, laid out [B, kh, kw, C, Cout] so a program's [BLOCK_K, BLOCK_N] slice is contiguous
-    weights = (cc.to(stack.dtype) @ stack.permute(0, 3, 4, 2, 1).reshape(k1, -1)).contiguous()
+    # every point's weights, laid out [B, kh, kw, C, Cout] so a program's [BLOCK_K, BLOCK_N] slice is contiguous;
+    # W0 + c_1 D_1 + ... in float32 multiply-adds, the loop's own order (a GEMM would follow the user's matmul
+    # precision, TF32 under torch.set_float32_matmul_precision("high"))
+    flat = stack.permute(0, 3, 4, 2, 1).reshape(k1, -1)
+    cc = cc.to(stack.dtype)
+    weights = flat[0] * cc[:, :1]
+    for j in range(1, k1):
+        weights.addcmul_(cc[:, j:j + 1], flat[j])
     channels_last = x.stride(2) == 1 and c > 1
     y = torch.empty((batch * n, cout, ho, wo), dtype=x.dtype, device=x.device,
                     memory_format=torch.channels_last if channels_last else torch.contiguous_format)
