@@ -73,6 +73,33 @@ def test_kernel_equals_a_loop_of_conv2d(interpret, case, layout, bias):
     assert not triton_conv.failures
 
 
+def test_random_layers_equal_a_loop_of_conv2d(interpret):
+    """A seeded sweep over what the cases above do not pin: one to three weight sets, 1x1 to 4x4 kernels, strides
+    and dilations per axis, single pixels and single channels, and a points dim that is not the outermost."""
+    import random
+
+    rng, g = random.Random(0), torch.Generator().manual_seed(0)
+    done = 0
+    while done < 30:
+        b, n, c, cout = rng.randint(1, 3), rng.randint(1, 3), rng.choice([1, 2, 7, 17, 33]), rng.choice([1, 5, 31, 65])
+        kernel, stride = (rng.randint(1, 4), rng.randint(1, 4)), (rng.randint(1, 3), rng.randint(1, 3))
+        dilation, padding = (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(0, 2), rng.randint(0, 2))
+        h, w = rng.randint(1, 12), rng.randint(1, 12)
+        reach = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+        if h + 2 * padding[0] < reach[0] or w + 2 * padding[1] < reach[1]:
+            continue
+        x = torch.randn(n, b, c, h, w, generator=g).transpose(0, 1) if rng.random() < 0.3 else \
+            torch.randn(b, n, c, h, w, generator=g)
+        stack = torch.randn(rng.randint(1, 3), cout, c, *kernel, generator=g)
+        cc = torch.cat([torch.ones(b, 1), torch.randn(b, len(stack) - 1, generator=g)], 1)
+        bias = rng.choice([None, torch.randn(cout, generator=g), torch.randn(b, cout, generator=g)])
+        want = _loop(x, cc, stack, bias, stride, padding, dilation)
+        got = triton_conv.conv2d_points(x, cc, stack, bias, stride, padding, dilation)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item() + 1e-7)
+        done += 1
+    assert not triton_conv.failures
+
+
 def test_more_points_than_one_launch_takes(interpret, monkeypatch):
     monkeypatch.setattr(triton_conv, "MAX_GRID_Z", 2)
     g = torch.Generator().manual_seed(1)
