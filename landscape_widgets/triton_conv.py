@@ -2,8 +2,8 @@
 
 The affine rule (:mod:`~landscape_widgets.affine_layers`) computes a convolution whose input differs per point as
 one cuDNN convolution over ``[x, c_1 x, ..., c_K x]`` (its form (2)): ``K + 1`` times the FLOPs and a ``K + 1``
-times wider input written and read again.  Here each point's weights ``W_p = W0 + sum_k c_pk D_k`` (one small GEMM,
-``[B, K+1] @ [K+1, Cout*C*kh*kw]``) go into one kernel launch for all ``B`` points: program ``(m, n, p)`` computes
+times wider input written and read again.  Here each point's weights ``W_p = W0 + sum_k c_pk D_k`` (``[B,
+Cout*C*kh*kw]``, float32 multiply-adds) go into one kernel launch for all ``B`` points: program ``(m, n, p)`` computes
 a ``BLOCK_M x BLOCK_N`` tile of point ``p``'s output as ``sum_{kh, kw, c} x[p, pixel + tap, c] W_p[tap, c, :]``
 (implicit GEMM: the im2col matrix is never written), so a point costs its own FLOPs and one read of its input.
 
@@ -52,11 +52,14 @@ def _interpreting() -> bool:
     return lang is None or type(lang.zeros).__name__ == "InterpretedFunction"
 
 
-# (BLOCK_M, num_warps, num_stages) timed by triton.autotune on a GPU once per layer shape, whatever the chunk size
-# (one point's N*H*W output pixels are thousands of tiles already, so the first chunk's choice holds; the first
-# chunk is a warm-up in the evaluator's own timing);
-# from torch inductor's convolution configs with BLOCK_N, BLOCK_K fixed by the layer's channels
-CONFIGS = ((128, 4, 2), (256, 8, 2), (64, 4, 3), (128, 4, 3))
+# (BLOCK_M, num_warps, num_stages, FLAT) timed by triton.autotune on a GPU once per layer shape, whatever the chunk
+# size (one point's N*H*W output pixels are thousands of tiles already, so the first chunk's choice holds; the first
+# chunk is a warm-up in the evaluator's own timing); from torch inductor's convolution configs, with BLOCK_N, BLOCK_K
+# fixed by the layer's channels.  FLAT: taps and channel blocks in one software-pipelined loop, with at most 4 warps
+# (inductor's cap: triton#1254 miscompiles that loop with 8); else the taps unrolled.
+CONFIGS = ((128, 4, 2, False), (256, 8, 2, False), (64, 4, 3, False), (128, 4, 3, True), (64, 4, 4, True),
+           (256, 4, 3, True))
+INTERPRETER_FLAT = False  # the loop form the interpreter runs (the tests run both)
 failures = {}  # layer shape -> why the kernel failed there (it then keeps cuDNN's form); benchmarks print it
 verified = set()  # layer shapes whose first output agreed with F.conv2d (_verify)
 
@@ -71,7 +74,7 @@ def _kernel(interpret: bool):
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction
         return InterpretedFunction(fn)
-    configs = [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=st) for m, w, st in CONFIGS]
+    configs = [triton.Config({"BLOCK_M": m, "FLAT": flat}, num_warps=w, num_stages=st) for m, w, st, flat in CONFIGS]
     return triton.autotune(configs, key=["C", "COUT", "HO", "WO", "KH", "KW"])(triton.jit(fn))
 
 
@@ -151,7 +154,7 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
                 DIL_H=dil[0], DIL_W=dil[1], HAS_BIAS=bias is not None, PRECISION="tf32" if tf32 else "ieee",
                 BLOCK_N=block_n, BLOCK_K=block_k)
     if interpret:
-        meta["BLOCK_M"] = BLOCK_M
+        meta.update(BLOCK_M=BLOCK_M, FLAT=INTERPRETER_FLAT)
 
     def grid(cfg):
         return _cdiv(m, cfg["BLOCK_M"]), _cdiv(cout, block_n), batch

@@ -19,8 +19,10 @@ from test_batched_conv import BnCNN
 triton = pytest.importorskip("triton")
 
 
-@pytest.fixture
-def interpret():
+@pytest.fixture(params=[False, True], ids=["unrolled", "flat"])
+def interpret(request, monkeypatch):
+    """Triton's interpreter, in both loop forms of the kernel."""
+    monkeypatch.setattr(triton_conv, "INTERPRETER_FLAT", request.param)
     assert triton_conv.available("cpu"), "conftest sets TRITON_INTERPRET=1 before Triton is imported"
     triton_conv.failures.clear()
     triton_conv.verified.clear()
@@ -256,29 +258,32 @@ from landscape_widgets._triton_kernel import conv_kernel
 
 names = list(inspect.signature(conv_kernel).parameters)
 out = []
-for arch, precision, (block_m, num_warps, num_stages) in json.loads(sys.argv[1]):
+for arch, precision, (block_m, num_warps, num_stages, flat) in json.loads(sys.argv[1]):
     const = dict(C=16, KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DIL_H=1, DIL_W=1, HAS_BIAS=True,
-                 PRECISION=precision, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=16)
+                 PRECISION=precision, BLOCK_M=block_m, BLOCK_N=32, BLOCK_K=16, FLAT=flat)
     sig = {n: "constexpr" if n in const else "*fp32" if n.endswith("_ptr") else "i32" for n in names}
     src = ASTSource(fn=triton.jit(conv_kernel), signature=sig,
                     constexprs={(names.index(k),): v for k, v in const.items()})
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                        options=dict(num_warps=num_warps, num_stages=num_stages))
-    out.append(dict(cubin=len(k.asm["cubin"]), wgmma=k.asm["ttgir"].count("warp_group_dot")))
+    ttgir = k.asm["ttgir"]
+    out.append(dict(cubin=len(k.asm["cubin"]), wgmma=ttgir.count("ttng.warp_group_dot "),
+                    pipelined=ttgir.count("async_copy_global_to_local") > 0))
 print(json.dumps(out))
 """
 
 
 def test_kernel_compiles_for_hopper_and_ampere():
     """Every autotuner config builds for sm_90 (the H200 of benchmarks/RESULTS.md) down to a cubin, with Triton's own
-    ptxas, in a process where Triton is imported for GPUs; the nine taps of a 3x3 kernel become tensor-core (wgmma)
-    products where TF32 is allowed."""
+    ptxas, in a process where Triton is imported for GPUs; the taps of a 3x3 kernel become tensor-core (wgmma)
+    products where TF32 is allowed; two configs build for sm_80."""
     import json
     import os
     import subprocess
     import sys
 
-    jobs = [(90, p, list(c)) for c in triton_conv.CONFIGS for p in ("tf32", "ieee")] + [(80, "tf32", [128, 4, 2])]
+    jobs = [(90, p, list(c)) for c in triton_conv.CONFIGS for p in ("tf32", "ieee")]
+    jobs += [(80, "tf32", list(c)) for c in triton_conv.CONFIGS[:1] + triton_conv.CONFIGS[-1:]]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -287,4 +292,7 @@ def test_kernel_compiles_for_hopper_and_ampere():
     assert run.returncode == 0, run.stderr[-3000:]
     built = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(built) == len(jobs) and all(b["cubin"] > 0 for b in built)
-    assert [b["wgmma"] for b, j in zip(built, jobs) if j[:2] == (90, "tf32")] == [9] * len(triton_conv.CONFIGS)
+    # the unrolled form: one tensor-core product per tap; the flat loop: one in its body, loads software-pipelined
+    hopper = [b for b, j in zip(built, jobs) if j[:2] == (90, "tf32")]
+    assert [b["wgmma"] for b in hopper] == [1 if flat else 9 for _m, _w, _s, flat in triton_conv.CONFIGS]
+    assert all(b["pipelined"] for b, c in zip(hopper, triton_conv.CONFIGS) if c[3])
