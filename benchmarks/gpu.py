@@ -379,6 +379,9 @@ def main(argv=None):
                for k, v in core["triton_conv"].failures.items()]
     if errors:
         lines += ["", "Triton rule problems:"] + errors
+    if device.type == "cuda":
+        lines += ["", "Triton autotuner's choices (C, COUT, HO, WO, KH, KW, dtypes -> config):"] + [
+            f"- {k} -> {v}" for k, v in core["triton_conv"].chosen_configs().items()]
     lines += ["", f"total {time.perf_counter() - t0:.0f} s"]
     print("\n".join(lines))
 

@@ -78,6 +78,13 @@ def _kernel(interpret: bool):
     return triton.autotune(configs, key=["C", "COUT", "HO", "WO", "KH", "KW"])(triton.jit(fn))
 
 
+def chosen_configs() -> dict:
+    """What Triton's autotuner picked on this GPU so far, per key (C, COUT, HO, WO, KH, KW, dtypes): for benchmarks."""
+    if not available("cuda"):
+        return {}
+    return {k: str(v) for k, v in getattr(_kernel(False), "cache", {}).items()}
+
+
 def _pair(v, name):
     if isinstance(v, int):
         return v, v

@@ -133,6 +133,15 @@ def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
     assert "pip install triton" in triton_conv.why_unavailable("cuda")
 
 
+def test_chosen_configs_reports_the_autotuners_picks(monkeypatch):
+    import types
+
+    assert triton_conv.chosen_configs() == {}  # nothing launched on a GPU here
+    fake = types.SimpleNamespace(cache={(16, 32, 8, 8, 3, 3, "torch.float32"): "BLOCK_M: 128, num_warps: 4"})
+    monkeypatch.setattr(triton_conv, "_kernel", lambda interpret: fake)
+    assert triton_conv.chosen_configs() == {(16, 32, 8, 8, 3, 3, "torch.float32"): "BLOCK_M: 128, num_warps: 4"}
+
+
 def test_autotune_offers_the_rule_on_cuda_only():
     cnn, mlp = BnCNN(), nn.Sequential(nn.Linear(4, 3))
     assert tuned_rules(cnn, torch.device("cuda")) == ["affine", "triton", "im2col", "vmap"]
