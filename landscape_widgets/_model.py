@@ -112,7 +112,7 @@ class PrivateModel:
                 h.update(n.encode())
                 h.update(str(tuple(t.shape)).encode())
                 h.update(str(t.dtype).encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+                h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy of the bytes
         return h.hexdigest()
 
 

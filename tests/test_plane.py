@@ -372,3 +372,29 @@ def test_probes_run_once_per_evaluator(monkeypatch, micro):
     assert calls == {"plan": 1, "trace": 0 if micro else 1}  # shortcuts are not used with micro-batches
     fresh = ls._evaluator(ls._fresh(), d).run(coords)
     np.testing.assert_array_equal(np.concatenate([first, second]), fresh)
+
+
+def test_model_fingerprint_is_sha256_of_names_shapes_dtypes_and_bytes():
+    """meta["model_sha256"] (run provenance; a store made at other weights is refused by it) against hashlib over
+    the model's own tensors, parameters then buffers, each sorted by name; one ulp in one weight changes it."""
+    import hashlib
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    model[1].running_mean.add_(0.25)
+
+    def reference(m):
+        h = hashlib.sha256()
+        for group in (dict(m.named_parameters()), dict(m.named_buffers())):
+            for n in sorted(group):
+                t = group[n].detach()
+                h.update(n.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+                h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    ls = lw.Landscape(model, CE, (torch.randn(8, 4), torch.randint(0, 2, (8,))))
+    before = ls.plane(resolution=2, progress=False).meta["model_sha256"]
+    assert before == ls._fresh().fingerprint() == reference(model)
+    with torch.no_grad():
+        model[2].weight[1, 2] = torch.nextafter(model[2].weight[1, 2], torch.tensor(1.0))
+    after = ls.plane(resolution=2, progress=False).meta["model_sha256"]
+    assert after == reference(model) != before
