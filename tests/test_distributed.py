@@ -181,11 +181,11 @@ def test_widgets_compute_on_dask_through_an_option(client, small):
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     w = lw.SurfaceWidget(ls, resolution=11, compute={"client": client})
     w.wait(timeout=300)
-    assert w.surface.meta["dask"]["workers"] == 2
+    assert w.surface.meta["dask"]["workers"] == 2 and " on 2 Dask workers · " in w._status
     np.testing.assert_array_equal(w.surface.losses, ls.plane(resolution=11, progress=False).losses)
     c = lw.CurveWidget(ls, steps=11, compute={"client": client})
     c.wait(timeout=300)
-    assert c.curve.meta["dask"]["workers"] == 2
+    assert c.curve.meta["dask"]["workers"] == 2 and c._status.endswith(" on 2 Dask workers")
     np.testing.assert_array_equal(c.curve.losses, ls.line(steps=11, span=(-0.5, 1.5), progress=False).losses)
     w.close()
     c.close()

@@ -475,3 +475,22 @@ def test_real_kernel_stays_responsive_and_newer_change_wins(tmp_path, monkeypatc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_status_says_where_and_how_a_plane_ran(small):
+    """A plane on the CPU's per-point loop (the default) says nothing more; a batched one names its device and
+    rule (what "auto" chose on a GPU), as the surface's meta records it."""
+    from landscape_widgets.widgets._base import engine_note
+
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    w = lw.SurfaceWidget(ls, resolution=5)
+    assert w._status.startswith("5×5 in ") and " on cpu" not in w._status
+    v = lw.SurfaceWidget(ls, resolution=5, compute={"evaluator": "vmap"})
+    assert v.surface.meta["vmap_rule"] == "vmap" and " s on cpu, batched (vmap) · " in v._status
+    assert engine_note({"device": "cuda:0", "evaluator": "auto: vmap", "vmap_rule": "triton"}) == \
+        " on cuda:0, batched (triton)"
+    assert engine_note({"device": "cuda:0", "evaluator": "auto: loop"}) == " on cuda:0, per-point loop"
+    assert engine_note({"dask": {"workers": 1}, "device": "cpu"}) == " on 1 Dask worker"
+    w.close()
+    v.close()

@@ -60,6 +60,19 @@ def finite(obj):
     return obj
 
 
+def engine_note(meta: dict) -> str:
+    """' on cuda:0, batched (triton)', ' on 4 Dask workers', ...: where and how a plane ran, when that is not the
+    plain per-point loop on a CPU (a GPU user sees which path "auto" chose; ``meta`` holds the timings)."""
+    dask = meta.get("dask")
+    if dask:
+        return f" on {dask['workers']} Dask worker{'s' if dask['workers'] != 1 else ''}"
+    device, evaluator, rule = str(meta.get("device", "cpu")), str(meta.get("evaluator", "")), meta.get("vmap_rule")
+    how = f"batched ({rule})" if rule else "per-point loop" if evaluator.endswith("loop") else ""
+    if device == "cpu" and not rule:
+        return ""
+    return f" on {device}" + (f", {how}" if how else "")
+
+
 def gaps_note(losses) -> str:
     """' · 3 NaN, 5 inf points drawn as gaps' when there are any: NaN/inf losses are data, say so."""
     losses = np.asarray(losses)

@@ -10,8 +10,8 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int, check_range
-from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int, check_normalization_choice, f32,
-                    gaps_note, private_landscape)
+from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int,
+                    check_normalization_choice, engine_note, f32, gaps_note, private_landscape)
 
 STEPS = (3, 401)
 SPAN_LIMIT = 1e3
@@ -164,6 +164,6 @@ class CurveWidget(RandomDirectionWidget):
                 self._state = "done"
                 n = len(specs)
                 self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
-                                f"{time.perf_counter() - t0:.2f} s"
+                                f"{time.perf_counter() - t0:.2f} s" + engine_note(payload[0].meta)
                                 + gaps_note(np.concatenate([c.losses for c in payload])))
                 self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]

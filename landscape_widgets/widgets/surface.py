@@ -14,7 +14,7 @@ import traitlets as t
 
 from .._checks import check_int
 from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
-                    check_normalization_choice, f32, finite, gaps_note, private_landscape)
+                    check_normalization_choice, engine_note, f32, finite, gaps_note, private_landscape)
 
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
@@ -271,8 +271,9 @@ class SurfaceWidget(RandomDirectionWidget):
             with self.complete_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
-                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s · {self._describe(p, payload)}"
-                                + gaps_note(payload.losses) + (" · trust panel: computing…" if self._with_trust else ""))
+                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s{engine_note(payload.meta)} · "
+                                f"{self._describe(p, payload)}" + gaps_note(payload.losses)
+                                + (" · trust panel: computing…" if self._with_trust else ""))
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
         elif kind == "trust":
             self.trust = payload
