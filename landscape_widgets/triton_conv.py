@@ -155,7 +155,7 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         bias = bias.to(x.dtype).contiguous()
     block_n, block_k = _pow2(cout, 16, 64), _pow2(c, 16, 32)
     m = n * ho * wo
-    interpret = x.device.type != "cuda"
+    interpret = x.device.type != "cuda" or _interpreting()  # TRITON_INTERPRET=1: everything interpreted, as in Triton
     tf32 = torch.backends.cudnn.allow_tf32 and not interpret  # the precision of the loop's cuDNN convolutions
     meta = dict(KH=kernel[0], KW=kernel[1], STRIDE_H=st[0], STRIDE_W=st[1], PAD_H=pad[0], PAD_W=pad[1],
                 DIL_H=dil[0], DIL_W=dil[1], HAS_BIAS=bias is not None, PRECISION="tf32" if tf32 else "ieee",
