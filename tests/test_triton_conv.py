@@ -211,9 +211,13 @@ def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(inte
     torch.testing.assert_close(triton_conv.conv2d_points(bad_x, cc, stack, None, 1, 1, 1),
                                _loop(bad_x, cc, stack, None, 1, 1, 1), rtol=1e-5, atol=1e-5, equal_nan=True)
     assert checks == [1] and not triton_conv.verified  # nothing provable: checked again next time
+    assert triton_conv.conv2d_points(x[:1], cc[:1], stack, None, 1, 1, 1) is not None
+    assert checks == [1, 1] and not triton_conv.verified  # one point checks no point after the first
     assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None
-    assert checks == [1, 1] and len(triton_conv.verified) == 1
-    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None and checks == [1, 1]
+    assert checks == [1, 1, 1] and len(triton_conv.verified) == 1
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None and checks == [1, 1, 1]
+    assert triton_conv.conv2d_points(x, cc, stack, torch.zeros(4), 1, 1, 1) is not None  # another variant: bias
+    assert checks == [1, 1, 1, 1] and len(triton_conv.verified) == 2
 
     class OffByOne:  # what a miscompiled kernel might do: the right values for every point but the last
         def __getitem__(self, grid):
