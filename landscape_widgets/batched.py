@@ -177,14 +177,17 @@ class VmapEvaluator(PointEvaluator):
 
     def _vmapped_losses(self, forward, stacked, c, y):
         """The loss under vmap too when it can run there (once it cannot, per point on vmap's outputs)."""
+        traced = False
         if self._loss_in_vmap:
             try:
                 return vmap(lambda mv, ci: check_loss(self.loss_fn(forward(mv, ci), y)))(stacked, c).double()
             except Exception as exc:  # noqa: BLE001 -- any loss that vmap cannot trace falls back below
                 if _is_oom(exc):
                     raise
-                self._loss_in_vmap = False
-        outputs = vmap(forward)(stacked, c)
+                traced = True
+        outputs = vmap(forward)(stacked, c)  # a forward that fails (a rule autotune then leaves out) raises here
+        if traced:  # the forward ran: it was the loss that vmap could not trace
+            self._loss_in_vmap = False
         return torch.stack([check_loss(self.loss_fn(o, y)).double() for o in outputs])
 
     # -- chunk size -------------------------------------------------------------------------------------------

@@ -254,6 +254,24 @@ def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
 
 
 @pytest.mark.usefixtures("tune_small_tiles")
+def test_a_rule_failing_inside_the_forward_leaves_the_loss_under_vmap(monkeypatch):
+    """A rule whose layer raises inside the vmapped forward is left out; the loss, which vmap traces fine, stays
+    inside vmap for the other rules (the failure is not mistaken for a loss that vmap cannot trace)."""
+    from landscape_widgets import batched_conv
+
+    loop, ev, coords = bn_cnn_plane(autotune=True)
+
+    def broken(*args):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(batched_conv, "conv2d", broken)
+    with pytest.warns(RuntimeWarning, match="'im2col' failed"):
+        got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
+    assert ev._loss_in_vmap and "vmap_im2col_error" in ev.timings
+    np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("tune_small_tiles")
 def test_autotune_raises_when_every_rule_fails(monkeypatch):
     _loop, ev, coords = bn_cnn_plane(autotune=True)
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
