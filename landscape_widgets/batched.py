@@ -20,12 +20,13 @@ import warnings
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
+from torch.utils._pytree import tree_map
 
 from . import triton_conv
 from .affine_layers import AffinePoints
 from .batched_conv import batched_convs
-from .evaluator import PointEvaluator, check_loss
+from .evaluator import PointEvaluator
 
 CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
 MAX_CHUNK = 1024        # beyond this the stacked weights dominate and launches are long amortized
@@ -69,15 +70,6 @@ def tuned_rules(module, device) -> list:
             if (r != "im2col" or has_conv) and (r != "triton" or triton)]
 
 
-def _call_args(inputs):
-    """``call_model``'s conventions for ``functional_call``: a dict is keywords, a list/tuple positionals."""
-    if isinstance(inputs, dict):
-        return (), dict(inputs)
-    if isinstance(inputs, (list, tuple)):
-        return tuple(inputs), {}
-    return (inputs,), {}
-
-
 class VmapEvaluator(PointEvaluator):
     """Same interface and values as :class:`PointEvaluator` (``run(coords, *, tile_size, on_tile, cancel,
     progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
@@ -92,7 +84,7 @@ class VmapEvaluator(PointEvaluator):
     call, a widget's next preview say, starts on it instead of timing every path again.
     """
 
-    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, chunk_size=None, autotune=False,
+    def __init__(self, private, data, objective, moving: list, *, point_hook=None, chunk_size=None, autotune=False,
                  rule=None, tune_cache=None):
         if point_hook is not None:
             raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
@@ -105,7 +97,7 @@ class VmapEvaluator(PointEvaluator):
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be None (automatic) or an int >= 1")
-        super().__init__(private, data, loss_fn, moving)
+        super().__init__(private, data, objective, moving)
         self.accelerate = False  # the loop's CPU shortcuts patch module forwards, which functional_call bypasses
         names = {id(t): n for n, t in private.params.items()}
         names.update({id(t): n for n, t in private.buffers.items()})
@@ -152,15 +144,14 @@ class VmapEvaluator(PointEvaluator):
 
     def _chunk_losses(self, c: torch.Tensor, x, y) -> torch.Tensor:
         """Mean loss over the batch ``(x, y)`` at each of the ``len(c)`` points, float64 on the device."""
-        module, fixed = self.private.module, self._fixed
-        args, kwargs = _call_args(x)
+        module, fixed, objective = self.private.module, self._fixed, self.objective
 
         def forward(moving):
-            return functional_call(module, {**fixed, **moving}, args, kwargs)
+            return objective.functional_forward(module, {**fixed, **moving}, x)
 
         stacked = self._stacked(c)
         if not stacked:  # nothing moves (e.g. the loss at the model itself)
-            return check_loss(self.loss_fn(forward({}), y)).double().reshape(1).expand(len(c))
+            return objective.reduce(forward({}), y).double().reshape(1).expand(len(c))
         if self.rule in ("affine", "triton"):
             if self._points is None:
                 self._points = AffinePoints(self._moving)
@@ -180,15 +171,16 @@ class VmapEvaluator(PointEvaluator):
         traced = False
         if self._loss_in_vmap:
             try:
-                return vmap(lambda mv, ci: check_loss(self.loss_fn(forward(mv, ci), y)))(stacked, c).double()
+                return vmap(lambda mv, ci: self.objective.reduce(forward(mv, ci), y))(stacked, c).double()
             except Exception as exc:  # noqa: BLE001 -- any loss that vmap cannot trace falls back below
-                if _is_oom(exc):
+                if _is_oom(exc) or not self.objective.splits:  # batch_loss is one call: nothing to take out
                     raise
                 traced = True
         outputs = vmap(forward)(stacked, c)  # a forward that fails (a rule autotune then leaves out) raises here
         if traced:  # the forward ran: it was the loss that vmap could not trace
             self._loss_in_vmap = False
-        return torch.stack([check_loss(self.loss_fn(o, y)).double() for o in outputs])
+        return torch.stack([self.objective.reduce(tree_map(lambda t, i=i: t[i] if isinstance(t, torch.Tensor)
+                                                           else t, outputs), y).double() for i in range(len(c))])
 
     # -- chunk size -------------------------------------------------------------------------------------------
     def _auto_chunk(self, coords: torch.Tensor, x, y) -> int:

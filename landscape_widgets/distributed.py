@@ -27,6 +27,9 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ._model import unwrap
+from .data import to_device
+
 _CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker process
 _CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, the previous one
 _CACHE_LOCK = threading.Lock()
@@ -120,7 +123,7 @@ def _build(job):
         model, loss_fn, data = built
     else:
         model, loss_fn, data = job.model, job.loss_fn, job.data
-    ls = Landscape(model, loss_fn, data, device=job.device)
+    ls = Landscape(model, loss_fn, data, batch_loss=job.batch_loss, params=job.params, device=job.device)
     private = ls._fresh()
     if private.fingerprint() != job.fingerprint:
         raise ValueError("the model built on the Dask worker has other weights than the kernel's model (fingerprint "
@@ -163,13 +166,16 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
     except ImportError as exc:  # optional dependency
         raise ImportError("client= needs dask.distributed: pip install 'dask[distributed]'") from exc
     if workers.factory is None:
-        data = ls.data.single if ls.data.single is not None else ls.data.iterable
-        model = copy.deepcopy(ls.model).to("cpu")  # workers may lack the kernel's device
-        data = tuple(_cpu(t) for t in data) if ls.data.single is not None else data
+        # workers may lack the kernel's device; a compiled wrapper does not travel, its original module does
+        model = copy.deepcopy(unwrap(ls.model)).to("cpu")
+        data = ls.data.raw
+        if ls.data.single is not None:
+            data = to_device(data, "cpu")
         shipped = {"model": model, "loss_fn": ls.loss_fn, "data": data}
     else:
         shipped = {"model": None, "loss_fn": None, "data": None}
-    job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device,
+    job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device, batch_loss=ls.batch_loss,
+               params=ls.params,
                fingerprint=private.fingerprint(), evaluator=evaluator, buffers=buffers,
                dirs=[{n: _cpu(t) for n, t in d.items()} for d in dirs],
                buffer_dirs=None if buffer_dirs is None else

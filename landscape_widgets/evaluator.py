@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import call_model
+from .data import batch_tensors
+from .objective import as_objective, call_model, check_loss  # noqa: F401 -- check_loss re-exported
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WARM_BYTES = 30 * 2 ** 20  # below glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit)
@@ -90,24 +91,13 @@ def _is_cancelled(cancel) -> bool:
     return bool(cancel())
 
 
-def check_loss(value) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        if isinstance(value, (int, float)):
-            return torch.tensor(float(value), dtype=torch.float64)
-        raise TypeError(f"loss_fn must return a scalar tensor (the mean over the batch), got {type(value).__name__}")
-    if value.numel() != 1:
-        raise ValueError(f"loss_fn must return a scalar (the mean over the batch), got a tensor of shape "
-                         f"{tuple(value.shape)}; reduce it, e.g. with reduction='mean'")
-    return value.reshape(())
-
-
 class PointEvaluator:
     """Loss at points given by coordinates ``coords[P, K]`` along ``K`` directions."""
 
-    def __init__(self, private, data, loss_fn, moving: list, *, point_hook=None, accelerate=True):
+    def __init__(self, private, data, objective, moving: list, *, point_hook=None, accelerate=True):
         self.private = private
         self.data = data
-        self.loss_fn = loss_fn
+        self.objective = as_objective(objective)  # or a plain loss_fn(outputs, targets)
         self.moving = moving
         self.point_hook = point_hook  # e.g. BatchNorm re-estimation, run after the point is written
         self.accelerate = accelerate and point_hook is None
@@ -116,13 +106,13 @@ class PointEvaluator:
         self._micro = None  # [(x, y, n)] chunks of the one batch while a run micro-batches
         self._probes = {}  # name -> (key, value): see _probe
 
-    def _plan_writes(self, skip=()):
-        """The tensors a point writes (``skip``: targets a shortcut stands in for), as views of one flat buffer per
-        dtype and device, so that a point costs K + 1 kernels however many tensors the model has (per-tensor writes
-        were K + 1 kernels per tensor: 12 per digits-MLP point for its 4 tensors, 5 % of its time)."""
+    def _plan_writes(self):
+        """The tensors a point writes, as views of one flat buffer per dtype and device, so that a point costs K + 1
+        kernels however many tensors the model has (per-tensor writes were K + 1 kernels per tensor: 12 per
+        digits-MLP point for its 4 tensors, 5 % of its time).  Every moving tensor is written, also those an
+        input-affine shortcut stands in for: a tensor may have other users (tied weights, functional reuse)."""
         self._release_plan()
-        writes = [m for m in self.moving if id(m.target) not in skip]
-        self._plan = _FlatWrites(writes) if writes else None
+        self._plan = _FlatWrites(self.moving) if self.moving else None
 
     def _release_plan(self):
         plan, self._plan = self._plan, None
@@ -145,12 +135,8 @@ class PointEvaluator:
         if self.point_hook is not None:
             self.point_hook()
 
-    def _write_one(self, m):
-        """Write one moving tensor at the current point (a shortcut's fallback path needs its real weights)."""
-        _write_tensor(m, self.coords)
-
     def _loss_once(self, x, y):
-        return check_loss(self.loss_fn(call_model(self.private.module, x), y))
+        return self.objective(self.private.module, x, y)
 
     def _eval_tile(self, coords):
         out = np.empty(len(coords), dtype=np.float64)
@@ -237,7 +223,7 @@ class PointEvaluator:
         by_tensor = {id(m.target): m for m in self.moving}
         patched = []
         try:
-            for module in self._layers_taking(x):
+            for module, inp in self._layers_taking(x):
                 mw = by_tensor.get(id(module.weight))
                 mb = by_tensor.get(id(module.bias)) if module.bias is not None else None
                 if mw is None and mb is None:
@@ -247,16 +233,12 @@ class PointEvaluator:
                 fan_in = module.weight[0].numel()
                 if fan_in < SHORTCUT_MIN_FAN_IN * (len((mw or mb).dirs) + 1):
                     continue
-                module.forward = _AffineShortcut(self, module, x, mw, mb)
+                module.forward = _AffineShortcut(self, module, inp, mw, mb)
                 patched.append(module)
-            if patched:  # the shortcut computes from base and directions: its layer's tensors need no writes
-                self._plan_writes(skip={id(m.target) for mod in patched for m in mod.forward.moving})
             yield
         finally:
             for module in patched:
                 del module.forward
-            if patched:
-                self._release_plan()
 
     def _probe(self, name, x, make):
         """``make()``, once per evaluator for its one in-memory batch ``x`` (the weights at a run's start, the data
@@ -271,8 +253,8 @@ class PointEvaluator:
     def _layers_taking(self, x):
         """``_input_layers`` (one traced forward), once per evaluator for its one in-memory batch."""
         if self.data.single is None:
-            return _input_layers(self.private.module, x)
-        return self._probe("input layers", x, lambda: _input_layers(self.private.module, x))
+            return _input_layers(self.private.module, self.objective, x)
+        return self._probe("input layers", x, lambda: _input_layers(self.private.module, self.objective, x))
 
     @contextlib.contextmanager
     def _run_shortcuts(self):
@@ -304,7 +286,7 @@ class PointEvaluator:
 
     def _plan_micro_batches(self):
         (x, y, n), = self.data.batches(self.private.device)
-        return plan_micro_batches(self.private.module, self.loss_fn, self._layout_input(x), y, n)
+        return plan_micro_batches(self.private.module, self.objective, self._layout_input(x), y, n)
 
     @contextlib.contextmanager
     def _layout(self):
@@ -336,14 +318,16 @@ class PointEvaluator:
         return x
 
 
-def plan_micro_batches(module, loss_fn, x, y, n):
+def plan_micro_batches(module, objective, x, y, n):
     """``[(x_i, y_i, n_i)]``: the one in-memory batch cut into chunks whose largest activation is about
     ``MICRO_BYTES``, or None where that does not pay (small activations) or is not exact.  Exact means: at the
     module's current weights the sample-weighted mean of the chunk losses equals the full-batch loss (a model or
     loss that couples the samples of a batch, or takes only the whole batch, keeps it).  Runs forward passes only;
     the caller's grad mode applies."""
-    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and len(x) == len(y) == n):
-        return None
+    objective = as_objective(objective)
+    if objective.mode != "loss_fn" or not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
+                                           and len(x) == len(y) == n):
+        return None  # only (inputs, targets) tensors can be cut by sample; a batch_loss may couple its parts
     largest = _largest_output_bytes(module, x)
     if largest <= MICRO_MIN_BYTES:
         return None
@@ -353,7 +337,7 @@ def plan_micro_batches(module, loss_fn, x, y, n):
     chunks = [(x[i:i + size], y[i:i + size], len(y[i:i + size])) for i in range(0, n, size)]
 
     def loss(a, b):
-        return float(check_loss(loss_fn(call_model(module, a), b)))
+        return float(objective(module, a, b))
 
     full = loss(x, y)
     try:
@@ -442,7 +426,7 @@ class _AffineShortcut:
     """Forward of a Linear/Conv layer fed the batch ``x`` itself: its output is affine in (weight, bias), so
     ``y(c) = y0 + sum_k c_k y_k`` with ``y0 = f(x; W0, b0)`` and ``y_k = f(x; D_k, e_k)`` computed once."""
 
-    def __init__(self, evaluator, module, x, mw, mb):
+    def __init__(self, evaluator, module, x, mw, mb):  # x: the batch tensor the layer takes
         self.ev = evaluator
         self.module = module
         self.x = x
@@ -466,9 +450,7 @@ class _AffineShortcut:
         self.out = torch.empty_like(self.y0)
 
     def __call__(self, inp, *args, **kwargs):
-        if inp is not self.x or args or kwargs:
-            for m in self.moving:  # skipped by the evaluator's writes while this shortcut stands in
-                self.ev._write_one(m)
+        if inp is not self.x or args or kwargs:  # another input: the layer's own forward on its written weights
             return type(self.module).forward(self.module, inp, *args, **kwargs)
         out = self.out
         first = True
@@ -485,25 +467,28 @@ class _AffineShortcut:
         return out
 
 
-def _input_layers(module, x):
-    """Linear/Conv layers that are called with the input tensor ``x`` itself (found by one traced forward)."""
-    inputs = [x] if isinstance(x, torch.Tensor) else list(x.values()) if isinstance(x, dict) else list(x)
-    ids = {id(t) for t in inputs if isinstance(t, torch.Tensor)}
-    found = []
+def _input_layers(module, objective, x):
+    """``[(layer, tensor)]``: Linear/Conv layers called with a tensor of the batch ``x`` itself (found by one traced
+    forward of the objective, so that a ``batch_loss``'s own calls count too)."""
+    inputs = list(batch_tensors(x))
+    ids = {id(t): t for t in inputs}
+    found = {}
 
     def pre_hook(mod, args):
         if args and id(args[0]) in ids and mod not in found:
-            found.append(mod)
+            found[mod] = ids[id(args[0])]
 
     handles = [m.register_forward_pre_hook(pre_hook) for m in module.modules() if type(m) in _AFFINE]
-    if not handles:
+    if not handles or not inputs:
+        for h in handles:
+            h.remove()
         return []
     try:
-        call_model(module, x)
+        objective.forward(module, x)
     finally:
         for h in handles:
             h.remove()
-    return [m for m in found if m.weight is not None]
+    return [(m, t) for m, t in found.items() if m.weight is not None]
 
 
 def _largest_output_bytes(module, x) -> int:

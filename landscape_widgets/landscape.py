@@ -13,8 +13,9 @@ from torch import nn
 
 from . import __version__
 from ._checks import axis, check_int, check_range, check_resolution, check_span
-from ._model import PrivateModel, check_model, resolve_device, state_from
-from .data import DataSource, call_model
+from ._model import PrivateModel, check_model, resolve_device, select_params, state_from, unwrap
+from .data import DataSource
+from .objective import Objective
 from .directions import cosine, make_directions
 from .batched import TILE_POINTS, VmapEvaluator, resolve_evaluator
 from .evaluator import Moving, PointEvaluator, Timer, grid_tile_size
@@ -27,20 +28,39 @@ BUFFER_MODES = ("interpolate", "model", "recompute")
 
 
 class Landscape:
-    """Loss of ``model`` under ``loss_fn`` on ``data``, explored around the model's weights.
+    """Loss of ``model`` on ``data``, explored around the model's weights.
 
-    ``data`` is ``(inputs, targets)`` tensors or an iterable of such batches (a DataLoader); the loss is the
-    sample-weighted mean over all batches, computed in eval mode without gradients on ``device``
-    (None: CUDA when available, else CPU).  The model itself is never modified.
+    The loss of a batch is one of:
+
+    - ``loss_fn(outputs, targets)`` with ``(inputs, targets)`` batches: inputs a tensor -> ``model(x)``, a tuple ->
+      ``model(*x)``, a dict -> ``model(**x)``;
+    - ``loss_fn=None``: the model's output carries it (HuggingFace): the batch is called as ``model(**batch)``
+      (dict), ``model(*batch)`` (tuple/list) or ``model(batch)``, and the loss is ``out.loss``, ``out["loss"]`` or
+      ``out`` itself when it is a scalar tensor;
+    - ``batch_loss(model, batch) -> scalar tensor``: ``model`` carries the point's weights (its ``parameters()`` and
+      every forward see them), for regularizers, several forwards and any batch structure.
+
+    ``data`` is one batch or a re-iterable of batches (a DataLoader, a list); a dict, a tensor or a tuple of tensors
+    with one first dimension is one batch.  The loss is the sample-weighted mean over all batches; a batch's sample
+    count is the first dimension of its targets (with ``loss_fn``) or of its first tensor.  Computed in eval mode
+    without gradients on ``device`` (None: CUDA when available, else CPU).
+
+    ``params``: which parameters move: None (default) those with ``requires_grad=True``, ``"all"``, an iterable of
+    names, or a callable ``(name, tensor) -> bool``; every direction, the interpolation and every Hessian use this
+    set, the others keep the model's values.  A parameter shared by several modules (tied weights) moves once and
+    every use sees it.  A ``torch.compile``'d or ``DataParallel`` model is evaluated through its original module.
+    The model itself is never modified.
     """
 
-    def __init__(self, model: nn.Module, loss_fn, data, *, device=None):
+    def __init__(self, model: nn.Module, loss_fn=None, data=None, *, batch_loss=None, params=None, device=None):
         check_model(model)
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+        self.objective = Objective(loss_fn, batch_loss)
+        select_params(unwrap(model), params)  # a bad selection fails here, not at the first computation
         self.model = model
         self.loss_fn = loss_fn
-        self.data = DataSource(data)
+        self.batch_loss = batch_loss
+        self.params = params
+        self.data = DataSource(data, pairs=self.objective.mode == "loss_fn")
         self.device = resolve_device(device)
         self._private = None
         self._tune_cache = {}  # evaluator="auto"'s choices (batched.VmapEvaluator), kept for the next call
@@ -48,7 +68,7 @@ class Landscape:
     # -- internals --------------------------------------------------------------------------------------------
     def _fresh(self) -> PrivateModel:
         if self._private is None:
-            self._private = PrivateModel(self.model, self.device)
+            self._private = PrivateModel(self.model, self.device, params=self.params)
         else:
             self._private.refresh()
         return self._private
@@ -56,8 +76,9 @@ class Landscape:
     def _meta(self, private, **extra):
         meta = {"library": "landscape_widgets", "version": __version__, "torch": torch.__version__,
                 "python": platform.python_version(), "device": str(self.device),
-                "num_parameters": private.num_parameters, "model_sha256": private.fingerprint(),
-                "model_class": type(self.model).__name__}
+                "num_parameters": private.num_parameters, **private.describe_params(),
+                "model_sha256": private.fingerprint(), "model_class": type(unwrap(self.model)).__name__,
+                "loss": self.objective.mode}
         meta.update(extra)
         meta["data"] = self.data.describe()
         return meta
@@ -71,13 +92,13 @@ class Landscape:
         for n, bd in (buffer_dirs or {}).items():
             moving.append(Moving(private.buffers[n], private.base_buffers[n], bd))
         if kind == "vmap":
-            return VmapEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook, autotune=autotune,
-                                 tune_cache=self._tune_cache)
-        return PointEvaluator(private, self.data, self.loss_fn, moving, point_hook=point_hook)
+            return VmapEvaluator(private, self.data, self.objective, moving, point_hook=point_hook,
+                                 autotune=autotune, tune_cache=self._tune_cache)
+        return PointEvaluator(private, self.data, self.objective, moving, point_hook=point_hook)
 
     def _make_evaluator(self, private, dirs, *, buffer_dirs=None, buffers=None, evaluator="auto"):
         kind = resolve_evaluator(evaluator, private.device, buffers=buffers)
-        hook = _bn_recompute_hook(private, self.data) if buffers == "recompute" else None
+        hook = _bn_recompute_hook(private, self.data, self.objective) if buffers == "recompute" else None
         ev = self._evaluator(private, dirs, buffer_dirs=buffer_dirs, point_hook=hook, kind=kind,
                              autotune=(evaluator == "auto"))
         return ev, kind
@@ -89,7 +110,7 @@ class Landscape:
         resolve_evaluator(evaluator, self.device, buffers=buffers)  # a bad name fails before any work
         tiles = None
         if store is not None:
-            tiles = open_store(store, run_settings(kind, private, self.data, self.loss_fn, dirs, coords, tile_size,
+            tiles = open_store(store, run_settings(kind, private, self.data, self.objective, dirs, coords, tile_size,
                                                    buffer_dirs=buffer_dirs, buffers=buffers))
         if client is not None:
             from .distributed import dask_compute
@@ -228,18 +249,19 @@ class Landscape:
             surface.meta["trust"] = self.trust(surface, cancel=cancel)
         return surface
 
-    def spectrum(self, k=5, *, bottom=1, density=True, seed=0, steps=90, runs=10, trace_samples=99,
+    def spectrum(self, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
                  trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
         """Eigen-spectrum of the Hessian of the loss over all data (eval mode) at the model's weights.
 
         ``k`` largest and ``bottom`` smallest eigenvalues by Lanczos (ARPACK's convergence test, relative accuracy
-        ``tol``), the trace by Hutch++ (``trace_method="hutchinson"`` for plain Rademacher) from ``trace_samples`` products,
+        ``tol``), the trace by Hutch++ (``trace_method="hutchinson"`` for plain Rademacher) from ``trace_samples`` products
+        (``trace=False`` skips it: ``trace`` is NaN then),
         and with ``density=True`` the spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019,
         arXiv 1901.10159) from ``runs`` runs of ``steps`` steps.  ``callback(dict(stage, done, total, hvps))``
         reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product.
         """
-        return hessian_api.spectrum(self, k, bottom=bottom, density=density, seed=seed, steps=steps, runs=runs,
-                                    trace_samples=trace_samples, trace_method=trace_method, tol=tol,
+        return hessian_api.spectrum(self, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
+                                    runs=runs, trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                     backend=backend, callback=callback, cancel=cancel)
 
     def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
@@ -260,9 +282,20 @@ class Landscape:
         return hessian_api.seed_spread(self, seeds, directions=directions, callback=callback, cancel=cancel,
                                        **plane_options)
 
+    @property
+    def moved(self) -> list:
+        """Names of the parameters that move (``params``), in ``named_parameters()`` order."""
+        return select_params(unwrap(self.model), self.params)[0]
+
+    @property
+    def num_parameters(self) -> int:
+        """How many scalars move: the dimension of every direction and of the Hessian."""
+        named = dict(unwrap(self.model).named_parameters())
+        return sum(named[n].numel() for n in self.moved)
+
     def _kind_options(self, spec, cancel):
         # the Hessian kind needs what the others do not: the loss, the data, and the cancel flag of the caller
-        return {"loss_fn": self.loss_fn, "data": self.data, "cancel": cancel} if spec == "hessian" else {}
+        return {"objective": self.objective, "data": self.data, "cancel": cancel} if spec == "hessian" else {}
 
     def __repr__(self):
         return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "
@@ -275,7 +308,7 @@ def _timings(t_setup, t_total, points):
             "points": int(points), "points_per_s": round(points / t_eval, 3)}
 
 
-def _bn_recompute_hook(private, data):
+def _bn_recompute_hook(private, data, objective):
     """Re-estimate BatchNorm running statistics at the current point: cumulative averages over one train-mode
     pass (``torch.optim.swa_utils.update_bn``), because the interpolated weights never saw their own statistics."""
     bns = [m for m in private.module.modules()
@@ -290,8 +323,9 @@ def _bn_recompute_hook(private, data):
             m.momentum = None
         private.module.train()
         try:
-            for x, _y, _n in data.batches(private.device):
-                call_model(private.module, x)
+            with torch.no_grad():
+                for x, _y, _n in data.batches(private.device):
+                    objective.forward(private.module, x)
         finally:
             private.module.eval()
             for m, mo in zip(bns, momenta):

@@ -22,6 +22,7 @@ import zipfile
 import numpy as np
 import torch
 
+from .data import batch_tensors
 from .evaluator import Cancelled, Tile, _is_cancelled
 
 STORE_FORMAT = 1
@@ -45,8 +46,7 @@ def _data_settings(data) -> dict:
     shuffled, so their bytes are not a stable identity)."""
     out = {"kind": data.describe()["kind"]}
     if data.single is not None:
-        x, y = data.single
-        out.update(num_samples=int(data.num_samples), sha256=_sha(x, y))
+        out.update(num_samples=int(data.num_samples), sha256=_sha(*batch_tensors(data.single)))
     else:
         it = data.iterable
         out["num_batches"] = len(it) if hasattr(it, "__len__") else None
@@ -56,27 +56,34 @@ def _data_settings(data) -> dict:
     return out
 
 
-def _loss_settings(loss_fn) -> dict:
-    """A loss is identified by its function's name and bytecode, or by its class, repr, plain attributes
-    (``reduction``, ``label_smoothing``, ..., which nn losses leave out of their repr) and tensors (class weights).
-    No memory addresses: the same loss in another process must compare equal."""
-    code = getattr(loss_fn, "__code__", None)
+def _loss_settings(objective) -> dict:
+    """A loss is identified by how it is computed (``objective.mode``) and the user's callable: its function's name
+    and bytecode, or its class, repr, plain attributes (``reduction``, ``label_smoothing``, ..., which nn losses
+    leave out of their repr) and tensors (class weights).  No memory addresses: the same loss in another process
+    must compare equal."""
+    out = {"mode": objective.mode}
+    fn = objective.fn
+    if fn is None:
+        return out
+    code = getattr(fn, "__code__", None)
     if code is not None:
-        return {"function": f"{loss_fn.__module__}.{loss_fn.__qualname__}",
-                "code_sha256": hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()}
-    if hasattr(loss_fn, "__qualname__"):  # builtins, classes
-        return {"function": f"{getattr(loss_fn, '__module__', '')}.{loss_fn.__qualname__}"}
-    out = {"class": f"{type(loss_fn).__module__}.{type(loss_fn).__qualname__}"}
-    if isinstance(loss_fn, torch.nn.Module):
-        out["repr"] = repr(loss_fn)
-        out["attrs"] = {k: v for k, v in sorted(vars(loss_fn).items())
+        out.update({"function": f"{fn.__module__}.{fn.__qualname__}",
+                    "code_sha256": hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()})
+        return out
+    if hasattr(fn, "__qualname__"):  # builtins, classes
+        out["function"] = f"{getattr(fn, '__module__', '')}.{fn.__qualname__}"
+        return out
+    out["class"] = f"{type(fn).__module__}.{type(fn).__qualname__}"
+    if isinstance(fn, torch.nn.Module):
+        out["repr"] = repr(fn)
+        out["attrs"] = {k: v for k, v in sorted(vars(fn).items())
                         if not k.startswith("_") and k != "training"
                         and isinstance(v, (bool, int, float, str, type(None)))}
-        out["tensors_sha256"] = _sha(*(t for _n, t in sorted(loss_fn.state_dict().items())))
+        out["tensors_sha256"] = _sha(*(t for _n, t in sorted(fn.state_dict().items())))
     return out
 
 
-def run_settings(kind, private, data, loss_fn, dirs, coords, tile_size, *, buffer_dirs=None, **extra) -> dict:
+def run_settings(kind, private, data, objective, dirs, coords, tile_size, *, buffer_dirs=None, **extra) -> dict:
     """The settings that define a run; two runs with equal settings compute the same numbers."""
     dir_arrays = [d[n] for d in dirs for n in private.names]
     for n in sorted(buffer_dirs or {}):
@@ -86,7 +93,8 @@ def run_settings(kind, private, data, loss_fn, dirs, coords, tile_size, *, buffe
         "kind": kind,
         "model_sha256": private.fingerprint(),
         "data": _data_settings(data),
-        "loss_fn": _loss_settings(loss_fn),
+        "loss_fn": _loss_settings(objective),
+        "moved": list(private.names),
         "directions_sha256": _sha(*dir_arrays),
         "points": int(len(coords)),
         "coords_sha256": _sha(np.asarray(coords, dtype=np.float64)),

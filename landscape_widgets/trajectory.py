@@ -18,16 +18,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._model import strip_prefixes, unwrap
+
 DEFAULT_MAX_BYTES = 256 * 2 ** 20
 MIN_SNAPSHOTS = 3  # the first, the latest and one more: what a 2-D PCA needs
 
 
 def _float_tensors(source, names=None):
-    """``[(name, tensor)]`` of the floating-point parameters of a module, or of the float tensors of a state_dict."""
+    """``[(name, tensor)]`` of the floating-point parameters of a module, or of the float tensors of a state_dict.
+
+    Names are the original module's: a ``torch.compile``'d or ``DataParallel`` module is unwrapped and a state_dict
+    loses their ``_orig_mod.`` / ``module.`` prefix, as ``Landscape`` names them; a parameter tied to several
+    modules appears once for a module."""
     if isinstance(source, nn.Module):
-        items = [(n, p) for n, p in source.named_parameters() if p.is_floating_point()]
+        items = [(n, p) for n, p in unwrap(source).named_parameters() if p.is_floating_point()]
     elif isinstance(source, dict):
-        items = [(n, t) for n, t in source.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        keys = strip_prefixes(source, names or ())
+        items = [(k, t) for k, t in zip(keys, source.values())
+                 if isinstance(t, torch.Tensor) and t.is_floating_point()]
     else:
         raise TypeError(f"model must be a torch.nn.Module or a state_dict, got {type(source).__name__}")
     if names is not None:

@@ -241,12 +241,14 @@ def test_point_writes_go_through_one_flat_buffer_and_leave_no_trace(small):
 
 def test_input_affine_shortcut_is_found_and_used():
     from landscape_widgets.evaluator import _input_layers
+    from landscape_widgets.objective import Objective
 
+    forward = Objective(loss_fn=nn.CrossEntropyLoss())
     mlp = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
-    assert _input_layers(mlp, x) == [mlp[0]]
+    assert _input_layers(mlp, forward, x) == [(mlp[0], x)]
     flat_first = nn.Sequential(nn.Flatten(), nn.Linear(5, 2))  # input reshaped first: not the data itself
-    assert _input_layers(flat_first, x.reshape(4, 1, 5)) == []
+    assert _input_layers(flat_first, forward, x.reshape(4, 1, 5)) == []
 
 
 def test_allocator_is_warmed_once_per_process_on_cpus_only(monkeypatch):

@@ -11,7 +11,7 @@ from .hessian import hessian_directions
 from .pca import pca_directions
 
 KINDS = {"random": random_directions}
-KINDS["hessian"] = hessian_directions  # Böttcher & Wheeler 2022; Landscape passes loss_fn= and data=
+KINDS["hessian"] = hessian_directions  # Böttcher & Wheeler 2022; Landscape passes objective= and data=
 KINDS["pca"] = pca_directions  # Li et al. 2018 §7, needs trajectory=
 
 

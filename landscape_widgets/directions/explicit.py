@@ -12,14 +12,19 @@ def check_direction(d, private, argname):
     if not isinstance(d, dict):
         raise TypeError(f"{argname} must be a dict {{parameter name: tensor}} shaped like "
                         f"model.named_parameters(), got {type(d).__name__}")
+    d = private.canonical(d, argname)
     missing = [n for n in private.names if n not in d]
     extra = [n for n in d if n not in private.params]
     if missing:
         raise ValueError(f"{argname} lacks tensor(s) for parameter(s) {missing[:5]}; give one tensor per "
-                         "parameter of model.named_parameters() (zeros to leave one fixed)")
+                         "moved parameter (zeros to leave one fixed)")
     if extra:
         raise ValueError(f"{argname} has tensor(s) for unknown parameter(s) {extra[:5]}; the model's are "
                          f"{private.names[:5]}{'...' if len(private.names) > 5 else ''}")
+    fixed = [n for n in d if n not in private.names and isinstance(d[n], torch.Tensor) and d[n].count_nonzero()]
+    if fixed:
+        raise ValueError(f"{argname} moves parameter(s) {fixed[:5]}, which this Landscape keeps fixed (params rule "
+                         f"{private.params_rule!r}); pass params= to lw.Landscape to move them, or zeros there")
     out = {}
     for n in private.names:
         t = d[n]

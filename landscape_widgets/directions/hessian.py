@@ -37,16 +37,16 @@ def default_span(loss0: float, lambda_max: float) -> float:
     return math.sqrt(2.0 * rise / lambda_max)
 
 
-def hessian_directions(private, count, *, loss_fn=None, data=None, seed=0, normalization=None, ignore="biasbn",
+def hessian_directions(private, count, *, objective=None, data=None, seed=0, normalization=None, ignore="biasbn",
                        tol=1e-6, cancel=None, **_):
-    if loss_fn is None or data is None:
+    if objective is None or data is None:
         raise TypeError("the 'hessian' direction kind needs the loss and the data; use it through "
                         "Landscape.plane(directions='hessian') or Landscape.line(direction='hessian')")
     seed = check_seed(seed)
     normalization = normalization or DEFAULT_NORMALIZATION
     if count > 2:
         raise ValueError(f"the 'hessian' kind gives at most 2 directions (v_max, v_min), {count} were asked for")
-    op = HessianOperator(private, data, loss_fn, cancel=cancel)
+    op = HessianOperator(private, data, objective, cancel=cancel)
     if op.num_parameters < 2 and count == 2:
         raise ValueError("the 'hessian' plane needs at least 2 parameters")
     rng_top, rng_bottom, _, _ = seed_streams(seed)

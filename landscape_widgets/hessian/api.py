@@ -27,12 +27,13 @@ def _check_tol(tol):
     return float(tol)
 
 
-def spectrum(ls, k=5, *, bottom=1, density=True, seed=0, steps=90, runs=10, trace_samples=99,
+def spectrum(ls, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
              trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
     from ..directions.gaussian import check_seed
 
     seed = check_seed(seed)
     density = _check_bool(density, "density")
+    trace = _check_bool(trace, "trace")
     steps = check_int(steps, "steps", low=1, hint=" (Lanczos steps per run, about 90)")
     runs = check_int(runs, "runs", low=1, hint=" (SLQ runs averaged)")
     trace_samples = check_int(trace_samples, "trace_samples", low=2, hint=" (Hessian-vector products for the trace)")
@@ -44,11 +45,11 @@ def spectrum(ls, k=5, *, bottom=1, density=True, seed=0, steps=90, runs=10, trac
     P = private.num_parameters
     k = check_int(k, "k", low=1, high=P, hint=f" (eigenvalues; the model has {P} parameters)")
     bottom = check_int(bottom, "bottom", low=0, high=P, hint=f" (smallest eigenvalues; the model has {P} parameters)")
-    op = HessianOperator(private, ls.data, ls.loss_fn, backend=backend, cancel=cancel)
+    op = HessianOperator(private, ls.data, ls.objective, backend=backend, cancel=cancel)
     report = None if callback is None else (lambda stage, done, total: callback(
         {"stage": stage, "done": done, "total": total, "hvps": op.hvps}))
     with op.running():
-        fields, meta = compute_spectrum(op, k, bottom, density=density, seed=seed, steps=steps, runs=runs,
+        fields, meta = compute_spectrum(op, k, bottom, density=density, trace=trace, seed=seed, steps=steps, runs=runs,
                                         trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                         report=report)
     meta["timings"]["total_s"] = round(timer(), 6)
@@ -87,7 +88,7 @@ def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, can
             lambdas = (surface.meta["lambda_max"], surface.meta["lambda_min"])
         dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
                 for d in surface.directions]
-    op = HessianOperator(private, ls.data, ls.loss_fn, cancel=cancel)
+    op = HessianOperator(private, ls.data, ls.objective, cancel=cancel)
     with op.running():
         panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
                             tol=_check_tol(tol))

@@ -22,15 +22,14 @@ import contextlib
 
 import numpy as np
 import torch
-from torch.func import functional_call
-
-from ..evaluator import Cancelled, _is_cancelled, check_loss, plan_micro_batches, warm_allocator
+from ..objective import as_objective
+from ..evaluator import Cancelled, _is_cancelled, plan_micro_batches, warm_allocator
 
 BACKENDS = ("graph", "func")
 
 
 class HessianOperator:
-    """``H`` of ``loss_fn`` over all of ``data`` at the private copy's base weights, as a matrix-free operator.
+    """``H`` of the loss (``objective``) over all of ``data`` at the private copy's base weights, as a matrix-free operator.
 
     Vectors are flat over ``private.names`` in ``named_parameters()`` order (``flatten``/``unflatten`` convert).
     ``matmat_torch(V)`` takes ``V[m, P]`` in the parameters' dtype; ``matvec``/``matmat`` take float64 numpy and
@@ -38,12 +37,12 @@ class HessianOperator:
     checked before every pass and raises :class:`~landscape_widgets.Cancelled`.
     """
 
-    def __init__(self, private, data, loss_fn, *, backend="graph", cancel=None, on_hvp=None):
+    def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not known; pass one of {', '.join(map(repr, BACKENDS))}")
         self.private = private
         self.data = data
-        self.loss_fn = loss_fn
+        self.objective = as_objective(objective)  # or a plain loss_fn(outputs, targets)
         self.backend = backend
         self.cancel = cancel
         self.on_hvp = on_hvp
@@ -71,19 +70,21 @@ class HessianOperator:
 
     def _batch_loss(self, leaves, x, y):
         params = dict(zip(self.names, leaves))
-        out = _call(self.private.module, params, x)
-        loss = check_loss(self.loss_fn(out, y))
+        with second_order_kernels():
+            loss = self.objective.functional(self.private.module, params, x, y)
         if not loss.requires_grad:
-            raise ValueError("loss_fn(outputs, targets) does not depend on the model's parameters (no gradient); "
-                             "pass a differentiable loss such as torch.nn.CrossEntropyLoss()")
+            raise ValueError(f"{self.objective.describe()} does not depend on the moved parameters (no gradient); "
+                             "pass a differentiable loss such as torch.nn.CrossEntropyLoss(), and check params=")
         return loss
 
     def _first_order(self, x, y):
         leaves = self._leaves()
         loss = self._batch_loss(leaves, x, y)
-        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        with second_order_kernels(), explain_double_backward():
+            grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
         # a gradient that does not require grad is constant in theta: its Hessian block is zero
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        check_second_order([grads[i] for i in live])
         return leaves, grads, live, loss.detach()
 
     def _graphs(self):
@@ -92,7 +93,7 @@ class HessianOperator:
         chunks = None
         if self.device.type == "cpu":
             with torch.inference_mode():
-                chunks = plan_micro_batches(self.private.module, self.loss_fn, x, y, n)
+                chunks = plan_micro_batches(self.private.module, self.objective, x, y, n)
         if chunks is None:
             return [(self._first_order(x, y), 1.0)]
         return [(self._first_order(a, b), m / n) for a, b, m in chunks]
@@ -104,23 +105,26 @@ class HessianOperator:
             return out
         for r in range(V.shape[0]):
             vs = self.unflatten(V[r])
-            hv = torch.autograd.grad([grads[i] for i in live], leaves, grad_outputs=[vs[self.names[i]] for i in live],
-                                     retain_graph=True, allow_unused=True)
+            with explain_double_backward():
+                hv = torch.autograd.grad([grads[i] for i in live], leaves,
+                                         grad_outputs=[vs[self.names[i]] for i in live], retain_graph=True,
+                                         allow_unused=True)
             out[r] = torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
                                 for h, p in zip(hv, leaves)])
         return out
 
     def _apply_func(self, x, y, V):
         base = {n: self.private.base[n].detach() for n in self.names}
-        module, loss_fn = self.private.module, self.loss_fn
+        module, objective = self.private.module, self.objective
 
         def loss_of(params):
-            return check_loss(loss_fn(_call(module, params, x), y))
+            return objective.functional(module, params, x, y)
 
         grad_fn = torch.func.grad(loss_of)
         out = torch.empty_like(V)
         for r in range(V.shape[0]):
-            _, hv = torch.func.jvp(grad_fn, (base,), (self.unflatten(V[r]),))
+            with second_order_kernels(), explain_double_backward():
+                _, hv = torch.func.jvp(grad_fn, (base,), (self.unflatten(V[r]),))
             out[r] = self.flatten(hv)
         return out
 
@@ -213,12 +217,66 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _call(module, params, x):
-    if isinstance(x, dict):
-        return functional_call(module, params, (), x)
-    if isinstance(x, (tuple, list)):
-        return functional_call(module, params, tuple(x))
-    return functional_call(module, params, (x,))
+@contextlib.contextmanager
+def second_order_kernels():
+    """Kernels that have a second derivative, for the forward passes whose graph is differentiated twice.
+
+    Fused attention (SDPA's flash and memory-efficient CPU/CUDA kernels) and cuDNN's RNNs have no double backward;
+    their composite forms (SDPA's math backend, the native RNN) compute the same function and do.  The forward
+    passes of the plane keep the fused kernels."""
+    with contextlib.ExitStack() as stack:
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+        except ImportError:  # older torch: its CPU SDPA is composite anyway
+            pass
+        else:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        yield
+
+
+# autograd nodes that stand for a missing derivative: "NotImplemented" (an op without a double-backward formula,
+# raises when reached), "Error" (a once_differentiable backward, whose second derivative would silently be None)
+_MISSING_DERIVATIVE_NODES = {"NotImplemented": "an operation without a second derivative",
+                             "Error": "a custom autograd.Function marked @once_differentiable"}
+
+
+def check_second_order(grads):
+    """Raise, with what to change, when the first-order graph passes a node without a derivative: a product through
+    it would raise, or for ``once_differentiable`` silently drop that part of the Hessian."""
+    seen, stack = set(), [g.grad_fn for g in grads]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        what = _MISSING_DERIVATIVE_NODES.get(type(fn).__name__)
+        if what is not None:
+            raise RuntimeError(_explain(f"the gradient passes {what}"))
+        stack.extend(f for f, _ in fn.next_functions)
+
+
+def _explain(cause):
+    return (f"Hessian-vector products need the second derivative of every operation in the forward pass, and one "
+            f"has none: {cause}. Fused kernels are swapped for their composite forms already (SDPA's math backend, "
+            "non-cuDNN RNNs); for a custom autograd.Function implement its backward with differentiable "
+            "operations, or build the model with a plain implementation (e.g. HuggingFace's "
+            "attn_implementation='eager'). The loss surfaces (plane, line, interpolate) do not need it.")
+
+
+_NO_DOUBLE_BACKWARD = ("double backward", "derivative for", "is not implemented", "differentiate twice")
+
+
+@contextlib.contextmanager
+def explain_double_backward():
+    """Re-raise a missing second derivative with what to change."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as exc:
+        msg = str(exc)
+        if not any(k in msg for k in _NO_DOUBLE_BACKWARD):
+            raise
+        raise RuntimeError(_explain(msg.splitlines()[0])) from exc
 
 
 __all__ = ["BACKENDS", "HessianOperator"]

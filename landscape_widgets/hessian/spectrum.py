@@ -68,7 +68,7 @@ def seed_streams(seed):
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
 
 
-def compute_spectrum(op, k, bottom, *, density=True, seed=0, steps=90, runs=10, trace_samples=99,
+def compute_spectrum(op, k, bottom, *, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
                      trace_method="hutch++", tol=1e-6, maxiter=None, grid_points=2000, sigma=None, report=None):
     """Everything :class:`Spectrum` holds, from the operator ``op``; returns ``(spectrum fields, meta)``.
 
@@ -92,9 +92,12 @@ def compute_spectrum(op, k, bottom, *, density=True, seed=0, steps=90, runs=10, 
     report("bottom", 0, None)
     low, _, info["bottom"] = stage("bottom", lambda: extreme_eigenpairs(op, bottom, "SA", rng=rng_bottom, tol=tol,
                                                                         maxiter=maxiter))
-    report("trace", 0, trace_samples)
-    trace, stderr, info["trace"] = stage("trace", lambda: hutchinson_trace(op, trace_samples, rng=rng_trace,
-                                                                           method=trace_method))
+    with_trace = trace
+    trace = stderr = float("nan")  # trace=False: no products spent on it
+    if with_trace:
+        report("trace", 0, trace_samples)
+        trace, stderr, info["trace"] = stage("trace", lambda: hutchinson_trace(op, trace_samples, rng=rng_trace,
+                                                                               method=trace_method))
     fields = {"top_eigenvalues": top, "bottom_eigenvalues": low, "trace": trace, "trace_stderr": stderr}
     if density:
         nodes, weights = stage("density", lambda: lanczos_quadrature(
@@ -106,7 +109,8 @@ def compute_spectrum(op, k, bottom, *, density=True, seed=0, steps=90, runs=10, 
                            "reorthogonalization": "full"}
     report("done", 1, 1)
     meta = {"k": k, "bottom": bottom, "seed": seed, "steps": steps if density else None,
-            "runs": runs if density else None, "trace_samples": trace_samples, "trace_method": trace_method,
+            "runs": runs if density else None, "trace_samples": trace_samples if with_trace else None,
+            "trace_method": trace_method if with_trace else None,
             "tol": tol, "hvps": hvps, "hvps_total": int(sum(hvps.values())), "timings": timings, "stages": info,
             "trace_per_parameter": trace / op.num_parameters, "backend": op.backend, "loss": op.loss}
     return fields, meta

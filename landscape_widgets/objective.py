@@ -1,0 +1,148 @@
+"""How one batch of data becomes a scalar loss: the three ways ``Landscape`` accepts.
+
+- ``loss_fn(outputs, targets)`` with ``(inputs, targets)`` batches;
+- the model's own output (``loss_fn=None``, the HuggingFace convention: ``out.loss``, ``out["loss"]`` or a scalar);
+- ``batch_loss(model, batch)``, where ``model`` carries the point's weights (regularizers, several forwards).
+
+Every evaluator, the Hessian products and the Dask workers compute a batch's loss through :class:`Objective`, so
+the three ways are exact everywhere, not only in the per-point loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+MODES = ("loss_fn", "output", "batch_loss")
+
+
+def call_model(module, inputs):
+    """``module(**inputs)`` for a dict, ``module(*inputs)`` for a tuple or list, else ``module(inputs)``."""
+    if isinstance(inputs, Mapping):
+        return module(**inputs)
+    if isinstance(inputs, (list, tuple)):
+        return module(*inputs)
+    return module(inputs)
+
+
+def call_args(inputs):
+    """``call_model``'s conventions as ``(args, kwargs)``."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (list, tuple)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def check_loss(value, what="loss_fn") -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        if isinstance(value, (int, float)):
+            return torch.tensor(float(value), dtype=torch.float64)
+        raise TypeError(f"{what} must return a scalar tensor (the mean over the batch), got {type(value).__name__}")
+    if value.numel() != 1:
+        raise ValueError(f"{what} must return a scalar (the mean over the batch), got a tensor of shape "
+                         f"{tuple(value.shape)}; reduce it, e.g. with reduction='mean'")
+    return value.reshape(())
+
+
+def output_loss(out) -> torch.Tensor:
+    """The loss a model returns: ``out.loss``, ``out["loss"]``, or ``out`` itself when it is a scalar tensor."""
+    loss = None
+    if isinstance(out, torch.Tensor):
+        if out.numel() == 1:
+            loss = out
+    elif isinstance(out, Mapping):
+        loss = out.get("loss")
+    else:
+        loss = getattr(out, "loss", None)
+    if loss is None:
+        kind = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"loss_fn=None means the model's output carries the loss (out.loss, out['loss'] or a scalar), but it "
+            f"returned {kind} without one. Either pass loss_fn(outputs, targets) with (inputs, targets) batches, "
+            "or batch_loss(model, batch) -> scalar tensor; with HuggingFace models put the labels in the batch "
+            "(e.g. {'input_ids': ..., 'labels': ...})")
+    return check_loss(loss, "the model's loss output")
+
+
+class _BoundLoss(nn.Module):
+    """``batch_loss(model, batch)`` as a module whose only child is the model, so that ``functional_call`` (Hessian
+    products, vmap) swaps the point's weights into the model that ``batch_loss`` sees."""
+
+    def __init__(self, model, fn):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch):
+        return self.fn(self.model, batch)
+
+
+class Objective:
+    """The loss of one batch: ``objective(module, x, y)`` with ``(x, y)`` as :class:`~landscape_widgets.data.
+    DataSource` yields them (``y`` is None unless ``mode == "loss_fn"``: the whole batch is ``x`` then)."""
+
+    def __init__(self, loss_fn=None, batch_loss=None):
+        if loss_fn is not None and batch_loss is not None:
+            raise ValueError("pass either loss_fn(outputs, targets) or batch_loss(model, batch), not both: "
+                             "batch_loss computes the whole loss itself")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}; "
+                            "or pass loss_fn=None when the model's output carries the loss")
+        if batch_loss is not None and not callable(batch_loss):
+            raise TypeError(f"batch_loss must be callable as batch_loss(model, batch) -> scalar tensor, got "
+                            f"{type(batch_loss).__name__}")
+        self.loss_fn = loss_fn
+        self.batch_loss = batch_loss
+        self.mode = "loss_fn" if loss_fn is not None else "batch_loss" if batch_loss is not None else "output"
+
+    @property
+    def fn(self):
+        """The user's callable (None for the model's own loss): what identifies the loss of a stored run."""
+        return self.loss_fn if self.mode == "loss_fn" else self.batch_loss
+
+    @property
+    def splits(self) -> bool:
+        """Whether a batch's loss is ``reduce(forward(module, x), y)`` (vmap can then fall back per point on the
+        batched outputs); ``batch_loss`` is one indivisible call."""
+        return self.mode != "batch_loss"
+
+    def forward(self, module, x):
+        if self.mode == "batch_loss":
+            return self.batch_loss(module, x)
+        return call_model(module, x)
+
+    def reduce(self, out, y) -> torch.Tensor:
+        if self.mode == "loss_fn":
+            return check_loss(self.loss_fn(out, y))
+        if self.mode == "output":
+            return output_loss(out)
+        return check_loss(out, "batch_loss")
+
+    def __call__(self, module, x, y) -> torch.Tensor:
+        return self.reduce(self.forward(module, x), y)
+
+    def functional_forward(self, module, params: dict, x):
+        """``forward`` with ``params`` (name -> tensor, the model's own names) in place of the module's tensors."""
+        if self.mode == "batch_loss":
+            return functional_call(_BoundLoss(module, self.batch_loss), {f"model.{n}": t for n, t in params.items()},
+                                   (x,))
+        args, kwargs = call_args(x)
+        return functional_call(module, params, args, kwargs)
+
+    def functional(self, module, params: dict, x, y) -> torch.Tensor:
+        return self.reduce(self.functional_forward(module, params, x), y)
+
+    def describe(self) -> str:
+        return {"loss_fn": "loss_fn(outputs, targets)", "output": "the model's output loss",
+                "batch_loss": "batch_loss(model, batch)"}[self.mode]
+
+
+def as_objective(obj) -> Objective:
+    """An :class:`Objective`, or a plain ``loss_fn(outputs, targets)`` made into one."""
+    return obj if isinstance(obj, Objective) else Objective(loss_fn=obj)
+
+
+__all__ = ["MODES", "Objective", "as_objective", "call_args", "call_model", "check_loss", "output_loss"]
