@@ -2,6 +2,7 @@
 // and the trust panel of a surface (curvatures of its directions, and a warning when the slice hides a saddle).
 import { toFloat32 } from "./codec.js";
 import { baseLayout, escapeForPlotly } from "./figure.js";
+import { reasonBox, spectrumFailure, trustFailure } from "./reason.js";
 import { injectCss } from "./style.js";
 import { createFrame } from "./view.js";
 import { fmt, injectTrustStyle, trustRows, warningBox } from "./trust.js";
@@ -129,9 +130,17 @@ export function renderSpectrum({ model, el }) {
     panel.replaceChildren();
     const warn = warningBox(f.h, s.trust);
     panel.dataset.hidesSaddle = String(!!(s.trust && s.trust.hides_saddle));
+    const failed = spectrumFailure(s);
+    const trustFailed = trustFailure(s.trust);
+    panel.dataset.failed = String(!!(failed || trustFailed));
     panel.append(warn);
-    for (const [key, head] of [["eig", "eigenvalues"], ["trace", "trace (Hutch++)"],
-                               ["trust", `trust panel of ${s.trust.of ? `"${s.trust.of}"` : "the surface"}`]]) {
+    if (failed) panel.append(reasonBox(f.h, failed, s.error));
+    const trustHead = `trust panel of ${s.trust.of ? `"${s.trust.of}"` : "the surface"}`;
+    for (const [key, head] of [["eig", "eigenvalues"], ["trace", "trace (Hutch++)"], ["trust", trustHead]]) {
+      if (key === "trust" && trustFailed) {
+        panel.append(f.h("div", {}, f.h("h4", { text: head }), reasonBox(f.h, trustFailed, s.trust.detail)));
+        continue;
+      }
       if (!rows[key].length) continue;
       panel.append(f.h("div", {}, f.h("h4", { text: head }), table(f.h, rows[key])));
     }
@@ -139,7 +148,7 @@ export function renderSpectrum({ model, el }) {
   const state = () => ({
     top: model.get("_top") || [], bottom: model.get("_bottom") || [], grid: model.get("_grid"),
     density: model.get("_density"), trace: model.get("_trace") || {}, trust: model.get("_trust") || {},
-    logScale: !!model.get("log_scale"), state: model.get("_state"),
+    logScale: !!model.get("log_scale"), state: model.get("_state"), error: model.get("error") || "",
   });
   let drawn = null;
   f.setBuild((theme) => {
@@ -157,6 +166,7 @@ export function renderSpectrum({ model, el }) {
     f.listen(`change:${k}`, f.request);
     f.listen(`change:${k}`, syncPanel);
   }
+  f.listen("change:error", syncPanel); // the reason a spectrum failed stands in the panel; the plot is unchanged
   return f.dispose;
 }
 

@@ -1,6 +1,7 @@
 // The trust panel of a surface (Böttcher & Wheeler 2022, arXiv 2208.13219): the curvature κ(d) = dᵀHd/‖d‖² along
 // each plotted direction next to λmax, λmin and tr(H)/N, and a warning when λmin < 0 while both κ > 0 (the slice
 // hides a saddle).  Shared by the surface view (a box under the plot) and the spectrum view (its side panel).
+import { REASON_CSS, reasonBox, trustFailure } from "./reason.js";
 import { injectCss } from "./style.js";
 
 export const WARNING = "λmin < 0 but both plotted directions curve upwards: this slice hides a saddle.";
@@ -14,7 +15,7 @@ export const TRUST_CSS = `
 .lw-trust > .lw-warning { flex-basis: 100%; }
 .lw-trust-item { font-variant-numeric: tabular-nums; white-space: nowrap; }
 .lw-trust-item > span:first-child { color: var(--lw-muted); margin-right: 4px; }
-`;
+${REASON_CSS}`;
 
 export function injectTrustStyle(doc = document) {
   injectCss("lw-trust-style", TRUST_CSS, doc);
@@ -66,12 +67,19 @@ export function warningBox(h, t) {
   return warn;
 }
 
-/** Fill `box` (a div under a surface plot) with the panel: one "label value" item per row, the warning first. */
+/** Fill `box` (a div under a surface plot) with the panel: one "label value" item per row, the warning first;
+ *  the reason in its place when the kernel could not compute it (the plane above stays as it is). */
 export function fillTrustBox(h, box, t) {
   const rows = trustRows(t);
+  const failure = trustFailure(t);
   box.replaceChildren();
-  box.hidden = rows.length === 0;
+  box.hidden = rows.length === 0 && !failure;
   box.dataset.hidesSaddle = String(hidesSaddle(t));
+  box.dataset.failed = String(!!failure);
+  if (failure) {
+    box.append(reasonBox(h, failure, t.detail));
+    return;
+  }
   if (!rows.length) return;
   box.append(warningBox(h, t), h("span", { class: "lw-trust-item", title: "Hessian curvature along the plotted "
     + "directions vs its extreme eigenvalues (Böttcher & Wheeler 2022)" }, h("span", { text: "trust:" })));

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { WARNING, fmt, hidesSaddle, trustRows, warningText } from "../src/trust.js";
+import { WARNING, fillTrustBox, fmt, hidesSaddle, trustRows, warningText } from "../src/trust.js";
 
 describe("trustRows", () => {
   it("lists the curvature of each direction, then the eigenvalues and tr(H)/N with its error bar", () => {
@@ -36,5 +36,38 @@ describe("trustRows", () => {
       "λmin < 0 but both plotted directions curve upwards: the slice \"Filter-normalized random plane\" hides a "
       + "saddle.");
     expect(warningText({ kappa: [1, 2], of: "" })).toBe(WARNING);
+  });
+});
+
+/** Just enough of a DOM element for fillTrustBox: children, hidden, dataset. */
+function fakeBox() {
+  return { children: [], hidden: false, dataset: {},
+           replaceChildren() { this.children = []; }, append(...nodes) { this.children.push(...nodes); } };
+}
+const fakeH = (tag, attrs = {}, ...children) => ({ tag, ...attrs, children });
+
+describe("fillTrustBox", () => {
+  it("puts the reason in the panel's place when the kernel could not compute it", () => {
+    const box = fakeBox();
+    fillTrustBox(fakeH, box, { error: "RuntimeError: derivative for aten::sdpa_backward is not implemented",
+                               detail: "RuntimeError: derivative for aten::sdpa_backward is not implemented. Use …" });
+    expect(box.hidden).toBe(false);
+    expect(box.dataset.failed).toBe("true");
+    expect(box.children.map((c) => c.text)).toEqual(
+      ["trust panel unavailable: RuntimeError: derivative for aten::sdpa_backward is not implemented"]);
+    expect(box.children[0].class).toBe("lw-unavailable");
+    expect(box.children[0].title).toContain("Use …");
+  });
+  it("a later panel replaces the reason; no panel hides the box", () => {
+    const box = fakeBox();
+    fillTrustBox(fakeH, box, { error: "RuntimeError: boom" });
+    fillTrustBox(fakeH, box, { kappa: [1, 2], lambda_max: 3, lambda_min: 0.5, trace_over_n: 1 });
+    expect(box.hidden).toBe(false);
+    expect(box.dataset.failed).toBe("false");
+    expect(box.children.some((c) => c.class === "lw-unavailable")).toBe(false);
+    expect(box.children.length).toBe(2 + 5); // the (hidden) warning, "trust:", one item per row
+    fillTrustBox(fakeH, box, {});
+    expect(box.hidden).toBe(true);
+    expect(box.children).toEqual([]);
   });
 });

@@ -83,6 +83,25 @@ def gaps_note(losses) -> str:
     return f" · {', '.join(parts)} point{'s' if n_nan + n_inf > 1 else ''} drawn as gaps"
 
 
+REASON_CHARS = 200  # a reason shown in a panel's place: one readable line, not a traceback
+DETAIL_CHARS = 2000  # the whole message, on hover: its hint (what to change) is often past the first line
+
+
+def failure_reason(exc: BaseException, limit: int = REASON_CHARS) -> str:
+    """'RuntimeError: <first line of the message>', at most ``limit`` characters: why an optional part of a
+    view (a trust panel) could not be computed, short enough to stand where that part would be."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
+def failure_panel(exc: BaseException) -> dict:
+    """What the browser shows in place of a panel that could not be computed: the reason, and the whole message
+    for its tooltip."""
+    detail = f"{type(exc).__name__}: {exc}".strip()
+    return {"error": failure_reason(exc), "detail": detail[:DETAIL_CHARS]}
+
+
 _SHARED_JOBS = contextvars.ContextVar("landscape_widgets_shared_jobs", default=None)
 
 

@@ -14,7 +14,9 @@ import time
 import traitlets as t
 
 from .._checks import check_int
-from ._base import SEND_INTERVAL_S, SeededWidget, browser_bool, browser_int, f32, finite, private_landscape
+from ..evaluator import Cancelled
+from ._base import (SEND_INTERVAL_S, SeededWidget, browser_bool, browser_int, f32, failure_panel, failure_reason,
+                    finite, private_landscape)
 
 K = (1, 50)
 BOTTOM = (0, 50)
@@ -29,6 +31,9 @@ class SpectrumWidget(SeededWidget):
     ``surface``: an :class:`~landscape_widgets.Surface` or a ``SurfaceWidget`` (followed: each new surface it
     finishes updates the trust panel, reusing the spectrum when its settings and the weights are unchanged).
     ``w.spectrum`` is the latest :class:`~landscape_widgets.Spectrum`, ``w.trust`` the latest trust panel dict.
+    A trust panel that cannot be computed leaves the spectrum shown and says why in its place (``w.trust_error``);
+    a spectrum that cannot be computed is an error of this view alone (``w.spectrum_error``, the panel says why),
+    and the views beside it in a dashboard carry on.
     """
 
     _view = t.Unicode("spectrum").tag(sync=True)
@@ -42,7 +47,8 @@ class SpectrumWidget(SeededWidget):
     _trace = t.Dict().tag(sync=True)   # {trace, stderr, per_parameter, stderr_per_parameter, num_parameters}
     _grid = t.Bytes(b"").tag(sync=True)
     _density = t.Bytes(b"").tag(sync=True)
-    _trust = t.Dict().tag(sync=True)   # the trust panel of the followed surface, {} without one; "of": which one
+    _trust = t.Dict().tag(sync=True)   # the trust panel of the followed surface, {} without one; "of": which one;
+    # {"error": reason, "detail": whole message, "of": ...} when it could not be computed
     _info = t.Dict().tag(sync=True)    # products and timings
 
     _compute_traits = ("k", "bottom", "density", "steps", "runs", "seed")
@@ -50,10 +56,12 @@ class SpectrumWidget(SeededWidget):
     def __init__(self, ls, *, k=5, bottom=1, density=True, steps=90, runs=10, seed=0, surface=None, log_scale=True,
                  title=None):
         self._ls = private_landscape(ls)
-        self._num_parameters = sum(p.numel() for p in ls.model.parameters() if p.is_floating_point())
+        self._num_parameters = ls.num_parameters  # the moved ones: the Hessian's size
         self._surface = self._check_surface(surface)
         self.spectrum = None
         self.trust = None
+        self.trust_error = None  # why the followed surface has no trust panel ("RuntimeError: ..."), else None
+        self.spectrum_error = None  # why the latest spectrum could not be computed, else None
         self._cached = None  # (settings, spectrum): a new surface alone does not recompute the spectrum
         self._last_send = 0.0
         super().__init__(k=k, bottom=bottom, density=density, steps=steps, runs=runs, seed=seed, log_scale=log_scale,
@@ -128,14 +136,28 @@ class SpectrumWidget(SeededWidget):
             if spec.meta.get("model_sha256") != ls._fresh().fingerprint():
                 spec = None  # the model was trained since: recompute
         if spec is None:
-            spec = ls.spectrum(k=p["k"], bottom=p["bottom"], density=p["density"], steps=p["steps"], runs=p["runs"],
-                               seed=p["seed"], callback=lambda ev: emit("progress", ev), cancel=cancel)
+            try:
+                spec = ls.spectrum(k=p["k"], bottom=p["bottom"], density=p["density"], steps=p["steps"],
+                                   runs=p["runs"], seed=p["seed"], callback=lambda ev: emit("progress", ev),
+                                   cancel=cancel)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                emit("failed", failure_reason(exc))
+                raise  # and the view's usual error state
         surface = self._current_surface()
         self._trusted = surface
-        panel = ls.trust(surface, spectrum=spec, cancel=cancel) if surface is not None else None
-        if panel is not None:  # a dashboard has two planes: say which one this panel (and its warning) is about
-            panel = dict(panel, of=self._surface_label(surface))
-        emit("done", (spec, panel))
+        panel = reason = None
+        if surface is not None:
+            # a dashboard has two planes: say which one this panel (and its warning) is about
+            of = self._surface_label(surface)
+            try:
+                panel = dict(ls.trust(surface, spectrum=spec, cancel=cancel), of=of)
+            except Cancelled:
+                raise
+            except Exception as exc:  # the spectrum is still worth showing
+                reason = dict(failure_panel(exc), of=of)
+        emit("done", (spec, panel, reason))
 
     def _surface_label(self, surface):
         """The followed widget's title, else the surface's own description (its directions, seed)."""
@@ -160,9 +182,12 @@ class SpectrumWidget(SeededWidget):
                 self._state = "partial"
                 self._done, self._total = (done, total) if stage == "density" else (0, 0)
                 self._status = f"{words.get(stage, stage)} · {payload['hvps']} Hessian-vector products so far"
+        elif kind == "failed":
+            self.spectrum_error, self.trust_error = payload, None
         elif kind == "done":
-            spec, panel = payload
+            spec, panel, reason = payload
             self.spectrum, self.trust = spec, panel
+            self.spectrum_error, self.trust_error = None, reason and reason["error"]
             self._cached = (p, spec)
             n = spec.meta["num_parameters"]
             with self.hold_sync():
@@ -170,7 +195,7 @@ class SpectrumWidget(SeededWidget):
                 self._bottom = [float(v) for v in spec.bottom_eigenvalues]
                 self._trace = finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
                                        "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n})
-                self._trust = finite(panel or {})
+                self._trust = finite(panel or reason or {})
                 self._info = finite({"hvps": spec.meta["hvps_total"], "seconds": spec.meta["timings"]["total_s"],
                                       "steps": spec.meta["steps"], "runs": spec.meta["runs"]})
                 self._grid = f32(spec.density_grid) if spec.density is not None else b""
@@ -178,4 +203,5 @@ class SpectrumWidget(SeededWidget):
                 self._done = self._total = 1
                 self._state = "done"
                 self._status = (f"{spec.meta['hvps_total']} Hessian-vector products in "
-                                f"{time.perf_counter() - t0:.2f} s · {n:,} parameters")
+                                f"{time.perf_counter() - t0:.2f} s · {n:,} parameters"
+                                + (" · trust panel unavailable" if reason else ""))

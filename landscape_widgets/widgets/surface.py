@@ -13,8 +13,9 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
+from ..evaluator import Cancelled
 from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
-                    check_normalization_choice, engine_note, f32, finite, gaps_note, private_landscape)
+                    check_normalization_choice, engine_note, f32, failure_panel, finite, gaps_note, private_landscape)
 
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
@@ -65,7 +66,9 @@ class SurfaceWidget(RandomDirectionWidget):
     ``w.surface.meta["trust"]``; the median of several seeds shows kappa as ranges over its seeds' planes and
     warns in how many of them a saddle hides.  It costs about 100 Hessian-vector products (each two to three passes
     over the data; 1.3 s for the digits MLP, 5 s for the digits CNN on 2 CPU cores), plus two per extra seed: for a
-    large model on a large data set pass ``trust=False`` and call ``ls.trust(w.surface)`` when wanted.
+    large model on a large data set pass ``trust=False`` and call ``ls.trust(w.surface)`` when wanted.  A panel that
+    cannot be computed (a model without a double backward, such as SDPA attention on a CPU) leaves the plane as it
+    is: the panel's place says why, and so do ``w.trust_error`` and ``w.surface.meta["trust_error"]``.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -82,7 +85,8 @@ class SurfaceWidget(RandomDirectionWidget):
     _path = t.Bytes(b"").tag(sync=True)  # float32 [n, 2]: the trajectory projected on the plane ("pca")
     _path_steps = t.List(t.Int(), []).tag(sync=True)
     _path_losses = t.Bytes(b"").tag(sync=True)
-    _trust = t.Dict().tag(sync=True)  # the trust panel of the plane shown, {} while it is computed or off
+    _trust = t.Dict().tag(sync=True)  # the trust panel of the plane shown, {} while it is computed or off,
+    # {"error": reason, "detail": whole message} when it could not be computed
 
     _compute_traits = ("resolution", "seed", "normalization", "span", "seeds")
     _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses", "_path",
@@ -100,6 +104,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self._ls = private_landscape(ls)
         self._with_trust = bool(trust)
         self.trust = None  # the latest trust panel (dict), see Landscape.trust
+        self.trust_error = None  # why the latest plane has no trust panel ("RuntimeError: ..."), else None
         self._compute_kw = check_compute(compute)
         self._kind_kw = {} if trajectory is None else {"trajectory": trajectory}
         self._span0 = _span(span)  # for "pca"/"hessian": the kind's own grid until the span is changed
@@ -173,7 +178,7 @@ class SurfaceWidget(RandomDirectionWidget):
                 callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw)
             emit("spread", spread)
             if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
-                emit("trust", self._ls.trust(spread, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL))
+                emit(*self._trust_panel(spread, cancel))
             return
         if p["directions"] == "random":
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
@@ -191,7 +196,17 @@ class SurfaceWidget(RandomDirectionWidget):
         """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products."""
         emit("done", surf)
         if self._with_trust:
-            emit("trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL))
+            emit(*self._trust_panel(surf, cancel))
+
+    def _trust_panel(self, surf, cancel):
+        """("trust", panel), or ("trust_error", {error, detail}) when the Hessian-vector products fail: the panel
+        is an addition to a plane already drawn, and its failure must not turn that plane into an error."""
+        try:
+            return "trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            return "trust_error", failure_panel(exc)
 
     def _pending_status(self, p):
         return f"computing {p['resolution']}×{p['resolution']}…"
@@ -252,6 +267,7 @@ class SurfaceWidget(RandomDirectionWidget):
         elif kind == "spread":
             from ..results import Surface
             self.spread = payload
+            self.trust = self.trust_error = None
             self.surface = Surface(payload.alphas, payload.betas, payload.median, None,
                                    dict(payload.meta, kind="seed_median"))
             sharp = ", ".join(f"{v:.3g}" for v in payload.sharpness)
@@ -266,7 +282,7 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._show(payload.alphas, payload.betas, payload.median)
         elif kind == "done":
             self.surface = payload
-            self.trust = None
+            self.trust = self.trust_error = None
             self._grid = None
             with self.complete_sync():
                 self._done = self._total = payload.losses.size
@@ -276,15 +292,24 @@ class SurfaceWidget(RandomDirectionWidget):
                                 + (" · trust panel: computing…" if self._with_trust else ""))
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
         elif kind == "trust":
-            self.trust = payload
+            self.trust, self.trust_error = payload, None
             if self.surface is not None:
                 self.surface.meta["trust"] = payload
+                self.surface.meta.pop("trust_error", None)
             with self.complete_sync():
                 hiding = payload.get("hides_saddle_seeds")
                 self._status = self._status.replace(" · trust panel: computing…", "") + (
                     "" if not payload.get("hides_saddle") else " · ⚠ this slice hides a saddle" if hiding is None
                     else f" · ⚠ the planes of {len(hiding)} of {len(payload['seeds'])} seeds hide a saddle")
                 self._trust = finite(payload)
+        elif kind == "trust_error":
+            self.trust, self.trust_error = None, payload["error"]
+            if self.surface is not None:
+                self.surface.meta.pop("trust", None)
+                self.surface.meta["trust_error"] = payload["error"]
+            with self.complete_sync():  # the plane stays "done": only its panel is missing
+                self._status = self._status.replace(" · trust panel: computing…", "") + " · trust panel unavailable"
+                self._trust = payload
 
     def _show(self, alphas, betas, losses, surf=None):
         self._trust = {}  # whatever is drawn now, the panel shown belonged to an earlier plane
