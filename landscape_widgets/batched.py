@@ -41,6 +41,7 @@ AUTO_MIN_POINTS = 128
 RULES = ("vmap", "im2col", "affine", "triton")  # how layers with moving weights are batched (module docstring)
 # rule=None by device type (vmap's own rule elsewhere); on a CPU "auto" keeps the per-point loop anyway
 DEFAULT_RULES = {"cuda": "affine"}
+_VMAP_ERRORS = ("Batching rule not implemented", "vmap", "BatchedTensor")  # what torch.func says it cannot batch
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -228,10 +229,33 @@ class VmapEvaluator(PointEvaluator):
         if self.mode is None:
             if len(coords) >= max(AUTO_MIN_POINTS, 4 * AUTO_PROBE):
                 return self._tune(coords)
-            return self._vmap_tile(coords)  # on the default rule (self.rule until a tile is tuned)
+            try:
+                return self._vmap_tile(coords)  # on the default rule (self.rule until a tile is tuned)
+            except Exception as exc:  # noqa: BLE001 -- a model vmap cannot batch runs in the loop
+                if _is_oom(exc):
+                    raise
+                return self._to_loop(coords, {self.rule: f"{type(exc).__name__}: {exc}"})
         if self.mode == "loop":
             return PointEvaluator._eval_tile(self, coords)
-        return self._vmap_tile(coords)
+        try:
+            return self._vmap_tile(coords)
+        except Exception as exc:  # noqa: BLE001
+            if _is_oom(exc) or not any(k in str(exc) for k in _VMAP_ERRORS):
+                raise
+            raise RuntimeError(f"torch.func.vmap cannot batch this model's forward ({str(exc).splitlines()[0]}); "
+                               "pass evaluator='loop' (the per-point loop runs any model) or 'auto'") from exc
+
+    def _to_loop(self, coords, errors):
+        """``"auto"`` when no vmap rule can run this model (an LSTM: vmap has no batching rule for it): the
+        per-point loop from here on, the errors kept in ``timings``."""
+        warnings.warn("torch.func.vmap cannot batch this model (" + "; ".join(f"{r}: {e.splitlines()[0][:200]}"
+                      for r, e in errors.items()) + "); its points run in the per-point loop", RuntimeWarning,
+                      stacklevel=3)
+        self.mode, self.accelerate = "loop", True
+        self.timings = {f"vmap_{r}_error": e for r, e in errors.items()}
+        if self._tune_cache is not None:
+            self._tune_cache[self._tune_key] = (self.mode, self.rule, self.chunk_size, dict(self.timings))
+        return PointEvaluator._eval_tile(self, coords)
 
     def _tune(self, coords):
         """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path; for a
@@ -249,17 +273,20 @@ class VmapEvaluator(PointEvaluator):
                 t0 = time.perf_counter()
                 out[start:stop] = self._vmap_tile(coords[start:stop])  # ends with a copy to the host: synchronized
             except Exception as exc:  # noqa: BLE001 -- a rule that fails here (a kernel that does not compile on
-                if _is_oom(exc) or (not per_point and i == len(variants) - 1):  # this device) is left out
+                if _is_oom(exc):  # this device) is left out
                     raise
                 failed[variant] = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"the vmap rule {variant!r} failed on this model and device and is left out: "
-                              f"{failed[variant]}", RuntimeWarning, stacklevel=2)
                 pending.append((start, stop))
                 start = stop
                 continue
             per_point[variant] = (time.perf_counter() - t0) / (stop - start)
             chunks[variant] = self.chunk_size
             start = stop
+        if not per_point:  # no rule batches this model: the loop does (and raises what the model itself raises)
+            return self._to_loop(coords, failed)
+        for variant, error in failed.items():
+            warnings.warn(f"the vmap rule {variant!r} failed on this model and device and is left out: {error}",
+                          RuntimeWarning, stacklevel=2)
         best = min(per_point, key=per_point.get)
         self.rule, self.chunk_size = best, chunks[best]
         for a, b in pending:  # the failed rules' share of the tile

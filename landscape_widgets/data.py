@@ -5,6 +5,7 @@ batch is whatever the model or ``batch_loss`` takes: a dict, a tuple such as ``(
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Mapping
 
@@ -81,6 +82,18 @@ def _is_one_batch(data) -> bool:
     return not isinstance(data, Iterable) or isinstance(data, (str, bytes))
 
 
+@contextlib.contextmanager
+def kept_rng():
+    """The global CPU RNG as it was: a DataLoader without its own generator draws its base seed from it at every
+    ``iter()``, and the user's random stream must not depend on how often the library reads the data (every pass
+    then also shuffles alike)."""
+    state = torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
 class DataSource:
     """Yields ``(x, y, n)`` on the evaluation device: ``x`` the inputs and ``y`` the targets with ``loss_fn``, else
     ``x`` the whole batch and ``y`` None; ``n`` the batch's sample count.
@@ -114,7 +127,9 @@ class DataSource:
             self.single = (data, None)
             self.num_samples, self.num_batches = (n if n is not None else 1), 1
         elif isinstance(data, Iterable) and not isinstance(data, (str, bytes, torch.Tensor)):
-            if iter(data) is data:
+            with kept_rng():
+                one_shot = iter(data) is data
+            if one_shot:
                 raise TypeError("data is a one-shot iterator (e.g. a generator), but the landscape reads the data "
                                 "many times; pass a DataLoader, a list of batches, or one batch")
             if hasattr(data, "__len__") and len(data) == 0:
@@ -137,6 +152,10 @@ class DataSource:
             x, y = self._cache[key]
             yield x, y, self.num_samples
             return
+        with kept_rng():
+            yield from self._stream(device)
+
+    def _stream(self, device):
         total, count = 0, 0
         for batch in self.iterable:
             if self.pairs:

@@ -22,6 +22,7 @@ import contextlib
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 from ..objective import as_objective
 from ..evaluator import Cancelled, _is_cancelled, plan_micro_batches, warm_allocator
 
@@ -222,9 +223,12 @@ def second_order_kernels():
     """Kernels that have a second derivative, for the forward passes whose graph is differentiated twice.
 
     Fused attention (SDPA's flash and memory-efficient CPU/CUDA kernels) and cuDNN's RNNs have no double backward;
-    their composite forms (SDPA's math backend, the native RNN) compute the same function and do.  The forward
-    passes of the plane keep the fused kernels."""
+    their composite forms (SDPA's math backend, the native RNN) compute the same function and do.  The fused weight
+    norm (``torch._weight_norm``, behind ``parametrizations.weight_norm``) has a double backward that disagrees
+    with the dense Hessian (not even symmetric) in torch 2.13; ``v * g / ||v||`` (Salimans & Kingma 2016, eq. 2)
+    replaces it.  The forward passes of the plane keep the fused kernels."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_CompositeWeightNorm())
         try:
             from torch.nn.attention import SDPBackend, sdpa_kernel
         except ImportError:  # older torch: its CPU SDPA is composite anyway
@@ -262,6 +266,16 @@ def _explain(cause):
             "non-cuDNN RNNs); for a custom autograd.Function implement its backward with differentiable "
             "operations, or build the model with a plain implementation (e.g. HuggingFace's "
             "attn_implementation='eager'). The loss surfaces (plane, line, interpolate) do not need it.")
+
+
+class _CompositeWeightNorm(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch._weight_norm:
+            v, g = args[0], args[1]
+            dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+            return v * (g / torch.norm_except_dim(v, 2, dim))
+        return func(*args, **kwargs)
 
 
 _NO_DOUBLE_BACKWARD = ("double backward", "derivative for", "is not implemented", "differentiate twice")
