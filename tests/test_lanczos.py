@@ -11,7 +11,7 @@ from landscape_widgets._model import PrivateModel
 from landscape_widgets.data import DataSource
 from landscape_widgets.hessian import HessianOperator
 from landscape_widgets.hessian import lanczos
-from landscape_widgets.hessian.lanczos import _arpack, extreme_eigenpairs
+from landscape_widgets.hessian.lanczos import _arpack, extreme_eigenpairs, lanczos_residual
 
 CE = nn.CrossEntropyLoss()
 
@@ -112,6 +112,8 @@ def test_clustered_top_of_a_known_spectrum():
     assert info["converged"]
     np.testing.assert_allclose(w, np.linspace(1.0, 0.98, 5), rtol=1e-8)
     np.testing.assert_allclose(op.d.numpy()[:, None] * V, V * w, atol=1e-4)
+    # converged Ritz vectors are where a basis loses orthogonality: one reorthogonalization pass per step kept it
+    np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-10)
 
 
 def test_an_unconverged_run_returns_k_estimates_and_says_so(monkeypatch):
@@ -147,3 +149,34 @@ def test_growing_basis_gives_the_same_pairs(case, monkeypatch):
         assert info["method"] == "lanczos" and info["hvps"] > 16
         runs.append((w, V))
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+
+
+class CountedPasses(torch.overrides.TorchFunctionMode):
+    """Counts the Gram-Schmidt passes of lanczos_residual (one ``addmv_`` each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.passes = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.passes += func is torch.Tensor.addmv_
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("lost,passes", [(0.0, 1), (1e-9, 1), (100.0, 2)])
+def test_reorthogonalization_repeats_a_pass_only_when_it_removed_more_than_rounding(lost, passes):
+    """After the three-term recurrence ``w`` is orthogonal to the basis up to rounding, and one classical
+    Gram-Schmidt pass suffices; when a pass removes most of ``w`` (orthogonality was lost), it runs a second
+    (DGKS).  Either way ``w`` leaves orthogonal to the basis, with its norm returned."""
+    rng = np.random.default_rng(0)
+    Q = torch.from_numpy(np.linalg.qr(rng.standard_normal((400, 12)))[0].T.copy())  # 12 orthonormal rows
+    j, a, b = 9, 0.7, 0.3
+    z = torch.from_numpy(rng.standard_normal(400))
+    z -= Q.T @ (Q @ z)  # the part that must survive: orthogonal to every row, also those beyond j
+    w = z + a * Q[j] + b * Q[j - 1] + lost * (Q[0] + Q[4])
+    with CountedPasses() as mode:
+        norm = lanczos_residual(w, Q, j, a, b)
+    assert mode.passes == passes
+    assert float((Q[:j + 1] @ w).abs().max()) <= 1e-14 * norm
+    torch.testing.assert_close(w, z, rtol=0, atol=1e-12)
+    assert norm == pytest.approx(float(z.norm()), rel=1e-14)

@@ -26,6 +26,7 @@ MIN_STEPS = 200
 BLOCK = 32               # the basis grows by doubling from this many vectors: most runs stop after 10-60
 MAX_RESTARTS = 200       # ARPACK's maxiter when none is given (its own default, 10 P, means "never stop")
 EPS23 = np.finfo(np.float64).eps ** (2 / 3)  # ARPACK's floor for |theta| in its relative test
+DGKS = 0.717             # a reorthogonalization pass is repeated when it leaves less than this of ||w|| (ARPACK)
 
 
 def _fix_sign(vectors: np.ndarray) -> np.ndarray:
@@ -83,6 +84,30 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
                              "maxiter": maxiter}
 
 
+def lanczos_residual(w, Q, j, a, b_prev):
+    """The next Lanczos residual from ``w = H q_j`` (a tensor the caller owns), in place; returns ``||w||``.
+
+    The three-term recurrence ``w - a q_j - b_prev q_{j-1}`` leaves ``w`` orthogonal to the basis up to rounding,
+    which grows as Ritz values converge and would bring them back as spurious copies.  One classical Gram-Schmidt
+    pass against ``Q[:j + 1]`` removes it (full reorthogonalization); a second runs only when the first shrank
+    ``w`` below ``DGKS`` of its norm, i.e. removed more than rounding ("twice is enough", Parlett 1998 §6.9; the
+    test of Daniel, Gragg, Kaufman & Stewart 1976, as in ARPACK's ``dsaitr``).  A pass reads the float64 basis
+    twice: at step 30 of a 1M-parameter model 20 ms, against 300-600 ms per product.
+    """
+    w.add_(Q[j], alpha=-a)
+    if j:
+        w.add_(Q[j - 1], alpha=-b_prev)
+    basis = Q[:j + 1]
+    before = float(torch.linalg.vector_norm(w))
+    for _ in range(2):
+        w.addmv_(basis.T, basis @ w, alpha=-1.0)
+        after = float(torch.linalg.vector_norm(w))
+        if after > DGKS * before:
+            break
+        before = after
+    return after
+
+
 def _lanczos(op, k, which, v0, tol, steps):
     """At most ``steps`` Lanczos steps from ``v0``; ``(values, vectors, converged)`` of the wanted Ritz pairs."""
     P = op.num_parameters
@@ -93,12 +118,7 @@ def _lanczos(op, k, which, v0, tol, steps):
     for j in range(steps):
         w = op.matvec_torch(Q[j]).double()
         alpha.append(float(Q[j] @ w))
-        # full reorthogonalization, twice ("twice is enough", Parlett 1998 §6.9): without it converged Ritz
-        # values come back as spurious copies
-        basis = Q[:j + 1]
-        w = w - basis.T @ (basis @ w)
-        w = w - basis.T @ (basis @ w)
-        b = float(torch.linalg.vector_norm(w))
+        b = lanczos_residual(w, Q, j, alpha[-1], beta[-1] if beta else 0.0)
         T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
         theta, S = np.linalg.eigh(T)
         sel = np.arange(j, max(j - k, -1), -1) if which == "LA" else np.arange(min(k, j + 1))

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
+from .lanczos import lanczos_residual
+
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 MEMORY_BUDGET = 2 ** 30  # bytes of float64 Krylov basis held at once; more runs than fit go in several blocks
 
@@ -63,12 +65,9 @@ def _lockstep(op, v0, steps, breakdown, *, on_step=None):
             if j == steps - 1:  # the last step needs only alpha
                 active[i] = False
                 continue
-            # full reorthogonalization, twice ("twice is enough", Parlett 1998 §6.9): Lanczos vectors lose
-            # orthogonality as Ritz values converge and would produce spurious copies of the extreme eigenvalues
-            basis = Q[i, :j + 1]
-            w = w - basis.T @ (basis @ w)
-            w = w - basis.T @ (basis @ w)
-            nb = float(torch.linalg.vector_norm(w))
+            # full reorthogonalization: Lanczos vectors lose orthogonality as Ritz values converge and would
+            # produce spurious copies of the extreme eigenvalues
+            nb = lanczos_residual(w, Q[i], j, alpha[i, j], beta[i, j - 1] if j else 0.0)
             scale = max(np.abs(alpha[i, :j + 1]).max(), beta[i, :j].max() if j else 0.0, 1e-300)
             if nb <= breakdown * scale:  # invariant subspace found: the quadrature is exact with j + 1 nodes
                 length[i] = j + 1
