@@ -318,7 +318,7 @@ class PointEvaluator:
         return x
 
 
-def plan_micro_batches(module, objective, x, y, n):
+def plan_micro_batches(module, objective, x, y, n, *, min_samples=None):
     """``[(x_i, y_i, n_i)]``: the one in-memory batch cut into chunks whose largest activation is about
     ``MICRO_BYTES``, or None where that does not pay (small activations) or is not exact.  Exact means: at the
     module's current weights the sample-weighted mean of the chunk losses equals the full-batch loss (a model or
@@ -331,7 +331,7 @@ def plan_micro_batches(module, objective, x, y, n):
     largest = _largest_output_bytes(module, x)
     if largest <= MICRO_MIN_BYTES:
         return None
-    size = max(MICRO_MIN_SAMPLES, int(MICRO_BYTES * n // largest))
+    size = max(MICRO_MIN_SAMPLES if min_samples is None else min_samples, int(MICRO_BYTES * n // largest))
     if 2 * size > n:
         return None
     chunks = [(x[i:i + size], y[i:i + size], len(y[i:i + size])) for i in range(0, n, size)]
