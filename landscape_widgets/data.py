@@ -11,8 +11,6 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .objective import call_model  # noqa: F401 -- re-exported: the calling convention lives with the objective
-
 
 def to_device(obj, device, non_blocking=False):
     if isinstance(obj, torch.Tensor):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .data import batch_tensors
-from .objective import as_objective, call_model, check_loss  # noqa: F401 -- check_loss re-exported
+from .objective import as_objective, call_model
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WARM_BYTES = 30 * 2 ** 20  # below glibc's DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit)
@@ -470,19 +470,17 @@ class _AffineShortcut:
 def _input_layers(module, objective, x):
     """``[(layer, tensor)]``: Linear/Conv layers called with a tensor of the batch ``x`` itself (found by one traced
     forward of the objective, so that a ``batch_loss``'s own calls count too)."""
-    inputs = list(batch_tensors(x))
-    ids = {id(t): t for t in inputs}
+    ids = {id(t): t for t in batch_tensors(x)}
     found = {}
 
     def pre_hook(mod, args):
         if args and id(args[0]) in ids and mod not in found:
             found[mod] = ids[id(args[0])]
 
-    handles = [m.register_forward_pre_hook(pre_hook) for m in module.modules() if type(m) in _AFFINE]
-    if not handles or not inputs:
-        for h in handles:
-            h.remove()
+    layers = [m for m in module.modules() if type(m) in _AFFINE]
+    if not layers or not ids:
         return []
+    handles = [m.register_forward_pre_hook(pre_hook) for m in layers]
     try:
         objective.forward(module, x)
     finally:

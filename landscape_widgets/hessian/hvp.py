@@ -23,9 +23,10 @@ import contextlib
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
-from ..objective import as_objective
+
 from .. import evaluator
 from ..evaluator import Cancelled, _is_cancelled, plan_micro_batches, warm_allocator
+from ..objective import as_objective
 
 BACKENDS = ("graph", "func")
 # a product's per-call overheads weigh less than a forward's: chunks down to 16 samples keep logits-sized
@@ -86,7 +87,7 @@ class HessianOperator:
     def _first_order(self, x, y):
         leaves = self._leaves()
         loss = self._batch_loss(leaves, x, y)
-        with second_order_kernels(), explain_double_backward():
+        with explain_double_backward():  # the kernels were chosen by the forward (second_order_kernels)
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
         # a gradient that does not require grad is constant in theta: its Hessian block is zero
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]

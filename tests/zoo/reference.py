@@ -253,14 +253,20 @@ class Reference:
                 total += n
         return acc / total
 
-    def loss_inplace(self, values: dict, buffers: dict | None = None) -> float:
-        """The same through a deep copy whose own Parameters (and buffers) are overwritten."""
+    def _copy_at(self, values: dict):
+        """A deep copy (in its wrapper) whose own Parameters hold ``values``."""
         wrapper = self._copy()
-        m = wrapper.m
         with torch.no_grad():
-            own = canonical(m)
+            own = canonical(wrapper.m)
             for n, t in values.items():
                 own[n].copy_(t)
+        return wrapper
+
+    def loss_inplace(self, values: dict, buffers: dict | None = None) -> float:
+        """The same through a deep copy whose own Parameters (and buffers) are overwritten."""
+        wrapper = self._copy_at(values)
+        m = wrapper.m
+        with torch.no_grad():
             own_b = dict(m.named_buffers())
             for n, t in (buffers or {}).items():
                 own_b[n].copy_(t)
@@ -273,12 +279,9 @@ class Reference:
     def recompute_bn_loss(self, values: dict) -> float:
         """buffers="recompute": BatchNorm statistics re-estimated at the point by one train-mode pass over the data
         with cumulative averages (as torch.optim.swa_utils.update_bn), then the eval-mode loss."""
-        wrapper = self._copy()
+        wrapper = self._copy_at(values)
         m = wrapper.m
         with torch.no_grad():
-            own = canonical(m)
-            for n, t in values.items():
-                own[n].copy_(t)
             bns = [mod for mod in m.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
             for bn in bns:
                 bn.reset_running_stats()
