@@ -4,8 +4,7 @@
     ls = lw.Landscape(model, loss_fn, (inputs, targets))
     surf = ls.plane(resolution=41)          # filter-normalized random plane (Li et al. 2018)
 """
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: E402
 from .evaluator import Cancelled, Tile  # noqa: E402
 from .landscape import Landscape  # noqa: E402
 from .results import Curve, Surface, load  # noqa: E402
@@ -14,7 +13,7 @@ from .hessian.trust import SeedSpread  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
 
-__all__ = ["SeedSpread", "Spectrum",  # the Hessian views (issue 4)
+__all__ = ["SeedSpread", "Spectrum",
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 # imported on first use: anywidget/ipywidgets stay out of the import

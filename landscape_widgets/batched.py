@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_map
 from . import triton_conv
 from .affine_layers import AffinePoints
 from .batched_conv import batched_convs
-from .evaluator import PointEvaluator
+from .evaluator import PointEvaluator, is_oom
 
 CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
 MAX_CHUNK = 1024        # beyond this the stacked weights dominate and launches are long amortized
@@ -42,12 +42,6 @@ RULES = ("vmap", "im2col", "affine", "triton")  # how layers with moving weights
 # rule=None by device type (vmap's own rule elsewhere); on a CPU "auto" keeps the per-point loop anyway
 DEFAULT_RULES = {"cuda": "affine"}
 _VMAP_ERRORS = ("Batching rule not implemented", "vmap", "BatchedTensor")  # what torch.func says it cannot batch
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def resolve_evaluator(evaluator, device, *, buffers=None) -> str:
@@ -174,7 +168,7 @@ class VmapEvaluator(PointEvaluator):
             try:
                 return vmap(lambda mv, ci: self.objective.reduce(forward(mv, ci), y))(stacked, c).double()
             except Exception as exc:  # noqa: BLE001 -- any loss that vmap cannot trace falls back below
-                if _is_oom(exc) or not self.objective.splits:  # batch_loss is one call: nothing to take out
+                if is_oom(exc) or not self.objective.splits:  # batch_loss is one call: nothing to take out
                     raise
                 traced = True
         outputs = vmap(forward)(stacked, c)  # a forward that fails (a rule autotune then leaves out) raises here
@@ -197,7 +191,7 @@ class VmapEvaluator(PointEvaluator):
         try:
             self._chunk_losses(coords[:2], x, y)  # two points: the per-point cost, not the shared inputs'
         except Exception as exc:  # noqa: BLE001
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             torch.cuda.empty_cache()
             return 1  # the halving loop raises if even one point does not fit
@@ -215,7 +209,7 @@ class VmapEvaluator(PointEvaluator):
             try:
                 out.append(self._chunk_losses(coords[start:start + size], x, y))
             except Exception as exc:  # noqa: BLE001
-                if not _is_oom(exc) or size == 1:
+                if not is_oom(exc) or size == 1:
                     raise
                 if self.private.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -232,7 +226,7 @@ class VmapEvaluator(PointEvaluator):
             try:
                 return self._vmap_tile(coords)  # on the default rule (self.rule until a tile is tuned)
             except Exception as exc:  # noqa: BLE001 -- a model vmap cannot batch runs in the loop
-                if _is_oom(exc):
+                if is_oom(exc):
                     raise
                 return self._to_loop(coords, {self.rule: f"{type(exc).__name__}: {exc}"})
         if self.mode == "loop":
@@ -240,7 +234,7 @@ class VmapEvaluator(PointEvaluator):
         try:
             return self._vmap_tile(coords)
         except Exception as exc:  # noqa: BLE001
-            if _is_oom(exc) or not any(k in str(exc) for k in _VMAP_ERRORS):
+            if is_oom(exc) or not any(k in str(exc) for k in _VMAP_ERRORS):
                 raise
             raise RuntimeError(f"torch.func.vmap cannot batch this model's forward ({str(exc).splitlines()[0]}); "
                                "pass evaluator='loop' (the per-point loop runs any model) or 'auto'") from exc
@@ -273,7 +267,7 @@ class VmapEvaluator(PointEvaluator):
                 t0 = time.perf_counter()
                 out[start:stop] = self._vmap_tile(coords[start:stop])  # ends with a copy to the host: synchronized
             except Exception as exc:  # noqa: BLE001 -- a rule that fails here (a kernel that does not compile on
-                if _is_oom(exc):  # this device) is left out
+                if is_oom(exc):  # this device) is left out
                     raise
                 failed[variant] = f"{type(exc).__name__}: {exc}"
                 pending.append((start, stop))

@@ -18,7 +18,7 @@ import torch
 
 from contextlib import contextmanager
 
-from . import __version__
+from ._version import __version__
 from ._checks import check_int
 from .directions.gaussian import check_seed
 from .results import Result, register_result
@@ -77,11 +77,14 @@ class Embedding(Result):
         return obj
 
 
-def check_trajectories(trajectories):
-    from .trajectory import Trajectory
+def _is_trajectory(obj) -> bool:
+    # by interface, not by class: trajectory.py (the records) imports this module for Trajectory.embed
+    return all(hasattr(obj, a) for a in ("names", "shapes", "record", "matrix", "columns", "__len__")) and not isinstance(obj, type)
 
-    trajs = [trajectories] if isinstance(trajectories, Trajectory) else trajectories
-    if not isinstance(trajs, (list, tuple)) or not trajs or not all(isinstance(t, Trajectory) for t in trajs):
+
+def check_trajectories(trajectories):
+    trajs = [trajectories] if _is_trajectory(trajectories) else trajectories
+    if not isinstance(trajs, (list, tuple)) or not trajs or not all(_is_trajectory(t) for t in trajs):
         raise TypeError("trajectories must be an lw.Trajectory or a non-empty list of them")
     for k, t in enumerate(trajs):
         if len(t) == 0:

@@ -61,6 +61,12 @@ def warm_allocator(device) -> None:
         del block
 
 
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 class Cancelled(Exception):
     """Raised between tiles when the ``cancel`` flag of a computation is set."""
 

@@ -14,6 +14,9 @@ import base64
 import html
 import json
 import os
+import pathlib
+
+BUNDLE = pathlib.Path(__file__).resolve().parent / "static" / "widget.js"
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' blob:; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'")
@@ -82,12 +85,18 @@ def script_json(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def bundle_source() -> str:
+    """The widgets' front-end bundle (``js/`` built by esbuild into ``static/widget.js``)."""
+    if not BUNDLE.exists():
+        raise FileNotFoundError(f"{BUNDLE} is missing: build the front end with `cd js && npm ci && npm run build` "
+                                "(scripts/setup.sh does this)")
+    return BUNDLE.read_text(encoding="utf-8")
+
+
 def page_html(widgets, *, title=None, info=None, bundle=None) -> str:
     """The HTML of one offline page showing ``widgets`` (live widgets; their current state is frozen)."""
-    from .widgets._base import LiveWidget, bundle_source
-
     widgets = list(widgets) if isinstance(widgets, (list, tuple)) else [widgets]
-    if not widgets or not all(isinstance(w, LiveWidget) for w in widgets):
+    if not widgets or not all(callable(getattr(w, "export_state", None)) for w in widgets):
         raise TypeError("widgets must be a landscape_widgets widget or a list of them (SurfaceWidget, CurveWidget)")
     heading = title is not None  # without a page title the widgets' own titles suffice (no repeated heading)
     if title is None:
@@ -101,7 +110,7 @@ def page_html(widgets, *, title=None, info=None, bundle=None) -> str:
     for k, w in enumerate(widgets):
         parts.append(f'<section class="lw-host" id="lw-host-{k}"></section>')
         parts.append(f'<script type="application/json" data-lw-state="lw-host-{k}">'
-                     f'{script_json(_encode(w._export_state()))}</script>')
+                     f'{script_json(_encode(w.export_state()))}</script>')
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP)}">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import PrivateModel, check_model, resolve_device, select_params, state_from, unwrap
 from .data import DataSource

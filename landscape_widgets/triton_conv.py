@@ -22,6 +22,8 @@ import warnings
 
 import torch
 
+from .evaluator import is_oom
+
 BLOCK_M = 128  # output pixels per program: the M dim of the tensor-core tile (interpreter; autotuned on GPUs)
 MAX_GRID_Z = 65535  # CUDA's limit on a grid's z (points) axis
 
@@ -178,9 +180,8 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         if shape not in verified and _verify(y, x, weights, bias, kernel, st, pad, dil, tf32):
             verified.add(shape)
     except Exception as exc:  # noqa: BLE001 -- a kernel that does not compile, launch or agree: cuDNN's form instead
-        from .batched import _is_oom  # here, not at the top: batched imports this module
 
-        if _is_oom(exc):  # the evaluator halves its chunk
+        if is_oom(exc):  # the evaluator halves its chunk
             raise
         failures[shape] = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"the Triton convolution failed for a layer of shape {shape} and falls back to cuDNN: "

@@ -12,7 +12,7 @@ from torch import nn
 
 import landscape_widgets as lw
 from landscape_widgets import export
-from landscape_widgets.widgets._base import BUNDLE
+from landscape_widgets.export import BUNDLE
 
 EVIL = '</script><script>alert("x")</script><!-- & <b>bold</b>'
 

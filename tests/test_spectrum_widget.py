@@ -82,7 +82,7 @@ def test_state_is_json_ready_even_with_a_zero_direction(case, tmp_path):
     surf = ls.plane(directions=(one, zero), resolution=3, span=0.1, progress=False)
     w = lw.SpectrumWidget(ls, surface=surf, **FAST)
     assert w._trust["kappa"][1] is None and np.isnan(w.trust["kappa"][1])  # NaN in Python, null in JSON
-    json.dumps(w._export_state()["_trust"], allow_nan=False)
+    json.dumps(w.export_state()["_trust"], allow_nan=False)
     page = w.to_html(tmp_path / "spectrum.html")
     assert '"_view":"spectrum"' in open(page).read()
 

@@ -9,7 +9,7 @@ import pytest
 from torch import nn
 
 import landscape_widgets as lw
-from landscape_widgets.widgets._base import bundle_source
+from landscape_widgets.export import bundle_source
 
 from _trajdata import trained
 

@@ -15,6 +15,7 @@ from torch import nn
 
 import landscape_widgets as lw
 from helpers import assert_same, direct_loss, snapshot
+from landscape_widgets import export
 from landscape_widgets.widgets import _base, curve as curve_mod, surface as surface_mod
 
 CE = nn.CrossEntropyLoss()
@@ -383,13 +384,13 @@ def test_curve_widget_validation(ls):
 # -- export state ---------------------------------------------------------------------------------------------
 def test_export_state_is_json_ready_and_offline(ls):
     w = lw.SurfaceWidget(ls, resolution=5, title="x")
-    s = w._export_state()
+    s = w.export_state()
     assert s["_offline"] is True and s["_view"] == "surface" and "_esm" not in s and "layout" not in s
     assert isinstance(s["_losses"], bytes) and s["_shape"] == [5, 5]
 
 
 def test_bundle_is_built_and_is_an_esm_module():
-    src = _base.bundle_source()
+    src = export.bundle_source()
     assert "export{" in src.replace(" ", "") and len(src) < 2.5e6
 
 

@@ -17,7 +17,6 @@ import contextvars
 import copy
 import math
 import numbers
-import pathlib
 import queue
 import threading
 import time
@@ -29,19 +28,11 @@ import traitlets as t
 
 from .._checks import check_int
 from ..evaluator import Cancelled
+from ..export import bundle_source, write_html
 
 SEED_MAX = 2 ** 31 - 1  # stays an exact number in JavaScript
-STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
-BUNDLE = STATIC / "widget.js"
 NORMALIZATION_CHOICES = ("filter", "layer", "model", "none")
 SEND_INTERVAL_S = 0.15  # at most ~7 partial grids a second: the browser redraws, the kernel stays light
-
-
-def bundle_source() -> str:
-    if not BUNDLE.exists():
-        raise FileNotFoundError(f"{BUNDLE} is missing: build the front end with `cd js && npm ci && npm run build` "
-                                "(scripts/setup.sh does this)")
-    return BUNDLE.read_text(encoding="utf-8")
 
 
 def f32(values) -> bytes:
@@ -407,7 +398,8 @@ class LiveWidget(anywidget.AnyWidget):
         super().close()
 
     # -- offline export --------------------------------------------------------------------------------------
-    def _export_state(self) -> dict:
+    def export_state(self) -> dict:
+        """The widget's synced state for an offline page (no comm, no bundle), marked ``_offline``."""
         keys = [k for k in self.keys if not k.startswith("_model") and not k.startswith("_view_")
                 and k not in ("_esm", "_css", "_anywidget_id", "layout", "comm", "tabbable", "tooltip", "_dom_classes")]
         state = {k: getattr(self, k) for k in keys}
@@ -416,7 +408,6 @@ class LiveWidget(anywidget.AnyWidget):
 
     def to_html(self, path, *, title=None) -> str:
         """Write one self-contained offline HTML page (bundle, styles, data inline; no network requests)."""
-        from ..export import write_html
         return write_html(path, [self], title=title)
 
 

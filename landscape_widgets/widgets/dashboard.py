@@ -8,6 +8,10 @@ import ipywidgets
 
 from ..export import write_html
 from ._base import LiveWidget, shared_jobs, start_worker
+from .curve import CurveWidget
+from .spectrum import SpectrumWidget
+from .surface import SurfaceWidget
+from .trajectory import TrajectoryWidget
 
 MIN_COLUMN_PX = 340  # two columns from ~700 px on; a side panel (~350-500 px) gets one
 
@@ -38,8 +42,6 @@ class Dashboard(ipywidgets.GridBox):
 
     def __init__(self, ls, *, trajectory=None, start=None, resolution=21, spectrum=True, title=None,
                  trajectory_options=None, spectrum_options=None):
-        from . import CurveWidget, SpectrumWidget, SurfaceWidget, TrajectoryWidget
-
         if title is not None and not isinstance(title, str):
             raise TypeError(f"title must be a string or None, got {type(title).__name__}")
         self.title = title or "landscape_widgets dashboard"
