@@ -2,7 +2,7 @@
 
 Both evaluate the same trained digits CNN on the same ``resolution``x``resolution`` plane (values compared), in
 alternating rounds so drifts in machine load hit both; the Dask time includes shipping the job and each worker
-building its model (done per run), not starting the cluster.  Goal (issue 6): Dask >= 0.9x the local rate.
+building its model (done per run), not starting the cluster.  Goal: Dask >= 0.9x the local rate.
 
     python benchmarks/dask_plane.py [--resolution 41] [--rounds 3] [--epochs 10]
 """

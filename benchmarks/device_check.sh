@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 6 (and the Hessian benchmark on the GPU), as one command for a lent device session
-# (the `device` tool's `run`; at most 6.5 minutes of commands).  Needs the wheels the device image lacks in .whl/
-# (git-ignored; carry it):
+# The GPU benchmarks (batched vs loop vs loss-landscapes, and the Hessian benchmark on the GPU), as one command on
+# a CUDA machine (at most 6.5 minutes of commands).  Needs the wheels a bare GPU image lacks in .whl/
+# (git-ignored; copy it along with the checkout):
 #   python3 -m pip download --no-deps -d .whl loss-landscapes==3.0.6 pyhessian==0.1
-# then:  run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=460)
+# then, from the checkout root:  bash benchmarks/device_check.sh
 # Tables go to stdout and to $OUT (gpu.md, gpu-profile.txt, hessian.md); paste the tables into
 # benchmarks/RESULTS.md.
 set -uo pipefail
@@ -20,8 +20,8 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-# most important first: the issue-6 table, then where each rule's time goes, then the Hessian timings (six minutes
-# and a half at most: a 15-minute device session has room to start the machine and rerun a part)
+# most important first: the batched-vs-loop table, then where each rule's time goes, then the Hessian timings (six
+# minutes and a half at most)
 timeout 250 python3 benchmarks/gpu.py 2>&1 | tee "$OUT/gpu.md"
 timeout 50 python3 benchmarks/gpu.py --profile 2>&1 | tee "$OUT/gpu-profile.txt"
 timeout 90 python3 benchmarks/hessian.py --device cuda --rounds 3 --epochs 30 2>&1 | tee "$OUT/hessian.md"

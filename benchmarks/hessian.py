@@ -84,7 +84,7 @@ def ours_top5(model, data, tol):
 
 
 def arpack_top5(model, data, tol):
-    """scipy's eigsh on the same operator and start vector (what the library used before its own Lanczos)."""
+    """scipy's eigsh on the same operator and start vector (ARPACK, the library's fallback after its own Lanczos)."""
     op = operator(model, data)
     with op.running():
         w, _, _ = _arpack(op, 5, "LA", np.random.default_rng(0).standard_normal(op.num_parameters), tol, None, None)
@@ -217,7 +217,7 @@ def main():
             f"trace: PyHessian Hutchinson {v_tp:.4g} in {t_tp:.3f} s; ours Hutch++ (99 HVPs) {v_to:.4g} "
             f"± {se_to:.2g} in {t_to:.3f} s", ""]
         print("\n".join(lines[-23:]), flush=True)
-    header = [f"## Hessian: top-5, products, SLQ density, trace vs PyHessian (issue 4)", "",
+    header = [f"## Hessian: top-5, products, SLQ density, trace vs PyHessian", "",
               f"`.venv/bin/python benchmarks/hessian.py --threads {args.threads} --rounds {args.rounds} "
               f"--epochs {args.epochs} --device {args.device} --write` — {_where()}, torch {torch.__version__}, "
               f"{args.threads} CPU threads, best of {args.rounds}; {time.strftime('%Y-%m-%d %H:%M')} UTC.", ""]

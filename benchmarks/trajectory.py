@@ -1,4 +1,4 @@
-"""Time and peak memory of recording and embedding a long run of a ~1M-parameter model (issue 5).
+"""Time and peak memory of recording and embedding a long run of a ~1M-parameter model.
 
 A 64-1000-1000-10 MLP (1,075,010 parameters) is trained on sklearn's digits for ``--steps`` SGD steps and recorded
 after every step into an ``lw.Trajectory(max_bytes=--budget-mib MiB)``.  Reported: the time of ``record`` alone
