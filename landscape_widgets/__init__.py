@@ -5,11 +5,11 @@
     surf = ls.plane(resolution=41)          # filter-normalized random plane (Li et al. 2018)
 """
 from ._version import __version__  # noqa: E402
-from .evaluator import Cancelled, Tile  # noqa: E402
+from .driver import Cancelled, Tile  # noqa: E402
 from .landscape import Landscape  # noqa: E402
 from .results import Curve, Surface, load  # noqa: E402
 from .hessian import Spectrum  # noqa: E402
-from .hessian.trust import SeedSpread  # noqa: E402
+from .results import SeedSpread  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
 

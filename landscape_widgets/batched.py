@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map
 from . import triton_conv
 from .affine_layers import AffinePoints
 from .batched_conv import batched_convs
+from .driver import run_points
 from .evaluator import PointEvaluator, is_oom
 
 CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
@@ -65,9 +66,9 @@ def tuned_rules(module, device) -> list:
             if (r != "im2col" or has_conv) and (r != "triton" or triton)]
 
 
-class VmapEvaluator(PointEvaluator):
-    """Same interface and values as :class:`PointEvaluator` (``run(coords, *, tile_size, on_tile, cancel,
-    progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
+class VmapEvaluator:
+    """Same interface and values as :class:`PointEvaluator` (``tiles(coords, todo)`` and ``run(coords, *, tile_size,
+    on_tile, cancel, progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
 
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
     ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
@@ -92,8 +93,11 @@ class VmapEvaluator(PointEvaluator):
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be None (automatic) or an int >= 1")
-        super().__init__(private, data, objective, moving)
-        self.accelerate = False  # the loop's CPU shortcuts patch module forwards, which functional_call bypasses
+        self.private, self.data, self.moving = private, data, moving
+        # the per-point loop beside it, for models vmap cannot batch and for the points "auto" times on it; its
+        # CPU shortcuts patch module forwards, which this evaluator's functional_call bypasses
+        self.loop = PointEvaluator(private, data, objective, moving)
+        self.objective = self.loop.objective
         names = {id(t): n for n, t in private.params.items()}
         names.update({id(t): n for n, t in private.buffers.items()})
         self._moving = []  # (name, base, dirs); everything else stays the copy's own (unbatched) tensor
@@ -119,7 +123,6 @@ class VmapEvaluator(PointEvaluator):
                           str(private.device), rule, chunk_size)
         if autotune and tune_cache is not None and self._tune_key in tune_cache:
             self.mode, self.rule, self.chunk_size, timings = tune_cache[self._tune_key]
-            self.accelerate = self.mode == "loop"
             self.timings = dict(timings, reused=True)
 
     # -- batched forward --------------------------------------------------------------------------------------
@@ -219,6 +222,28 @@ class VmapEvaluator(PointEvaluator):
             start += size
         return torch.cat(out)
 
+    def tiles(self, coords, todo):
+        """The executor interface (:func:`~landscape_widgets.driver.run_tiles`); once the loop is chosen, the
+        remaining tiles run in the loop's own ``tiles``, with its exact accelerations."""
+        coords = np.asarray(coords, dtype=np.float64)
+        todo = list(todo)
+        try:
+            for i, (start, stop) in enumerate(todo):
+                if self.mode == "loop":
+                    yield from self.loop.tiles(coords, todo[i:])
+                    return
+                with torch.inference_mode():
+                    values = self._eval_tile(coords[start:stop])
+                yield start, stop, values
+        finally:
+            self.loop.release()
+            self.private.reset()
+
+    def run(self, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
+        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile)."""
+        return run_points(self, coords, tile_size=tile_size, on_tile=on_tile, cancel=cancel, progress=progress,
+                          desc=desc)
+
     def _eval_tile(self, coords):
         if self.mode is None:
             if len(coords) >= max(AUTO_MIN_POINTS, 4 * AUTO_PROBE):
@@ -230,7 +255,7 @@ class VmapEvaluator(PointEvaluator):
                     raise
                 return self._to_loop(coords, {self.rule: f"{type(exc).__name__}: {exc}"})
         if self.mode == "loop":
-            return PointEvaluator._eval_tile(self, coords)
+            return self.loop._eval_tile(coords)
         try:
             return self._vmap_tile(coords)
         except Exception as exc:  # noqa: BLE001
@@ -245,11 +270,11 @@ class VmapEvaluator(PointEvaluator):
         warnings.warn("torch.func.vmap cannot batch this model (" + "; ".join(f"{r}: {e.splitlines()[0][:200]}"
                       for r, e in errors.items()) + "); its points run in the per-point loop", RuntimeWarning,
                       stacklevel=3)
-        self.mode, self.accelerate = "loop", True
+        self.mode = "loop"
         self.timings = {f"vmap_{r}_error": e for r, e in errors.items()}
         if self._tune_cache is not None:
             self._tune_cache[self._tune_key] = (self.mode, self.rule, self.chunk_size, dict(self.timings))
-        return PointEvaluator._eval_tile(self, coords)
+        return self.loop._eval_tile(coords)
 
     def _tune(self, coords):
         """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path; for a
@@ -286,13 +311,11 @@ class VmapEvaluator(PointEvaluator):
         for a, b in pending:  # the failed rules' share of the tile
             out[a:b] = self._vmap_tile(coords[a:b])
         t_vmap = per_point[best]
-        self.accelerate = True  # the loop's exact shortcuts apply on its own path
-        PointEvaluator._eval_tile(self, coords[:1])
+        self.loop._eval_tile(coords[:1])
         t0 = time.perf_counter()
-        PointEvaluator._eval_tile(self, coords[1:1 + k])
+        self.loop._eval_tile(coords[1:1 + k])
         t_loop = (time.perf_counter() - t0) / k
         self.mode = "loop" if t_loop < t_vmap else "vmap"
-        self.accelerate = self.mode == "loop"
         self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
         if len(variants) > 1:
             self.timings.update({f"vmap_{r}_s_per_point": per_point[r] for r in per_point})

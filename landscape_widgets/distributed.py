@@ -17,6 +17,7 @@ finished is lost.  Li et al.'s reference code does the same over MPI ranks (plot
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import threading
 import uuid
@@ -27,8 +28,10 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ._model import unwrap
-from .data import to_device
+from ._model import check_model, resolve_device, unwrap
+from .data import DataSource, to_device
+from .engine import Execution, Plan, Problem, local_executor
+from .objective import Objective
 
 _CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker process
 _CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, the previous one
@@ -113,9 +116,7 @@ def _cpu(t):
 
 
 def _build(job):
-    """The worker's evaluator for ``job``, built from the shipped objects or the factory (once per job)."""
-    from .landscape import Landscape
-
+    """The worker's executor for ``job``, built from the shipped objects or the factory (once per job)."""
     if job.factory is not None:
         built = job.factory()
         if not (isinstance(built, (tuple, list)) and len(built) == 3):
@@ -123,8 +124,11 @@ def _build(job):
         model, loss_fn, data = built
     else:
         model, loss_fn, data = job.model, job.loss_fn, job.data
-    ls = Landscape(model, loss_fn, data, batch_loss=job.batch_loss, params=job.params, device=job.device)
-    private = ls._fresh()
+    check_model(model)
+    objective = Objective(loss_fn, job.batch_loss)
+    problem = Problem(model, objective, DataSource(data, pairs=objective.mode == "loss_fn"), job.params,
+                      resolve_device(job.device))
+    private = problem.private()
     if private.fingerprint() != job.fingerprint:
         raise ValueError("the model built on the Dask worker has other weights than the kernel's model (fingerprint "
                          "mismatch); make the factory load the same weights")
@@ -132,8 +136,8 @@ def _build(job):
     dirs = [{n: t.to(dev) for n, t in d.items()} for d in job.dirs]
     bdirs = None if job.buffer_dirs is None else \
         {n: [None if t is None else t.to(dev) for t in ts] for n, ts in job.buffer_dirs.items()}
-    ev, _kind = ls._make_evaluator(private, dirs, buffer_dirs=bdirs, buffers=job.buffers, evaluator=job.evaluator)
-    return ev
+    return local_executor(problem, Plan(job.kind, private, dirs, np.zeros((0, len(dirs))), tile_size=1,
+                                        buffer_dirs=bdirs, buffers=job.buffers, evaluator=job.evaluator))
 
 
 def _evaluator_for(job):
@@ -154,55 +158,61 @@ def evaluate_tile(job, coords):
     """Task run on a worker: the losses at ``coords`` (one tile)."""
     entry = _evaluator_for(job)
     with entry[0]:
-        return entry[1].run(np.asarray(coords, dtype=np.float64), tile_size=len(coords))
+        coords = np.asarray(coords, dtype=np.float64)
+        (_start, _stop, values), = entry[1].tiles(coords, [(0, len(coords))])
+        return values
 
 
-def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers=None, evaluator="auto"):
-    """``compute`` for :func:`landscape_widgets.store.run_tiles` on Dask, and the run's meta entries."""
-    workers = client if isinstance(client, Workers) else Workers(client)
-    try:
-        from distributed import as_completed
-        from distributed.scheduler import KilledWorker
-    except ImportError as exc:  # optional dependency
-        raise ImportError("client= needs dask.distributed: pip install 'dask[distributed]'") from exc
-    if workers.factory is None:
-        # workers may lack the kernel's device; a compiled wrapper does not travel, its original module does
-        model = copy.deepcopy(unwrap(ls.model)).to("cpu")
-        data = ls.data.raw
-        if ls.data.single is not None:
-            data = to_device(data, "cpu")
-        shipped = {"model": model, "loss_fn": ls.loss_fn, "data": data}
-    else:
-        shipped = {"model": None, "loss_fn": None, "data": None}
-    job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device, batch_loss=ls.batch_loss,
-               params=ls.params,
-               fingerprint=private.fingerprint(), evaluator=evaluator, buffers=buffers,
-               dirs=[{n: _cpu(t) for n, t in d.items()} for d in dirs],
-               buffer_dirs=None if buffer_dirs is None else
-               {n: [_cpu(t) for t in ts] for n, ts in buffer_dirs.items()}, **shipped)
-    client_ = workers.client
-    _check_workers(client_, workers.device)
-    coords = np.asarray(coords, dtype=np.float64)
+class DaskExecutor:
+    """The executor of a plan on Dask workers (``tiles(coords, todo)`` and ``record()``, as the local ones): the
+    job is scattered once per run, tiles come back as they complete, in any order."""
 
-    def scatter():
+    def __init__(self, client, problem, plan):
+        self.workers = client if isinstance(client, Workers) else Workers(client)
+        if importlib.util.find_spec("distributed") is None:  # optional dependency
+            raise ImportError("client= needs dask.distributed: pip install 'dask[distributed]'")
+        workers = self.workers
+        if workers.factory is None:
+            # workers may lack the kernel's device; a compiled wrapper does not travel, its original module does
+            model = copy.deepcopy(unwrap(problem.model)).to("cpu")
+            data = problem.data.raw
+            if problem.data.single is not None:
+                data = to_device(data, "cpu")
+            shipped = {"model": model, "loss_fn": problem.loss_fn, "data": data}
+        else:
+            shipped = {"model": None, "loss_fn": None, "data": None}
+        self.job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device,
+                        batch_loss=problem.batch_loss, params=problem.params, kind=plan.kind,
+                        fingerprint=plan.private.fingerprint(), evaluator=plan.evaluator, buffers=plan.buffers,
+                        dirs=[{n: _cpu(t) for n, t in d.items()} for d in plan.dirs],
+                        buffer_dirs=None if plan.buffer_dirs is None else
+                        {n: [_cpu(t) for t in ts] for n, ts in plan.buffer_dirs.items()}, **shipped)
+        _check_workers(workers.client, workers.device)
+
+    def _scatter(self):
         try:
-            return client_.scatter(job, broadcast=True, hash=False)
+            return self.workers.client.scatter(self.job, broadcast=True, hash=False)
         except Exception as exc:  # noqa: BLE001 -- pickling errors come in many types
             raise TypeError(f"could not send the model, loss and data to the Dask workers ({exc}); pass "
                             "client=lw.distributed.Workers(client, factory=f) with f() -> (model, loss_fn, data) "
                             "built on the worker") from exc
 
-    def compute(todo):
-        job_future = [scatter()]
+    def tiles(self, coords, todo):
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        client, job, retries = self.workers.client, self.job, self.workers.retries
+        coords = np.asarray(coords, dtype=np.float64)
+        job_future = [self._scatter()]
         pending, tries = {}, {}
-        parts = _split(todo, sum(client_.nthreads().values()))
+        parts = _split(todo, sum(client.nthreads().values()))
         tile_of = {p: t for t, ps in parts.items() for p in ps}
         got = {t: {} for t in parts}
 
         def submit(start, stop):
             tries[start] = tries.get(start, 0) + 1
-            fut = client_.submit(evaluate_tile, job_future[0], coords[start:stop], pure=False,
-                                 key=f"lw-tile-{job.token}-{start}-{tries[start]}")
+            fut = client.submit(evaluate_tile, job_future[0], coords[start:stop], pure=False,
+                                key=f"lw-tile-{job.token}-{start}-{tries[start]}")
             pending[fut] = (start, stop)
             return fut
 
@@ -214,11 +224,11 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
                     values = fut.result()
                 except (KilledWorker,) + _cancelled_errors() as exc:
                     # workers kept dying on this tile, or the scattered job was lost with them: try again
-                    if tries[start] > workers.retries:
+                    if tries[start] > retries:
                         raise RuntimeError(f"points [{start}, {stop}) failed {tries[start]} times on the Dask "
                                            f"workers: {exc!r}") from exc
                     if job_future[0].status != "finished":  # every copy of the job died with its workers
-                        job_future[0] = scatter()
+                        job_future[0] = self._scatter()
                     ac.add(submit(start, stop))
                     continue
                 tile = tile_of[(start, stop)]
@@ -228,13 +238,14 @@ def dask_compute(client, ls, private, dirs, coords, *, buffer_dirs=None, buffers
                     del got[tile]
         finally:
             if pending:
-                client_.cancel(list(pending))
+                client.cancel(list(pending))
             job_future[0].release()
 
-    info = {"evaluator": evaluator, "dask": {"scheduler": client_.scheduler.address if client_.scheduler else None,
-                                             "workers": len(client_.nthreads()),
-                                             "factory": workers.factory is not None}}
-    return compute, info
+    def record(self) -> Execution:
+        client = self.workers.client
+        return Execution("dask", self.job.evaluator,
+                         dask={"scheduler": client.scheduler.address if client.scheduler else None,
+                               "workers": len(client.nthreads()), "factory": self.workers.factory is not None})
 
 
 def _split(todo, threads):

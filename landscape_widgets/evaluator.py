@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .data import batch_tensors
+from .driver import run_points
 from .objective import as_objective, call_model
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -67,34 +68,12 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-class Cancelled(Exception):
-    """Raised between tiles when the ``cancel`` flag of a computation is set."""
-
-
-@dataclass
-class Tile:
-    """A finished block of points: flat indices ``[start, stop)`` of the grid in C order, and their losses."""
-    start: int
-    stop: int
-    values: np.ndarray
-    done: int
-    total: int
-
-
 @dataclass
 class Moving:
     """A tensor of the private copy that moves on the grid: ``target = base + sum_k c_k * dirs[k]``."""
     target: torch.Tensor
     base: torch.Tensor
     dirs: list  # one tensor or None (zero) per coordinate
-
-
-def _is_cancelled(cancel) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 class PointEvaluator:
@@ -119,6 +98,10 @@ class PointEvaluator:
         input-affine shortcut stands in for: a tensor may have other users (tied weights, functional reuse)."""
         self._release_plan()
         self._plan = _FlatWrites(self.moving) if self.moving else None
+
+    def release(self):
+        """Give the private copy its own tensors back (after points evaluated outside :meth:`tiles`)."""
+        self._release_plan()
 
     def _release_plan(self):
         plan, self._plan = self._plan, None
@@ -189,35 +172,28 @@ class PointEvaluator:
         out[:] = (acc / total).cpu().numpy()
         return out
 
-    def run(self, coords: np.ndarray, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
+    def tiles(self, coords: np.ndarray, todo):
+        """The executor interface of :func:`~landscape_widgets.driver.run_tiles`: yields ``(start, stop, values)``
+        for each ``(start, stop)`` of ``todo``.  The run's accelerations are set up once, around all tiles; the
+        private copy gets its base weights back when the generator ends or is closed."""
         coords = np.asarray(coords, dtype=np.float64)
-        total = len(coords)
-        tile_size = max(1, int(tile_size or total))
-        values = np.full(total, np.nan)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, desc=desc, unit="pt", leave=False)
         warm_allocator(self.private.device)
+        self.release()  # a plan made outside a run (points timed by "auto") predates this run's layout
         try:
-            # layout outermost (no inference tensors); the flat write views are released before it is undone
-            with self._layout(), self._releasing_plan(), torch.inference_mode(), self._micro_batching(), \
-                    self._run_shortcuts():
-                for start in range(0, total, tile_size):
-                    if _is_cancelled(cancel):
-                        raise Cancelled(f"cancelled after {start} of {total} points")
-                    stop = min(total, start + tile_size)
-                    values[start:stop] = self._eval_tile(coords[start:stop])
-                    if bar is not None:
-                        bar.update(stop - start)
-                    if on_tile is not None:
-                        on_tile(Tile(start, stop, values[start:stop].copy(), stop, total))
+            # layout outermost (its tensors are no inference tensors); the flat write views are released before it
+            # is undone.  Grad mode is thread-local: it is switched per tile, never held across a yield
+            with self._layout(), self._releasing_plan(), self._micro_batching(), self._run_shortcuts():
+                for start, stop in todo:
+                    with torch.inference_mode():
+                        values = self._eval_tile(coords[start:stop])
+                    yield start, stop, values
         finally:
-            if bar is not None:
-                bar.close()
             self.private.reset()
-        return values
 
+    def run(self, coords: np.ndarray, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
+        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile)."""
+        return run_points(self, coords, tile_size=tile_size, on_tile=on_tile, cancel=cancel, progress=progress,
+                          desc=desc)
 
     # -- exact accelerations ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -269,8 +245,12 @@ class PointEvaluator:
             yield
             return
         (x, _y, _n), = self.data.batches(self.private.device)
-        x = self._layout_input(x)
-        with self._shortcuts(x):
+        with torch.inference_mode():
+            x = self._layout_input(x)
+            patching = self._shortcuts(x)
+            patching.__enter__()  # the responses f(x; D_k) are computed here, once per run
+        with contextlib.ExitStack() as stack:
+            stack.push(patching)
             self._shortcut_x = x
             try:
                 yield
@@ -284,7 +264,8 @@ class PointEvaluator:
         self._micro = None
         if eligible:  # three forward passes, once per evaluator (_probe)
             (x, _y, _n), = self.data.batches(self.private.device)
-            self._micro = self._probe("micro-batches", x, self._plan_micro_batches)
+            with torch.inference_mode():
+                self._micro = self._probe("micro-batches", x, self._plan_micro_batches)
         try:
             yield
         finally:

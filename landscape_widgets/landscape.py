@@ -1,28 +1,26 @@
 """``Landscape``: the model, the loss and the data, bound together; the entry point of every computation.
 
-Data flow: model -> directions -> evaluator -> result.  Each method makes a private, refreshed copy of the
-user's weights, builds its directions, and hands the points to :class:`~landscape_widgets.evaluator.PointEvaluator`.
+Data flow: model -> directions -> plan -> executor -> result.  Each method takes the private, refreshed copy of the
+user's weights (:meth:`~landscape_widgets.engine.Problem.private`), builds its directions, and hands a
+:class:`~landscape_widgets.engine.Plan` to :func:`~landscape_widgets.engine.execute`.
 """
 from __future__ import annotations
 
-import platform
+import numbers
 
 import numpy as np
-import torch
 from torch import nn
 
-from ._version import __version__
 from ._checks import axis, check_int, check_range, check_resolution, check_span
-from ._model import PrivateModel, check_model, resolve_device, select_params, state_from, unwrap
+from ._model import check_model, resolve_device, select_params, state_from, unwrap
+from .batched import TILE_POINTS, resolve_evaluator
 from .data import DataSource
-from .objective import Objective
 from .directions import cosine, make_directions
-from .batched import TILE_POINTS, VmapEvaluator, resolve_evaluator
-from .evaluator import Moving, PointEvaluator, Timer, grid_tile_size
-from .results import Curve, Surface
+from .engine import Plan, Problem, execute
+from .evaluator import Timer, grid_tile_size
 from .hessian import Spectrum, api as hessian_api
-from .hessian.trust import SeedSpread
-from .store import local_compute, open_store, run_settings, run_tiles
+from .objective import Objective
+from .results import Curve, SeedSpread, Surface
 
 BUFFER_MODES = ("interpolate", "model", "recompute")
 
@@ -62,85 +60,24 @@ class Landscape:
         self.params = params
         self.data = DataSource(data, pairs=self.objective.mode == "loss_fn")
         self.device = resolve_device(device)
-        self._private = None
-        self._tune_cache = {}  # evaluator="auto"'s choices (batched.VmapEvaluator), kept for the next call
+        self.problem = Problem(model, self.objective, self.data, params, self.device)
 
-    # -- internals --------------------------------------------------------------------------------------------
-    def _fresh(self) -> PrivateModel:
-        if self._private is None:
-            self._private = PrivateModel(self.model, self.device, params=self.params)
-        else:
-            self._private.refresh()
-        return self._private
-
-    def _meta(self, private, **extra):
-        meta = {"library": "landscape_widgets", "version": __version__, "torch": torch.__version__,
-                "python": platform.python_version(), "device": str(self.device),
-                "num_parameters": private.num_parameters, **private.describe_params(),
-                "model_sha256": private.fingerprint(), "model_class": type(unwrap(self.model)).__name__,
-                "loss": self.objective.mode}
-        meta.update(extra)
-        meta["data"] = self.data.describe()
-        return meta
-
-    def _evaluator(self, private, dirs, *, buffer_dirs=None, point_hook=None, kind="loop", autotune=False):
-        moving = []
-        for n in private.names:
-            ds = [d[n] if d[n].count_nonzero() else None for d in dirs]
-            if any(t is not None for t in ds):
-                moving.append(Moving(private.params[n], private.base[n], ds))
-        for n, bd in (buffer_dirs or {}).items():
-            moving.append(Moving(private.buffers[n], private.base_buffers[n], bd))
-        if kind == "vmap":
-            return VmapEvaluator(private, self.data, self.objective, moving, point_hook=point_hook,
-                                 autotune=autotune, tune_cache=self._tune_cache)
-        return PointEvaluator(private, self.data, self.objective, moving, point_hook=point_hook)
-
-    def _make_evaluator(self, private, dirs, *, buffer_dirs=None, buffers=None, evaluator="auto"):
-        kind = resolve_evaluator(evaluator, private.device, buffers=buffers)
-        hook = _bn_recompute_hook(private, self.data, self.objective) if buffers == "recompute" else None
-        ev = self._evaluator(private, dirs, buffer_dirs=buffer_dirs, point_hook=hook, kind=kind,
-                             autotune=(evaluator == "auto"))
-        return ev, kind
-
-    def _run(self, private, dirs, coords, *, kind, tile_size, callback, cancel, progress, desc, buffer_dirs=None,
-             buffers=None, client=None, store=None, evaluator="auto"):
-        """Evaluate ``coords`` here, resumably through ``store``, or on Dask workers (``client``); returns the
-        losses and what to add to the meta (landscape_widgets.store / .distributed, issue 6)."""
-        resolve_evaluator(evaluator, self.device, buffers=buffers)  # a bad name fails before any work
-        tiles = None
-        if store is not None:
-            tiles = open_store(store, run_settings(kind, private, self.data, self.objective, dirs, coords, tile_size,
-                                                   buffer_dirs=buffer_dirs, buffers=buffers))
+    def _run(self, plan, *, callback, cancel, progress, desc, client=None, store=None):
+        """Evaluate ``plan`` here or on Dask workers (``client``), resumably through ``store``: the losses and
+        the executor's record as meta entries."""
+        executor = None
         if client is not None:
-            from .distributed import dask_compute
-            compute, info = dask_compute(client, self, private, dirs, coords, buffer_dirs=buffer_dirs,
-                                         buffers=buffers, evaluator=evaluator)
-        else:
-            ev, ev_kind = self._make_evaluator(private, dirs, buffer_dirs=buffer_dirs, buffers=buffers,
-                                               evaluator=evaluator)
-            info = {"evaluator": ev_kind}
-            if tiles is None:
-                losses = ev.run(coords, tile_size=tile_size, on_tile=callback, cancel=cancel, progress=progress,
-                                desc=desc)
-                if getattr(ev, "autotune", False):
-                    info["evaluator"] = f"auto: {ev.mode or 'vmap'}"
-                    info["evaluator_timings"] = ev.timings
-                if isinstance(ev, VmapEvaluator) and ev.mode != "loop":
-                    info["vmap_rule"] = ev.rule  # how its layers were batched (batched.RULES)
-                return losses, info
-            compute = local_compute(ev, coords)
-        losses = run_tiles(len(coords), tile_size, compute, on_tile=callback, cancel=cancel, progress=progress,
-                           desc=desc, store=tiles)
-        if tiles is not None:
-            info["store"] = tiles.info()
-        return losses, info
+            from .distributed import DaskExecutor
+            executor = DaskExecutor(client, self.problem, plan)
+        losses, done = execute(self.problem, plan, executor=executor, callback=callback, cancel=cancel,
+                               progress=progress, desc=desc, store=store)
+        return losses, done
 
     # -- public API -------------------------------------------------------------------------------------------
     def loss(self) -> float:
         """The loss at the model's own weights."""
-        private = self._fresh()
-        return float(self._evaluator(private, []).run(np.zeros((1, 0)))[0])
+        plan = Plan("loss", self.problem.private(), [], np.zeros((1, 0)), tile_size=1, evaluator="loop")
+        return float(execute(self.problem, plan)[0][0])
 
     def interpolate(self, start, *, steps=51, span=(-0.5, 1.5), buffers="interpolate", progress=True,
                     callback=None, cancel=None, client=None, store=None, evaluator="auto") -> Curve:
@@ -156,7 +93,7 @@ class Landscape:
         if buffers not in BUFFER_MODES:
             raise ValueError(f"buffers={buffers!r} is not known; pass one of {', '.join(map(repr, BUFFER_MODES))}")
         timer = Timer()
-        private = self._fresh()
+        private = self.problem.private()
         start_state = state_from(start, private, need_buffers=(buffers == "interpolate"))
         # theta(a) = theta_model + (a - 1) (theta_model - theta_start): exact at a = 1, the model itself
         d = {n: private.base[n] - start_state[n] for n in private.names}
@@ -165,14 +102,14 @@ class Landscape:
             buffer_dirs = {n: [private.base_buffers[n] - start_state[n]] for n in private.buffer_names}
         alphas = axis((a0, a1), steps)
         t_dir = timer()
-        losses, run_info = self._run(private, [d], (alphas - 1.0)[:, None], kind="interpolation",
-                                     tile_size=max(1, -(-steps // 8)), callback=callback, cancel=cancel,
-                                     progress=progress, desc="interpolate", buffer_dirs=buffer_dirs, buffers=buffers,
-                                     client=client, store=store, evaluator=evaluator)
+        plan = Plan("interpolation", private, [d], (alphas - 1.0)[:, None], tile_size=max(1, -(-steps // 8)),
+                    buffer_dirs=buffer_dirs, buffers=buffers, evaluator=evaluator)
+        losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="interpolate",
+                                 client=client, store=store)
         dist = float(sum((v.double() ** 2).sum() for v in d.values()) ** 0.5)
-        meta = self._meta(private, kind="interpolation", buffers=buffers, distance=dist,
-                          timings=_timings(t_dir, timer(), steps), **run_info)
-        return Curve(alphas, losses, meta)
+        meta = self.problem.describe(private, kind="interpolation", buffers=buffers, distance=dist,
+                                     timings=_timings(t_dir, timer(), steps), **done.meta())
+        return Curve(alphas, losses, meta, execution=done)
 
     def line(self, *, direction="random", normalization=None, ignore="biasbn", seed=0, steps=51, span=1.0,
              progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto") -> Curve:
@@ -182,17 +119,18 @@ class Landscape:
         steps = check_int(steps, "steps", low=2)
         (a0, a1), = check_span(span, "span", axes=1)
         timer = Timer()
-        private = self._fresh()
+        private = self.problem.private()
         (d1,), dmeta = make_directions(direction, private, 1, argname="direction", seed=seed,
                                        normalization=normalization, ignore=ignore,
                                        **self._kind_options(direction, cancel))
         alphas = axis((a0, a1), steps)
         t_dir = timer()
-        losses, run_info = self._run(private, [d1], alphas[:, None], kind="line", tile_size=max(1, -(-steps // 8)),
-                                     callback=callback, cancel=cancel, progress=progress, desc="line",
-                                     client=client, store=store, evaluator=evaluator)
-        meta = self._meta(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps), **run_info)
-        curve = Curve(alphas, losses, meta)
+        plan = Plan("line", private, [d1], alphas[:, None], tile_size=max(1, -(-steps // 8)), evaluator=evaluator)
+        losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="line",
+                                 client=client, store=store)
+        meta = self.problem.describe(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps),
+                                     **done.meta())
+        curve = Curve(alphas, losses, meta, execution=done)
         curve.direction = {n: t.detach().cpu() for n, t in d1.items()}
         return curve
 
@@ -202,8 +140,8 @@ class Landscape:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
-        :class:`~landscape_widgets.evaluator.Tile` (whole rows of the grid); ``cancel`` (a ``threading.Event`` or a
-        callable) is checked between tiles and raises :class:`~landscape_widgets.evaluator.Cancelled`.
+        :class:`~landscape_widgets.driver.Tile` (whole rows of the grid); ``cancel`` (a ``threading.Event`` or a
+        callable) is checked between tiles and raises :class:`~landscape_widgets.driver.Cancelled`.
 
         ``span=None`` is the direction kind's default: 1.0 for random and explicit directions; for
         ``directions="pca"`` (Li et al. §7, needs ``trajectory=lw.Trajectory``) a grid covering the projected path,
@@ -220,7 +158,7 @@ class Landscape:
         nx, ny = check_resolution(resolution)
         spans = None if span is None else check_span(span, "span", axes=2)
         timer = Timer()
-        private = self._fresh()
+        private = self.problem.private()
         if trajectory is not None and directions != "pca":
             raise ValueError("trajectory= is only used by directions='pca' (Li et al. §7); pass directions='pca' "
                              "or leave trajectory out")
@@ -235,16 +173,15 @@ class Landscape:
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
         t_dir = timer()
         target = TILE_POINTS if resolve_evaluator(evaluator, self.device) == "vmap" else 64
-        losses, run_info = self._run(private, [d1, d2], coords, kind="plane",
-                                     tile_size=grid_tile_size(ny, len(coords), target), callback=callback,
-                                     cancel=cancel,
-                                     progress=progress, desc="plane", client=client, store=store,
-                                     evaluator=evaluator)
+        plan = Plan("plane", private, [d1, d2], coords, tile_size=grid_tile_size(ny, len(coords), target),
+                    evaluator=evaluator)
+        losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="plane",
+                                 client=client, store=store)
         losses = losses.reshape(nx, ny)
-        meta = self._meta(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
-                          timings=_timings(t_dir, timer(), nx * ny), **run_info)
+        meta = self.problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
+                                     timings=_timings(t_dir, timer(), nx * ny), **done.meta())
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
-        surface = Surface(alphas, betas, losses, dirs, meta, path=path)
+        surface = Surface(alphas, betas, losses, dirs, meta, path=path, execution=done)
         if trust:
             surface.meta["trust"] = self.trust(surface, cancel=cancel)
         return surface
@@ -260,7 +197,7 @@ class Landscape:
         arXiv 1901.10159) from ``runs`` runs of ``steps`` steps.  ``callback(dict(stage, done, total, hvps))``
         reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product.
         """
-        return hessian_api.spectrum(self, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
+        return hessian_api.spectrum(self.problem, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
                                     runs=runs, trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                     backend=backend, callback=callback, cancel=cancel)
 
@@ -271,7 +208,7 @@ class Landscape:
         ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
         ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
         """
-        return hessian_api.trust(self, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples, tol=tol,
+        return hessian_api.trust(self.problem, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples, tol=tol,
                                  cancel=cancel)
 
     def seed_spread(self, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
@@ -279,13 +216,39 @@ class Landscape:
         per seed (Keskar et al. 2017 Metric 2.1 on the grid), to see whether the picture depends on the seed.
         ``callback(k, tile)`` gets the tiles of the k-th seed; other options go to :meth:`plane`.
         """
-        return hessian_api.seed_spread(self, seeds, directions=directions, callback=callback, cancel=cancel,
-                                       **plane_options)
+        if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+            seeds = list(range(check_int(seeds, "seeds", low=2, hint=" (how many seeds, or a list of seeds)")))
+        elif isinstance(seeds, (list, tuple, range, np.ndarray)) and len(seeds) >= 2:
+            seeds = [int(s) for s in seeds]
+        else:
+            raise ValueError(f"seeds must be a count >= 2 or a list of at least 2 seeds, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {seeds} repeat; pass distinct seeds")
+        plane_options.setdefault("progress", False)
+        timer = Timer()
+        center = self.loss()
+        surfaces = []
+        for k, s in enumerate(seeds):
+            tile_cb = None if callback is None else (lambda tile, k=k: callback(k, tile))
+            surfaces.append(self.plane(directions=directions, seed=s, callback=tile_cb, cancel=cancel,
+                                       **plane_options))
+        first = surfaces[0]
+        for s in surfaces[1:]:
+            if not (np.array_equal(s.alphas, first.alphas) and np.array_equal(s.betas, first.betas)):
+                raise ValueError("the seeds' planes have different grids (a span that depends on the seed); pass an "
+                                 "explicit span so that cells compare")
+        meta = {k: v for k, v in first.meta.items() if k not in ("seed", "timings", "cosine")}
+        meta.update(kind="seed_spread", seeds=seeds, center_loss=center,
+                    cosines=[s.meta.get("cosine") for s in surfaces],
+                    sharpness_definition="100 * (max over the grid of L - L0) / (1 + L0) (Keskar et al. 2017, "
+                                         "arXiv 1609.04836, Metric 2.1, box replaced by the plotted grid)",
+                    total_s=round(timer(), 6))
+        return SeedSpread(first.alphas, first.betas, seeds, np.stack([s.losses for s in surfaces]), meta)
 
     @property
     def moved(self) -> list:
         """Names of the parameters that move (``params``), in ``named_parameters()`` order."""
-        return select_params(unwrap(self.model), self.params)[0]
+        return self.problem.moved()
 
     @property
     def num_parameters(self) -> int:
@@ -306,28 +269,3 @@ def _timings(t_setup, t_total, points):
     t_eval = max(t_total - t_setup, 1e-12)
     return {"setup_s": round(t_setup, 6), "evaluate_s": round(t_eval, 6), "total_s": round(t_total, 6),
             "points": int(points), "points_per_s": round(points / t_eval, 3)}
-
-
-def _bn_recompute_hook(private, data, objective):
-    """Re-estimate BatchNorm running statistics at the current point: cumulative averages over one train-mode
-    pass (``torch.optim.swa_utils.update_bn``), because the interpolated weights never saw their own statistics."""
-    bns = [m for m in private.module.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return None
-
-    def hook():
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        private.module.train()
-        try:
-            with torch.no_grad():
-                for x, _y, _n in data.batches(private.device):
-                    objective.forward(private.module, x)
-        finally:
-            private.module.eval()
-            for m, mo in zip(bns, momenta):
-                m.momentum = mo
-    return hook

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ def _jsonable(obj):
 class Result:
     """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``."""
 
+    execution = None  # set on results the engine computed in this process
     _arrays: tuple = ()
     _optional: tuple = ()
     _direction_sets: tuple = ()
@@ -127,14 +129,16 @@ def _attrs(meta):
 
 @register_result
 class Curve(Result):
-    """A 1-D loss profile: ``losses[i] = L(theta(alphas[i]))``."""
+    """A 1-D loss profile: ``losses[i] = L(theta(alphas[i]))``.  ``execution``: what evaluated it
+    (:class:`~landscape_widgets.engine.Execution`; None for a loaded file, whose ``meta`` keeps the same facts)."""
 
     _arrays = ("alphas", "losses")
 
-    def __init__(self, alphas, losses, meta=None):
+    def __init__(self, alphas, losses, meta=None, execution=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.meta = dict(meta or {})
+        self.execution = execution
 
     def to_xarray(self):
         xr = _xarray()
@@ -144,21 +148,61 @@ class Curve(Result):
 
 @register_result
 class Surface(Result):
-    """A 2-D loss surface: ``losses[i, j] = L(theta + alphas[i] * d1 + betas[j] * d2)`` (numpy "ij" indexing)."""
+    """A 2-D loss surface: ``losses[i, j] = L(theta + alphas[i] * d1 + betas[j] * d2)`` (numpy "ij" indexing).
+
+    ``path`` [n, 2]: a trajectory projected on the plane (PCA directions), else None; ``execution`` as in
+    :class:`Curve`."""
 
     _arrays = ("alphas", "betas", "losses")
     _optional = ("path",)
     _direction_sets = ("directions",)
 
-    def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None):
+    def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None, execution=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.directions = directions
         self.meta = dict(meta or {})
         self.path = path
+        self.execution = execution
 
     def to_xarray(self):
         xr = _xarray()
         return xr.DataArray(self.losses, coords={"alpha": self.alphas, "beta": self.betas},
                             dims=("alpha", "beta"), name="loss", attrs=_attrs(self.meta))
+
+
+@register_result
+class SeedSpread(Result):
+    """The same plane for several seeds (``Landscape.seed_spread``): ``losses[k, i, j]`` for ``seeds[k]``, the
+    per-cell ``median`` and ``iqr``
+    (75th minus 25th percentile, NaN-aware), and ``sharpness[k]`` (Keskar et al. 2017 Metric 2.1 on the grid)."""
+
+    _arrays = ("alphas", "betas", "seeds", "losses", "median", "iqr", "sharpness")
+
+    def __init__(self, alphas, betas, seeds, losses, meta=None):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.betas = np.asarray(betas, dtype=np.float64)
+        self.seeds = np.asarray(seeds, dtype=np.int64)
+        self.losses = np.asarray(losses, dtype=np.float64)
+        self.meta = dict(meta or {})
+        center = self.meta.get("center_loss")
+        self.median, self.iqr = spread(self.losses)
+        self.sharpness = np.array([sharpness(s, center) for s in self.losses])
+
+
+def spread(losses):
+    """Per-cell median and inter-quartile range over the first axis (NaN losses are ignored, all-NaN stays NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
+        q25, med, q75 = np.nanpercentile(losses, [25, 50, 75], axis=0)
+    return med, q75 - q25
+
+
+def sharpness(losses, center_loss) -> float:
+    """``100 (max L - L0) / (1 + L0)`` over the finite losses of one grid (Keskar et al. 2017, Metric 2.1)."""
+    finite = np.asarray(losses, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0 or center_loss is None or not np.isfinite(center_loss):
+        return float("nan")
+    return float(100.0 * (finite.max() - center_loss) / (1.0 + center_loss))

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from .data import batch_tensors
-from .evaluator import Cancelled, Tile, _is_cancelled
 
 STORE_FORMAT = 1
 
@@ -218,71 +217,3 @@ def open_store(path, settings: dict) -> TileStore:
         text = json.dumps({"key": store.key, "settings": settings}, indent=1, sort_keys=True).encode()
         _atomic_write(run_file, lambda fh: fh.write(text))
     return store
-
-
-def tiles_of(total: int, tile_size: int) -> list:
-    tile_size = max(1, int(tile_size))
-    return [(s, min(total, s + tile_size)) for s in range(0, total, tile_size)]
-
-
-def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=False, desc="landscape",
-              store=None) -> np.ndarray:
-    """Drive a grid of ``total`` points tile by tile: load finished tiles from ``store``, ``compute(todo)`` the
-    others, write each one to the store as it arrives, and report it to ``on_tile`` and the progress bar.
-
-    ``compute(todo)`` gets the list of missing ``(start, stop)`` tiles and yields ``(start, stop, values)`` in any
-    order (a local loop, or Dask futures as they complete); ``cancel`` is checked between tiles.
-    """
-    values = np.full(total, np.nan)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc=desc, unit="pt", leave=False)
-    done = 0
-
-    def finish(start, stop, vals):
-        nonlocal done
-        values[start:stop] = vals
-        done += stop - start
-        if bar is not None:
-            bar.update(stop - start)
-        if on_tile is not None:
-            on_tile(Tile(start, stop, values[start:stop].copy(), done, total))
-
-    try:
-        todo = []
-        for start, stop in tiles_of(total, tile_size):
-            cached = store.load(start, stop) if store is not None else None
-            if cached is None:
-                todo.append((start, stop))
-            else:
-                store.loaded.append((start, stop))
-                finish(start, stop, cached)
-        if todo:
-            if _is_cancelled(cancel):
-                raise Cancelled(f"cancelled after {done} of {total} points")
-            results = compute(todo)
-            try:
-                for start, stop, vals in results:
-                    if store is not None:
-                        store.save(start, stop, vals)  # before the callback: a kill there loses nothing
-                        store.computed.append((start, stop))
-                    finish(start, stop, vals)
-                    if done < total and _is_cancelled(cancel):
-                        raise Cancelled(f"cancelled after {done} of {total} points")
-            finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()  # lets a generator cancel what is still pending (Dask futures)
-    finally:
-        if bar is not None:
-            bar.close()
-    return values
-
-
-def local_compute(evaluator, coords):
-    """``compute`` for :func:`run_tiles` with a local evaluator: one tile per ``evaluator.run`` call."""
-    def compute(todo):
-        for start, stop in todo:
-            yield start, stop, evaluator.run(coords[start:stop], tile_size=stop - start)
-    return compute

@@ -77,3 +77,16 @@ def direct_loss(model, params, x, y, loss_fn=nn.functional.cross_entropy, buffer
                 if n in buffers:
                     b.copy_(buffers[n])
         return float(loss_fn(m(x), y))
+
+
+def moving(ls, private, dirs):
+    """The moving tensors of ``dirs`` on ``private`` (the engine's :meth:`Plan.moving`)."""
+    from landscape_widgets.engine import Plan
+    return Plan("test", private, list(dirs), [[0.0] * len(dirs)], tile_size=1).moving()
+
+
+def loop_evaluator(ls, private, dirs):
+    """The per-point loop executor for ``dirs`` on ``private``."""
+    from landscape_widgets.engine import Plan, local_executor
+    return local_executor(ls.problem, Plan("test", private, list(dirs), [[0.0] * len(dirs)], tile_size=1,
+                                           evaluator="loop"))

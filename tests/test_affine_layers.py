@@ -14,7 +14,7 @@ from landscape_widgets import affine_layers as al
 from landscape_widgets.affine_layers import AffinePoints
 from landscape_widgets.batched import VmapEvaluator
 
-from helpers import assert_same, snapshot, small_data
+from helpers import assert_same, moving, snapshot, small_data
 from test_batched import _plane_reference
 from test_batched_conv import BnCNN
 
@@ -301,7 +301,7 @@ def test_no_module_is_touched_and_the_mode_ends_on_error():
     snap = snapshot(model)
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     surf = ls.plane(resolution=(2, 2), progress=False, evaluator="loop")
-    private = ls._fresh()
+    private = ls.problem.private()
     before = {id(m): dict(vars(m)) for m in private.module.modules()}
     seen = []
 
@@ -309,7 +309,7 @@ def test_no_module_is_touched_and_the_mode_ends_on_error():
         seen.append(torch._C._len_torch_function_stack())
         raise RuntimeError("boom")
 
-    ev = VmapEvaluator(private, ls.data, loss, ls._evaluator(private, list(surf.directions)).moving, rule="affine")
+    ev = VmapEvaluator(private, ls.data, loss, moving(ls, private, surf.directions), rule="affine")
     with pytest.raises(RuntimeError, match="boom"):
         ev.run(np.zeros((3, 2)))
     assert seen and all(n == 0 for n in seen)  # the loss runs after the forward: the mode is already off
@@ -323,8 +323,8 @@ def bn_cnn_plane(resolution=(6, 7), **kw):
     model, data = BnCNN(), small_data()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     loop = ls.plane(resolution=resolution, progress=False, evaluator="loop")
-    private = ls._fresh()
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, list(loop.directions)).moving, **kw)
+    private = ls.problem.private()
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, loop.directions), **kw)
     coords = np.stack(np.meshgrid(loop.alphas, loop.betas, indexing="ij"), -1).reshape(-1, 2)
     return loop, ev, coords
 
@@ -361,7 +361,7 @@ def test_autotune_rules_for_a_model_without_convolutions():
     model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
     x, y = small_data()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x.flatten(1), y), device="cpu")
-    private = ls._fresh()
+    private = ls.problem.private()
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True)._rules == ["affine", "vmap"]
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap")._rules == ["vmap"]
 
@@ -370,9 +370,11 @@ def test_autotune_rules_for_a_model_without_convolutions():
 def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
     """A Landscape keeps what "auto" chose: the next plane (a widget's next preview) starts on it, without timing
     every path again; other moving tensors (ignore=None moves the biases too) are tuned afresh."""
+    import landscape_widgets.engine as E
     import landscape_widgets.landscape as L
 
-    monkeypatch.setattr(L, "resolve_evaluator", lambda e, d, buffers=None: "vmap")  # "auto" as on CUDA
+    for mod in (L, E):  # "auto" as on CUDA
+        monkeypatch.setattr(mod, "resolve_evaluator", lambda e, d, buffers=None: "vmap")
     tunes = []
     real = VmapEvaluator._tune
     monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
@@ -394,18 +396,20 @@ def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
 def test_a_preview_sized_tile_runs_on_the_default_rule_and_leaves_tuning_to_a_large_one(monkeypatch):
     """Below AUTO_MIN_POINTS (a widget's 9x9 preview) "auto" neither times the rules nor keeps a choice; the first
     large tile does both."""
+    import landscape_widgets.engine as E
     import landscape_widgets.landscape as L
 
-    monkeypatch.setattr(L, "resolve_evaluator", lambda e, d, buffers=None: "vmap")  # "auto" as on CUDA
+    for mod in (L, E):  # "auto" as on CUDA
+        monkeypatch.setattr(mod, "resolve_evaluator", lambda e, d, buffers=None: "vmap")
     monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 50)
     tunes = []
     real = VmapEvaluator._tune
     monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
     ls = lw.Landscape(BnCNN(), nn.CrossEntropyLoss(), small_data(), device="cpu")
     preview = ls.plane(resolution=(7, 7), progress=False, evaluator="auto")
-    assert tunes == [] and not ls._tune_cache and preview.meta["vmap_rule"] == batched.DEFAULT_RULES.get("cpu", "vmap")
+    assert tunes == [] and not ls.problem.tune_cache and preview.meta["vmap_rule"] == batched.DEFAULT_RULES.get("cpu", "vmap")
     ls.plane(resolution=(8, 8), progress=False, evaluator="auto")
-    assert tunes == [64] and ls._tune_cache
+    assert tunes == [64] and ls.problem.tune_cache
     np.testing.assert_allclose(preview.losses, ls.plane(resolution=(7, 7), progress=False, evaluator="loop").losses,
                                rtol=1e-5, atol=1e-6)
 

@@ -10,7 +10,7 @@ import landscape_widgets as lw
 from landscape_widgets import batched, examples
 from landscape_widgets.batched import VmapEvaluator, resolve_evaluator
 
-from helpers import SmallNet, assert_same, direct_loss, snapshot
+from helpers import SmallNet, assert_same, direct_loss, moving, snapshot
 
 
 def _plane_reference(model, surf, batches, loss_fn=nn.functional.cross_entropy):
@@ -44,9 +44,9 @@ def test_vmap_chunks_dataloader_batches(small):
     batches = [(x[:17], y[:17]), (x[17:30], y[17:30]), (x[30:], y[30:])]
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), batches, device="cpu")
     surf = ls.plane(resolution=(3, 5), progress=False, evaluator="loop")
-    private = ls._fresh()
+    private = ls.problem.private()
     dirs = [{n: t.clone() for n, t in d.items()} for d in surf.directions]
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, dirs).moving, chunk_size=4)
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, dirs), chunk_size=4)
     coords = np.stack(np.meshgrid(surf.alphas, surf.betas, indexing="ij"), -1).reshape(-1, 2)
     got = ev.run(coords, tile_size=7).reshape(surf.losses.shape)
     assert set(ev.chunks) <= {1, 2, 3, 4} and max(ev.chunks) == 4
@@ -82,8 +82,8 @@ def test_vmap_halves_chunk_on_out_of_memory(small, monkeypatch):
     model, data = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     surf = ls.line(steps=9, progress=False, evaluator="loop")
-    private = ls._fresh()
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, [surf.direction]).moving, chunk_size=8)
+    private = ls.problem.private()
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, [surf.direction]), chunk_size=8)
     real = VmapEvaluator._chunk_losses
     sizes = []
 
@@ -143,7 +143,7 @@ def test_evaluator_choice_and_errors(small):
         ls.plane(resolution=3, progress=False, evaluator="fast")
     with pytest.raises(ValueError, match="evaluator='loop'"):
         ls.interpolate(SmallNet(seed=3), steps=3, buffers="recompute", progress=False, evaluator="vmap")
-    private = ls._fresh()
+    private = ls.problem.private()
     with pytest.raises(ValueError, match="chunk_size"):
         VmapEvaluator(private, ls.data, ls.loss_fn, [], chunk_size=0)
 
@@ -164,9 +164,9 @@ def test_auto_chunk_from_free_cuda_memory(small, monkeypatch, peak_mib, oom, wan
     """The CUDA branch with torch.cuda's memory queries faked: half of 8 GiB free over the probe's per-point peak."""
     model, data = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
-    private = ls._fresh()
+    private = ls.problem.private()
     line = ls.line(steps=3, progress=False, evaluator="loop")
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, [line.direction]).moving)
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, [line.direction]))
     mib = 2 ** 20
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8192 * mib, 16384 * mib))
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
@@ -192,9 +192,9 @@ def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_
     model, (x, y) = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y), device="cpu")
     surf = ls.plane(resolution=(6, 9), progress=False, evaluator="loop")
-    private = ls._fresh()
+    private = ls.problem.private()
     dirs = [{n: t.clone() for n, t in d.items()} for d in surf.directions]
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, ls._evaluator(private, dirs).moving, autotune=True)
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, dirs), autotune=True)
     # a fake clock: each point costs `slow` ticks on one path and `fast` on the other
     slow, fast = (1000.0, 1.0) if loop_faster else (1.0, 1000.0)
     ticks = {"t": 0.0}

@@ -12,7 +12,7 @@ from landscape_widgets import batched, batched_conv, examples
 from landscape_widgets.batched import VmapEvaluator
 from landscape_widgets.batched_conv import conv2d
 
-from helpers import assert_same, randomize, snapshot, small_data
+from helpers import assert_same, moving, randomize, small_data, snapshot
 from test_batched import _plane_reference
 
 B, N = 3, 2
@@ -173,7 +173,7 @@ def test_plane_vmap_equals_loop_and_direct(monkeypatch, make, spy):
 def test_switch_and_default(small):
     model, data = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
-    private = ls._fresh()
+    private = ls.problem.private()
     assert VmapEvaluator(private, ls.data, ls.loss_fn, []).rule == "vmap"  # CPU: vmap's own rule by default
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], rule="im2col").rule == "im2col"
     with pytest.raises(ValueError, match="rule='bmm' is not known; pass None .* 'vmap', 'im2col', 'affine'"):
@@ -184,14 +184,14 @@ def test_patches_only_the_private_copy_and_restores_on_error(spy):
     model, data = BnCNN(), small_data()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     surf = ls.line(steps=3, progress=False, evaluator="loop")
-    private = ls._fresh()
+    private = ls.problem.private()
     seen = []
 
     def loss(out, y):
         seen.append([("_conv_forward" in vars(m)) for m in (private.module.c1, private.module.c2, model.c1)])
         raise RuntimeError("boom")
 
-    ev = VmapEvaluator(private, ls.data, loss, ls._evaluator(private, [surf.direction]).moving, rule="im2col")
+    ev = VmapEvaluator(private, ls.data, loss, moving(ls, private, [surf.direction]), rule="im2col")
     with pytest.raises(RuntimeError, match="boom"):
         ev.run(surf.alphas[:, None])
     assert seen and all(s == [True, True, False] for s in seen)  # patched while running; the user's model never

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import landscape_widgets as lw
-from helpers import SmallNet, assert_same, direct_loss, small_data, snapshot
+from helpers import SmallNet, assert_same, direct_loss, loop_evaluator, small_data, snapshot
 
 CE = nn.CrossEntropyLoss()
 
@@ -231,7 +231,7 @@ def test_point_writes_go_through_one_flat_buffer_and_leave_no_trace(small):
         _FlatWrites.write = real
     assert seen and all(off == sorted(off) and len(set(off)) == len(off) for off in seen)  # distinct slices
     assert all(o % 16 == 0 for o in seen[0])  # each view 64-byte aligned
-    private = ls._private
+    private = ls.problem.private()
     for t in list(private.params.values()) + list(private.buffers.values()):
         assert t.is_contiguous() and not t.is_inference()
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()  # its own storage, not a view
@@ -324,10 +324,10 @@ def test_digits_cnn_is_micro_batched_and_exact():
     x, y = examples.digits(flat=False)
     model = examples.digits_cnn()
     ls = lw.Landscape(model, CE, (x, y))
-    private = ls._fresh()
+    private = ls.problem.private()
     d = [{n: torch.randn(t.shape, generator=torch.Generator().manual_seed(k)) * 0.01 for n, t in private.base.items()}
          for k in (1, 2)]
-    ev = ls._evaluator(private, d)
+    ev = loop_evaluator(ls, private, d)
     coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5]])
     seen = []
     real = E.PointEvaluator._eval_tile
@@ -365,14 +365,14 @@ def test_probes_run_once_per_evaluator(monkeypatch, micro):
     monkeypatch.setattr(E, "_input_layers", lambda *a: calls.__setitem__("trace", calls["trace"] + 1) or real_trace(*a))
     model = SmallNet()
     ls = lw.Landscape(model, CE, small_data())
-    private = ls._fresh()
+    private = ls.problem.private()
     d = [{n: torch.randn(t.shape, generator=torch.Generator().manual_seed(k)) for n, t in private.base.items()}
          for k in (1, 2)]
-    ev = ls._evaluator(private, d)
+    ev = loop_evaluator(ls, private, d)
     coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5], [0.5, 0.5]])
     first, second = ev.run(coords[:2]), ev.run(coords[2:])
     assert calls == {"plan": 1, "trace": 0 if micro else 1}  # shortcuts are not used with micro-batches
-    fresh = ls._evaluator(ls._fresh(), d).run(coords)
+    fresh = loop_evaluator(ls, ls.problem.private(), d).run(coords)
     np.testing.assert_array_equal(np.concatenate([first, second]), fresh)
 
 
@@ -395,7 +395,7 @@ def test_model_fingerprint_is_sha256_of_names_shapes_dtypes_and_bytes():
 
     ls = lw.Landscape(model, CE, (torch.randn(8, 4), torch.randint(0, 2, (8,))))
     before = ls.plane(resolution=2, progress=False).meta["model_sha256"]
-    assert before == ls._fresh().fingerprint() == reference(model)
+    assert before == ls.problem.private().fingerprint() == reference(model)
     with torch.no_grad():
         model[2].weight[1, 2] = torch.nextafter(model[2].weight[1, 2], torch.tensor(1.0))
     after = ls.plane(resolution=2, progress=False).meta["model_sha256"]

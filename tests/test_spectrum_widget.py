@@ -69,7 +69,7 @@ def test_trait_changes_recompute_and_a_new_surface_reuses_the_spectrum(case):
     try:
         w.k = 2
         sw.seed = 5
-        assert w.spectrum.meta["model_sha256"] == w._ls._fresh().fingerprint()
+        assert w.spectrum.meta["model_sha256"] == w._ls.problem.private().fingerprint()
     finally:
         with torch.no_grad():
             model[0].bias.sub_(0.01)

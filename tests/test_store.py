@@ -16,7 +16,8 @@ from torch import nn
 
 import landscape_widgets as lw
 from landscape_widgets import examples
-from landscape_widgets.store import open_store, run_tiles
+from landscape_widgets.driver import run_tiles
+from landscape_widgets.store import open_store
 
 from helpers import SmallNet, direct_loss
 

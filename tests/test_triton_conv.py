@@ -126,7 +126,7 @@ def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
     assert triton_conv.conv2d_points(x, cc, stack, None, 1, 0, 1) is None
     model, data = BnCNN(), small_data()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
-    private = ls._fresh()
+    private = ls.problem.private()
     with pytest.raises(ValueError, match="rule='triton' cannot run here.*TRITON_INTERPRET=1"):
         VmapEvaluator(private, ls.data, ls.loss_fn, [], rule="triton")
     monkeypatch.setattr(triton_conv.importlib.util, "find_spec", lambda name: None)

@@ -13,7 +13,7 @@ from torch import nn
 
 import landscape_widgets as lw
 from helpers import assert_same, snapshot
-from landscape_widgets.evaluator import Cancelled
+from landscape_widgets.driver import Cancelled
 from landscape_widgets.widgets._base import REASON_CHARS, failure_panel, failure_reason
 
 CE = nn.CrossEntropyLoss()

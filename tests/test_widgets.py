@@ -309,7 +309,7 @@ def test_worker_is_a_daemon_thread_that_close_stops(ls):
 def test_widget_uses_its_own_private_copy(ls):
     ls.plane(resolution=3, progress=False)
     w = lw.SurfaceWidget(ls, resolution=5)
-    assert w._ls._private is not ls._private and w._ls.model is ls.model
+    assert w._ls.problem is not ls.problem and w._ls.model is ls.model
 
 
 # -- curves ---------------------------------------------------------------------------------------------------
@@ -481,6 +481,7 @@ def test_real_kernel_stays_responsive_and_newer_change_wins(tmp_path, monkeypatc
 def test_status_says_where_and_how_a_plane_ran(small):
     """A plane on the CPU's per-point loop (the default) says nothing more; a batched one names its device and
     rule (what "auto" chose on a GPU), as the surface's meta records it."""
+    from landscape_widgets.engine import Execution
     from landscape_widgets.widgets._base import engine_note
 
     model, data = small
@@ -489,9 +490,11 @@ def test_status_says_where_and_how_a_plane_ran(small):
     assert w._status.startswith("5×5 in ") and " on cpu" not in w._status
     v = lw.SurfaceWidget(ls, resolution=5, compute={"evaluator": "vmap"})
     assert v.surface.meta["vmap_rule"] == "vmap" and " s on cpu, batched (vmap) · " in v._status
-    assert engine_note({"device": "cuda:0", "evaluator": "auto: vmap", "vmap_rule": "triton"}) == \
-        " on cuda:0, batched (triton)"
-    assert engine_note({"device": "cuda:0", "evaluator": "auto: loop"}) == " on cuda:0, per-point loop"
-    assert engine_note({"dask": {"workers": 1}, "device": "cpu"}) == " on 1 Dask worker"
+    assert v.surface.execution == Execution("vmap", "vmap", rule="vmap")
+    on = lambda device, done: engine_note(lw.Surface([0], [0], [[0]], meta={"device": device}, execution=done))
+    assert on("cuda:0", Execution("vmap", "auto: vmap", rule="triton")) == " on cuda:0, batched (triton)"
+    assert on("cuda:0", Execution("loop", "auto: loop")) == " on cuda:0, per-point loop"
+    assert on("cpu", Execution("dask", "auto", dask={"workers": 1})) == " on 1 Dask worker"
+    assert on("cpu", None) == ""  # a loaded result
     w.close()
     v.close()

@@ -1,5 +1,5 @@
-"""What ``Landscape.spectrum``, ``Landscape.trust`` and ``Landscape.seed_spread`` do (kept here so that the
-entry point stays a thin layer)."""
+"""``spectrum`` and ``trust`` of a :class:`~landscape_widgets.engine.Problem` (what ``Landscape.spectrum`` and
+``Landscape.trust`` call)."""
 from __future__ import annotations
 
 import numbers
@@ -7,11 +7,14 @@ import numbers
 import numpy as np
 
 from .._checks import check_int
+from ..directions import make_directions
+from ..directions.gaussian import check_seed
 from ..evaluator import Timer
+from ..results import SeedSpread, Surface
 from .hutchinson import METHODS
 from .hvp import HessianOperator
 from .spectrum import Spectrum, compute_spectrum
-from .trust import SeedSpread, spread_panel, trust_panel
+from .trust import spread_panel, trust_panel
 
 
 def _check_bool(value, name):
@@ -27,10 +30,8 @@ def _check_tol(tol):
     return float(tol)
 
 
-def spectrum(ls, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
+def spectrum(problem, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
              trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
-    from ..directions.gaussian import check_seed
-
     seed = check_seed(seed)
     density = _check_bool(density, "density")
     trace = _check_bool(trace, "trace")
@@ -41,11 +42,11 @@ def spectrum(ls, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, r
         raise ValueError(f"trace_method={trace_method!r} is not known; pass one of {', '.join(map(repr, METHODS))}")
     tol = _check_tol(tol)
     timer = Timer()
-    private = ls._fresh()
+    private = problem.private()
     P = private.num_parameters
     k = check_int(k, "k", low=1, high=P, hint=f" (eigenvalues; the model has {P} parameters)")
     bottom = check_int(bottom, "bottom", low=0, high=P, hint=f" (smallest eigenvalues; the model has {P} parameters)")
-    op = HessianOperator(private, ls.data, ls.objective, backend=backend, cancel=cancel)
+    op = HessianOperator(private, problem.data, problem.objective, backend=backend, cancel=cancel)
     report = None if callback is None else (lambda stage, done, total: callback(
         {"stage": stage, "done": done, "total": total, "hvps": op.hvps}))
     with op.running():
@@ -53,7 +54,7 @@ def spectrum(ls, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, r
                                         trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                         report=report)
     meta["timings"]["total_s"] = round(timer(), 6)
-    return Spectrum(**fields, meta=ls._meta(private, kind="spectrum", **meta))
+    return Spectrum(**fields, meta=problem.describe(private, kind="spectrum", **meta))
 
 
 def _same_weights(result, private, what):
@@ -63,9 +64,7 @@ def _same_weights(result, private, what):
                          "with this Landscape (the trust panel describes the model as it is now)")
 
 
-def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
-    from ..results import Surface
-
+def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
     spread = isinstance(surface, SeedSpread)
     if not spread and not isinstance(surface, Surface):
         raise TypeError(f"surface must be an lw.Surface (from Landscape.plane) or an lw.SeedSpread (from "
@@ -76,7 +75,7 @@ def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, can
     if spectrum is not None and not isinstance(spectrum, Spectrum):
         raise TypeError(f"spectrum must be an lw.Spectrum (from Landscape.spectrum) or None, got "
                         f"{type(spectrum).__name__}")
-    private = ls._fresh()
+    private = problem.private()
     _same_weights(surface, private, "seed spread" if spread else "surface")
     if spectrum is not None:
         _same_weights(spectrum, private, "spectrum")
@@ -88,7 +87,7 @@ def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, can
             lambdas = (surface.meta["lambda_max"], surface.meta["lambda_min"])
         dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
                 for d in surface.directions]
-    op = HessianOperator(private, ls.data, ls.objective, cancel=cancel)
+    op = HessianOperator(private, problem.data, problem.objective, cancel=cancel)
     with op.running():
         panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
                             tol=_check_tol(tol))
@@ -98,8 +97,6 @@ def trust(ls, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, can
 def _spread_directions(spread, private):
     """d1, d2 of every seed's plane in turn, regenerated from the seed and the spread's settings as ``plane`` made
     them (a spread keeps no directions: K pairs of model-sized tensors)."""
-    from ..directions import make_directions
-
     meta = spread.meta
     kind = meta.get("direction_kind")
     if kind != "random" or meta.get("normalization") is None:
@@ -113,33 +110,4 @@ def _spread_directions(spread, private):
     return dirs
 
 
-def seed_spread(ls, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
-    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-        seeds = list(range(check_int(seeds, "seeds", low=2, hint=" (how many seeds, or a list of seeds)")))
-    elif isinstance(seeds, (list, tuple, range, np.ndarray)) and len(seeds) >= 2:
-        seeds = [int(s) for s in seeds]
-    else:
-        raise ValueError(f"seeds must be a count >= 2 or a list of at least 2 seeds, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds {seeds} repeat; pass distinct seeds")
-    plane_options.setdefault("progress", False)
-    timer = Timer()
-    center = ls.loss()
-    surfaces = []
-    for k, s in enumerate(seeds):
-        tile_cb = None if callback is None else (lambda tile, k=k: callback(k, tile))
-        surfaces.append(ls.plane(directions=directions, seed=s, callback=tile_cb, cancel=cancel, **plane_options))
-    first = surfaces[0]
-    for s in surfaces[1:]:
-        if not (np.array_equal(s.alphas, first.alphas) and np.array_equal(s.betas, first.betas)):
-            raise ValueError("the seeds' planes have different grids (a span that depends on the seed); pass an "
-                             "explicit span so that cells compare")
-    meta = {k: v for k, v in first.meta.items() if k not in ("seed", "timings", "cosine")}
-    meta.update(kind="seed_spread", seeds=seeds, center_loss=center, cosines=[s.meta.get("cosine") for s in surfaces],
-                sharpness_definition="100 * (max over the grid of L - L0) / (1 + L0) (Keskar et al. 2017, "
-                                     "arXiv 1609.04836, Metric 2.1, box replaced by the plotted grid)",
-                total_s=round(timer(), 6))
-    return SeedSpread(first.alphas, first.betas, seeds, np.stack([s.losses for s in surfaces]), meta)
-
-
-__all__ = ["seed_spread", "spectrum", "trust"]
+__all__ = ["spectrum", "trust"]

@@ -25,7 +25,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .. import evaluator
-from ..evaluator import Cancelled, _is_cancelled, plan_micro_batches, warm_allocator
+from ..driver import Cancelled, is_cancelled
+from ..evaluator import plan_micro_batches, warm_allocator
 from ..objective import as_objective
 
 BACKENDS = ("graph", "func")
@@ -140,7 +141,7 @@ class HessianOperator:
         """``H V^T`` row by row: ``V[m, P]`` -> ``[m, P]`` (one pass over the data for the whole block)."""
         if V.ndim != 2 or V.shape[1] != self.num_parameters:
             raise ValueError(f"vectors must have shape [m, {self.num_parameters}], got {tuple(V.shape)}")
-        if _is_cancelled(self.cancel):
+        if is_cancelled(self.cancel):
             raise Cancelled(f"cancelled after {self.hvps} Hessian-vector products")
         V = V.to(device=self.device, dtype=self.dtype)
         with torch.enable_grad():

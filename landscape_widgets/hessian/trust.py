@@ -4,15 +4,10 @@
   ``lambda_max``, ``lambda_min`` and ``tr(H)/N``.  For random directions ``E[kappa] = tr(H)/N`` (Böttcher & Wheeler
   2022, arXiv 2208.13219, eq. 10), so both kappas come out positive at a saddle whose trace is positive:
   ``hides_saddle`` flags ``lambda_min < 0`` while both kappas are ``> 0``.
-- Seed spread: the same plane for K seeds, the per-cell median and inter-quartile range, and one sharpness number
-  per seed: Keskar et al.'s sharpness (2017, arXiv 1609.04836, Metric 2.1),
-  ``100 (max_C L(theta + y) - L(theta)) / (1 + L(theta))``, with the box ``C`` replaced by the plotted grid.
+- The panel of a seed spread (:class:`~landscape_widgets.results.SeedSpread`): both kappas for every seed's plane.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from ..results import Result, register_result
 from .hutchinson import hutchinson_trace
 from .lanczos import extreme_eigenpairs
 from .spectrum import seed_streams
@@ -79,40 +74,3 @@ def spread_panel(panel: dict, seeds: list) -> dict:
     out["warning"] = (f"lambda_min < 0 but both directions curve upwards in the planes of {len(hiding)} of "
                       f"{len(seeds)} seeds: those slices hide a saddle" if hiding else None)
     return out
-
-
-@register_result
-class SeedSpread(Result):
-    """The same plane for several seeds: ``losses[k, i, j]`` for ``seeds[k]``, the per-cell ``median`` and ``iqr``
-    (75th minus 25th percentile, NaN-aware), and ``sharpness[k]`` (Keskar et al. 2017 Metric 2.1 on the grid)."""
-
-    _arrays = ("alphas", "betas", "seeds", "losses", "median", "iqr", "sharpness")
-
-    def __init__(self, alphas, betas, seeds, losses, meta=None):
-        self.alphas = np.asarray(alphas, dtype=np.float64)
-        self.betas = np.asarray(betas, dtype=np.float64)
-        self.seeds = np.asarray(seeds, dtype=np.int64)
-        self.losses = np.asarray(losses, dtype=np.float64)
-        self.meta = dict(meta or {})
-        center = self.meta.get("center_loss")
-        self.median, self.iqr = spread(self.losses)
-        self.sharpness = np.array([sharpness(s, center) for s in self.losses])
-
-
-def spread(losses):
-    """Per-cell median and inter-quartile range over the first axis (NaN losses are ignored, all-NaN stays NaN)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
-        q25, med, q75 = np.nanpercentile(losses, [25, 50, 75], axis=0)
-    return med, q75 - q25
-
-
-def sharpness(losses, center_loss) -> float:
-    """``100 (max L - L0) / (1 + L0)`` over the finite losses of one grid (Keskar et al. 2017, Metric 2.1)."""
-    finite = np.asarray(losses, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0 or center_loss is None or not np.isfinite(center_loss):
-        return float("nan")
-    return float(100.0 * (finite.max() - center_loss) / (1.0 + center_loss))

@@ -27,7 +27,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
-from ..evaluator import Cancelled
+from ..driver import Cancelled
 from ..export import bundle_source, write_html
 
 SEED_MAX = 2 ** 31 - 1  # stays an exact number in JavaScript
@@ -51,15 +51,18 @@ def finite(obj):
     return obj
 
 
-def engine_note(meta: dict) -> str:
-    """' on cuda:0, batched (triton)', ' on 4 Dask workers', ...: where and how a plane ran, when that is not the
-    plain per-point loop on a CPU (a GPU user sees which path "auto" chose; ``meta`` holds the timings)."""
-    dask = meta.get("dask")
-    if dask:
-        return f" on {dask['workers']} Dask worker{'s' if dask['workers'] != 1 else ''}"
-    device, evaluator, rule = str(meta.get("device", "cpu")), str(meta.get("evaluator", "")), meta.get("vmap_rule")
-    how = f"batched ({rule})" if rule else "per-point loop" if evaluator.endswith("loop") else ""
-    if device == "cpu" and not rule:
+def engine_note(result) -> str:
+    """' on cuda:0, batched (triton)', ' on 4 Dask workers', ...: where and how a result ran (its
+    :class:`~landscape_widgets.engine.Execution`), when that is not the plain per-point loop on a CPU."""
+    done = result.execution
+    if done is None:
+        return ""
+    if done.dask:
+        n = done.dask["workers"]
+        return f" on {n} Dask worker{'s' if n != 1 else ''}"
+    device = str(result.meta.get("device", "cpu"))
+    how = f"batched ({done.rule})" if done.rule else "per-point loop" if done.executor == "loop" else ""
+    if device == "cpu" and not done.rule:
         return ""
     return f" on {device}" + (f", {how}" if how else "")
 
@@ -178,7 +181,7 @@ def private_landscape(ls):
         raise TypeError(f"ls must be a landscape_widgets.Landscape, got {type(ls).__name__}; "
                         "build one with lw.Landscape(model, loss_fn, data)")
     clone = copy.copy(ls)
-    clone._private = None
+    clone.problem = ls.problem.copy()
     return clone
 
 

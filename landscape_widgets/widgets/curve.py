@@ -164,6 +164,6 @@ class CurveWidget(RandomDirectionWidget):
                 self._state = "done"
                 n = len(specs)
                 self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
-                                f"{time.perf_counter() - t0:.2f} s" + engine_note(payload[0].meta)
+                                f"{time.perf_counter() - t0:.2f} s" + engine_note(payload[0])
                                 + gaps_note(np.concatenate([c.losses for c in payload])))
                 self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]

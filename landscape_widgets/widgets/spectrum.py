@@ -14,7 +14,7 @@ import time
 import traitlets as t
 
 from .._checks import check_int
-from ..evaluator import Cancelled
+from ..driver import Cancelled
 from ._base import (SEND_INTERVAL_S, SeededWidget, browser_bool, browser_int, f32, failure_panel, failure_reason,
                     finite, private_landscape)
 
@@ -133,7 +133,7 @@ class SpectrumWidget(SeededWidget):
         spec = None
         if self._cached is not None and self._cached[0] == p:
             spec = self._cached[1]
-            if spec.meta.get("model_sha256") != ls._fresh().fingerprint():
+            if spec.meta.get("model_sha256") != ls.problem.fingerprint():
                 spec = None  # the model was trained since: recompute
         if spec is None:
             try:

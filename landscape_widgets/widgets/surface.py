@@ -13,7 +13,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
-from ..evaluator import Cancelled
+from ..driver import Cancelled
 from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
                     check_normalization_choice, engine_note, f32, failure_panel, finite, gaps_note, private_landscape)
 
@@ -287,7 +287,7 @@ class SurfaceWidget(RandomDirectionWidget):
             with self.complete_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
-                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s{engine_note(payload.meta)} · "
+                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s{engine_note(payload)} · "
                                 f"{self._describe(p, payload)}" + gaps_note(payload.losses)
                                 + (" · trust panel: computing…" if self._with_trust else ""))
                 self._show(payload.alphas, payload.betas, payload.losses, payload)

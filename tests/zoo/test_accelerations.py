@@ -8,6 +8,7 @@ import torch
 
 from landscape_widgets import batched, evaluator as E
 from landscape_widgets import affine_layers as al
+import landscape_widgets.engine as engine
 import landscape_widgets.landscape as L
 
 from zoo import models as Z
@@ -216,9 +217,10 @@ def test_flat_writes(name, monkeypatch):
 def cuda_auto(monkeypatch):
     """evaluator="auto" resolved as on CUDA (vmap with autotune), and tiles of 32 points already tuned."""
     real = L.resolve_evaluator
-    monkeypatch.setattr(L, "resolve_evaluator",
-                        lambda ev, device, **kw: "vmap" if ev == "auto" and kw.get("buffers") != "recompute"
-                        else real(ev, device, **kw))
+    for mod in (L, engine):  # "auto" as on CUDA
+        monkeypatch.setattr(mod, "resolve_evaluator",
+                            lambda ev, device, **kw: "vmap" if ev == "auto" and kw.get("buffers") != "recompute"
+                            else real(ev, device, **kw))
     monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 32)
 
 

@@ -1,0 +1,102 @@
+"""The one driver: a grid of points, tile by tile, through any executor.
+
+An executor is anything with ``tiles(coords, todo)``: a generator that gets the missing ``(start, stop)`` tiles and
+yields ``(start, stop, values)`` in any order (the per-point loop, vmap-batched chunks, Dask futures as they
+complete).  The driver loads finished tiles from a store, writes new ones to it as they arrive, reports each tile to
+the callback and the progress bar, and checks the cancel flag between tiles; executors do none of that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Cancelled(Exception):
+    """Raised between tiles when the ``cancel`` flag of a computation is set."""
+
+
+@dataclass
+class Tile:
+    """A finished block of points: flat indices ``[start, stop)`` of the grid in C order, and their losses."""
+    start: int
+    stop: int
+    values: np.ndarray
+    done: int
+    total: int
+
+
+def is_cancelled(cancel) -> bool:
+    """``cancel`` is None, a ``threading.Event`` or a callable returning True once the work should stop."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def tiles_of(total: int, tile_size: int) -> list:
+    tile_size = max(1, int(tile_size))
+    return [(s, min(total, s + tile_size)) for s in range(0, total, tile_size)]
+
+
+def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=False, desc="landscape",
+              store=None) -> np.ndarray:
+    """Values at ``total`` points: finished tiles from ``store`` (a :class:`~landscape_widgets.store.TileStore`),
+    the others from ``compute(todo)``, which yields ``(start, stop, values)`` for the missing tiles in any order.
+
+    Each new tile is saved before the callback sees it (a kill there loses nothing); ``cancel`` is checked before
+    the first tile and after each one, and raises :class:`Cancelled`.
+    """
+    values = np.full(total, np.nan)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=desc, unit="pt", leave=False)
+    done = 0
+
+    def finish(start, stop, vals):
+        nonlocal done
+        values[start:stop] = vals
+        done += stop - start
+        if bar is not None:
+            bar.update(stop - start)
+        if on_tile is not None:
+            on_tile(Tile(start, stop, values[start:stop].copy(), done, total))
+
+    try:
+        todo = []
+        for start, stop in tiles_of(total, tile_size):
+            cached = store.load(start, stop) if store is not None else None
+            if cached is None:
+                todo.append((start, stop))
+            else:
+                store.loaded.append((start, stop))
+                finish(start, stop, cached)
+        if todo:
+            if is_cancelled(cancel):
+                raise Cancelled(f"cancelled after {done} of {total} points")
+            results = compute(todo)
+            try:
+                for start, stop, vals in results:
+                    if store is not None:
+                        store.save(start, stop, vals)
+                        store.computed.append((start, stop))
+                    finish(start, stop, vals)
+                    if done < total and is_cancelled(cancel):
+                        raise Cancelled(f"cancelled after {done} of {total} points")
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()  # runs the executor's clean-up (a private copy reset, Dask futures cancelled)
+    finally:
+        if bar is not None:
+            bar.close()
+    return values
+
+
+def run_points(executor, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
+    """Losses at ``coords`` through ``executor.tiles``, in tiles of ``tile_size`` points (default: one tile)."""
+    coords = np.asarray(coords, dtype=np.float64)
+    return run_tiles(len(coords), tile_size or max(1, len(coords)), lambda todo: executor.tiles(coords, todo),
+                     on_tile=on_tile, cancel=cancel, progress=progress, desc=desc)
