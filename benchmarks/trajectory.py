@@ -88,7 +88,8 @@ def main():
         print(f"| embed {method} | {seconds:.2f} s | {peak / 2 ** 20:.0f} MiB | trustworthiness "
               f"{emb.trustworthiness:.3f}, reconstruction error {err} |")
     private = PrivateModel(model, torch.device("cpu"))
-    (dirs, meta), seconds, peak = timed_and_traced(lambda: pca_directions(private, 2, trajectory=traj))
+    made, seconds, peak = timed_and_traced(lambda: pca_directions(private, 2, trajectory=traj))
+    meta = made.meta
     print(f"| PCA directions + path + random-walk baseline | {seconds:.2f} s | {peak / 2 ** 20:.0f} MiB | explained "
           f"{[round(v, 3) for v in meta['explained_variance']]}, random walk "
           f"{[round(v, 3) for v in meta['random_walk_explained_variance']]} |")

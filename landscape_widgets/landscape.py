@@ -15,7 +15,7 @@ from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import check_model, resolve_device, select_params, state_from, unwrap
 from .batched import TILE_POINTS, resolve_evaluator
 from .data import DataSource
-from .directions import cosine, make_directions
+from .directions import KINDS, cosine, kind_of, make_directions
 from .engine import Plan, Problem, execute
 from .evaluator import Timer, grid_tile_size
 from .hessian import Spectrum, api as hessian_api
@@ -120,9 +120,9 @@ class Landscape:
         (a0, a1), = check_span(span, "span", axes=1)
         timer = Timer()
         private = self.problem.private()
-        (d1,), dmeta = make_directions(direction, private, 1, argname="direction", seed=seed,
-                                       normalization=normalization, ignore=ignore,
-                                       **self._kind_options(direction, cancel))
+        made = make_directions(direction, private, 1, argname="direction", seed=seed, normalization=normalization,
+                               ignore=ignore, **self._needs(kind_of(direction, "direction"), None, cancel))
+        (d1,), dmeta = made.dirs, made.meta
         alphas = axis((a0, a1), steps)
         t_dir = timer()
         plan = Plan("line", private, [d1], alphas[:, None], tile_size=max(1, -(-steps // 8)), evaluator=evaluator)
@@ -159,15 +159,15 @@ class Landscape:
         spans = None if span is None else check_span(span, "span", axes=2)
         timer = Timer()
         private = self.problem.private()
-        if trajectory is not None and directions != "pca":
-            raise ValueError("trajectory= is only used by directions='pca' (Li et al. §7); pass directions='pca' "
-                             "or leave trajectory out")
-        extra = {} if trajectory is None else {"trajectory": trajectory}
-        extra.update(self._kind_options(directions, cancel))
-        (d1, d2), dmeta = make_directions(directions, private, 2, argname="directions", seed=seed,
-                                          normalization=normalization, ignore=ignore, **extra)
-        path, kind_span = dmeta.pop("path", None), dmeta.pop("default_span", None)
-        (a0, a1), (b0, b1) = spans or kind_span or check_span(1.0, "span", axes=2)
+        kind = kind_of(directions)
+        if trajectory is not None and "trajectory" not in kind.needs:
+            users = [k.name for k in KINDS.values() if "trajectory" in k.needs]
+            raise ValueError(f"trajectory= is only used by direction kinds that follow a path ({', '.join(users)}); "
+                             f"pass directions={users[0]!r} or leave trajectory out")
+        made = make_directions(directions, private, 2, argname="directions", seed=seed,
+                               normalization=normalization, ignore=ignore, **self._needs(kind, trajectory, cancel))
+        (d1, d2), dmeta = made.dirs, made.meta
+        (a0, a1), (b0, b1) = spans or made.span or check_span(1.0, "span", axes=2)
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
@@ -181,7 +181,7 @@ class Landscape:
         meta = self.problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
                                      timings=_timings(t_dir, timer(), nx * ny), **done.meta())
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
-        surface = Surface(alphas, betas, losses, dirs, meta, path=path, execution=done)
+        surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done)
         if trust:
             surface.meta["trust"] = self.trust(surface, cancel=cancel)
         return surface
@@ -256,9 +256,14 @@ class Landscape:
         named = dict(unwrap(self.model).named_parameters())
         return sum(named[n].numel() for n in self.moved)
 
-    def _kind_options(self, spec, cancel):
-        # the Hessian kind needs what the others do not: the loss, the data, and the cancel flag of the caller
-        return {"objective": self.objective, "data": self.data, "cancel": cancel} if spec == "hessian" else {}
+    def _needs(self, kind, trajectory, cancel) -> dict:
+        """What ``kind`` declares it needs (``DirectionKind.needs``), from this Landscape and the call."""
+        out = {}
+        if "loss" in kind.needs:
+            out.update(objective=self.objective, data=self.data, cancel=cancel)
+        if "trajectory" in kind.needs:
+            out["trajectory"] = trajectory
+        return out
 
     def __repr__(self):
         return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "

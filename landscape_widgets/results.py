@@ -140,6 +140,11 @@ class Curve(Result):
         self.meta = dict(meta or {})
         self.execution = execution
 
+    @property
+    def span(self) -> tuple:
+        """``(alphas[0], alphas[-1])``: the interval the curve covers."""
+        return (float(self.alphas[0]), float(self.alphas[-1])) if len(self.alphas) else None
+
     def to_xarray(self):
         xr = _xarray()
         return xr.DataArray(self.losses, coords={"alpha": self.alphas}, dims=("alpha",), name="loss",
@@ -165,6 +170,13 @@ class Surface(Result):
         self.meta = dict(meta or {})
         self.path = path
         self.execution = execution
+
+    @property
+    def span(self) -> tuple:
+        """``((alphas[0], alphas[-1]), (betas[0], betas[-1]))``: the rectangle the grid covers."""
+        if not len(self.alphas) or not len(self.betas):
+            return None
+        return (float(self.alphas[0]), float(self.alphas[-1])), (float(self.betas[0]), float(self.betas[-1]))
 
     def to_xarray(self):
         xr = _xarray()

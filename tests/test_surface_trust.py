@@ -90,7 +90,7 @@ def test_spread_panel_needs_random_planes_of_these_weights(case):
     ls = lw.Landscape(model, CE, (x, y))
     spread = ls.seed_spread(2, resolution=3, span=0.5)
     spread.meta["direction_kind"] = "pca"
-    with pytest.raises(ValueError, match="needs random directions"):
+    with pytest.raises(ValueError, match="needs directions made from the seed alone"):
         ls.trust(spread)
     with pytest.raises(TypeError, match="an lw.Surface .* or an lw.SeedSpread"):
         ls.trust(spread.median)

@@ -1,31 +1,32 @@
 // SurfaceWidget view: controls for the plane and a contour / heatmap / 3-D surface of the loss.
 import { surfaceFigure } from "./figure.js";
+import { surfaceControls } from "./controls.js";
 import { fillTrustBox, injectTrustStyle } from "./trust.js";
 import { createFrame, markGrid } from "./view.js";
 
-export const LIMITS = { resolution: [5, 201], span: [1e-3, 1e3] };
-
 export function renderSurface({ model, el }) {
   const f = createFrame({ model, el, view: "surface" });
-  f.range("resolution", "lw-resolution", "resolution", { min: LIMITS.resolution[0], max: LIMITS.resolution[1] });
+  const c = surfaceControls(model.get("_controls"));
+  f.range("resolution", "lw-resolution", "resolution", { min: c.resolution[0], max: c.resolution[1] });
   const seed = f.number("seed", "lw-seed", "seed", { min: 0, step: 1 });
   f.button("lw-new-seed", "new seed", () => {
     model.set("seed", Math.floor(Math.random() * 1e6)); // a UI choice, not a computation: Math.random is fine here
     model.save_changes();
   }, { parent: seed.wrap });
-  f.select("normalization", "lw-normalization", "normalization",
-           [["filter", "filter"], ["layer", "layer"], ["model", "model"], ["none", "none"]]);
-  f.number("seeds", "lw-seeds", "seeds", { min: 1, max: 16, step: 1 });
-  f.number("span", "lw-span", "span ±", { min: LIMITS.span[0], max: LIMITS.span[1], step: 0.1 });
+  f.select("normalization", "lw-normalization", "normalization", c.normalizations.map((n) => [n, n]));
+  f.number("seeds", "lw-seeds", "seeds", { min: c.seeds[0], max: c.seeds[1], step: 1 });
+  f.number("span", "lw-span", "span ±", { min: c.span[0], max: c.span[1], step: 0.1 });
   f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
   f.select("view", "lw-view-select", "view", [["contour", "contour"], ["heatmap", "heatmap"], ["surface", "3-D surface"]],
            { kernel: false });
 
-  if ((model.get("directions") || "random") !== "random") {
-    // PCA and Hessian planes: the directions come from the trajectory or the Hessian, not from a seed
-    for (const c of el.querySelectorAll(".lw-seed, .lw-new-seed, .lw-normalization, .lw-seeds")) {
-      c.disabled = true;
-      c.title = `not used by ${model.get("directions")} directions`;
+  // controls the kind does not offer (a Hessian plane has no seed) stay visible, disabled, with the reason
+  const selectors = { seed: [".lw-seed", ".lw-new-seed"], normalization: [".lw-normalization"], seeds: [".lw-seeds"] };
+  for (const [control, sel] of Object.entries(selectors)) {
+    if (c.kind.controls.includes(control)) continue;
+    for (const node of el.querySelectorAll(sel.join(", "))) {
+      node.disabled = true;
+      node.title = `not used by ${c.kind.name} directions`;
     }
   }
   const state = () => ({

@@ -1,37 +1,63 @@
-"""Direction kinds: one module per seed method.  ``make_directions`` dispatches on the kind.
+"""Direction kinds: one module per method, each a :class:`~.kind.DirectionKind` object in ``KINDS``.
 
-A new kind registers a function ``f(private, count, **options) -> (list of direction dicts, meta)`` in ``KINDS``.
+A new kind is one module with a ``DirectionKind`` subclass (what it needs, its defaults and controls, ``make`` and
+``describe``), registered here or with :func:`register`; nothing else in the library names it.
 """
 from __future__ import annotations
 
-from .explicit import explicit_directions
+from .explicit import ExplicitKind, explicit_directions
+from .gaussian import RandomKind, random_directions
+from .hessian import HessianKind, hessian_directions
+from .kind import CONTROLS, NEEDS, DirectionKind, FunctionKind, Made
 from .normalization import NORMALIZATIONS, check_ignore, check_normalization, cosine, normalize
-from .gaussian import random_directions
-from .hessian import hessian_directions
-from .pca import pca_directions
+from .pca import PCAKind, pca_directions
 
-KINDS = {"random": random_directions}
-KINDS["hessian"] = hessian_directions  # Böttcher & Wheeler 2022; Landscape passes objective= and data=
-KINDS["pca"] = pca_directions  # Li et al. 2018 §7, needs trajectory=
+KINDS = {k.name: k for k in (RandomKind(), HessianKind(), PCAKind())}
+EXPLICIT = ExplicitKind()
 
 
-def register(kind, fn):
-    KINDS[kind] = fn
+def register(kind, fn=None, **declarations):
+    """Add a direction kind: a :class:`DirectionKind` object, or a name and a function
+    ``fn(private, count, **options) -> (dirs, meta)`` with the declarations of :class:`FunctionKind`."""
+    if fn is not None:
+        kind = FunctionKind(kind, fn, **declarations)
+    if not isinstance(kind, DirectionKind) or not kind.name:
+        raise TypeError("register a DirectionKind with a name, or register(name, fn)")
+    unknown = [n for n in kind.needs if n not in NEEDS] + [c for c in kind.controls if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"kind {kind.name!r} declares unknown needs or controls {unknown}; needs are among "
+                         f"{NEEDS}, controls among {CONTROLS}")
+    KINDS[kind.name] = kind
+    return kind
 
 
-def make_directions(spec, private, count, *, argname, **options):
-    check_normalization(options.get("normalization"))
-    check_ignore(options.get("ignore", "biasbn"))
+def kind_of(spec, argname="directions") -> DirectionKind:
+    """The kind of a ``directions=`` argument: a registered name, or explicit dicts."""
     if isinstance(spec, str):
         if spec not in KINDS:
             raise ValueError(f"{argname}={spec!r} is not a known direction kind; pass one of "
                              f"{', '.join(repr(k) for k in KINDS)} or explicit direction dict(s)")
-        return KINDS[spec](private, count, **options)
+        return KINDS[spec]
+    return EXPLICIT
+
+
+def make_directions(spec, private, count, *, argname, **options) -> Made:
+    """``count`` directions of the kind ``spec`` (a name, or the dict / pair of dicts themselves)."""
+    check_normalization(options.get("normalization"))
+    check_ignore(options.get("ignore", "biasbn"))
+    kind = kind_of(spec, argname)
+    if kind is not EXPLICIT:
+        if kind.max_count is not None and count > kind.max_count:
+            raise ValueError(f"the {kind.name!r} kind gives at most {kind.max_count} directions, {count} were asked "
+                             "for")
+        return kind.make(private, count, **options)
     given = [spec] if isinstance(spec, dict) else list(spec) if isinstance(spec, (tuple, list)) else None
     if given is None or len(given) != count:
         want = "a dict {parameter name: tensor}" if count == 1 else "a pair (d1, d2) of dicts {parameter name: tensor}"
         raise TypeError(f"{argname} must be a kind name ({', '.join(repr(k) for k in KINDS)}) or {want}")
-    return explicit_directions(private, given, argname=argname, **options)
+    return EXPLICIT.make(private, count, given=given, argname=argname, **options)
 
 
-__all__ = ["KINDS", "NORMALIZATIONS", "cosine", "make_directions", "normalize", "register"]
+__all__ = ["CONTROLS", "EXPLICIT", "KINDS", "NEEDS", "NORMALIZATIONS", "DirectionKind", "FunctionKind", "Made",
+           "cosine", "explicit_directions", "hessian_directions", "kind_of", "make_directions", "normalize",
+           "pca_directions", "random_directions", "register"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .kind import DirectionKind, Made
 from .normalization import normalize
 
 DEFAULT_NORMALIZATION = "none"
@@ -48,4 +49,17 @@ def explicit_directions(private, given, *, normalization=None, ignore="biasbn", 
     else:
         out = [normalize(d, private.base, normalization, ignore) for d in dirs]
     meta = {"direction_kind": "explicit", "seed": None, "normalization": normalization, "ignore": ignore}
-    return out, meta
+    return Made(out, meta)
+
+
+class ExplicitKind(DirectionKind):
+    """Directions the caller gives as dicts (raw units by default)."""
+
+    name = "explicit"
+    default_normalization = DEFAULT_NORMALIZATION
+
+    def make(self, private, count, *, given=(), **options) -> Made:
+        return explicit_directions(private, given, **options)
+
+    def describe(self, meta, span=None):
+        return "plane along given directions"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .kind import DirectionKind, Made
 from .normalization import normalize
 
 DEFAULT_NORMALIZATION = "filter"
@@ -28,7 +29,7 @@ def check_seed(seed) -> int:
     return seed
 
 
-def random_directions(private, count, *, seed=0, normalization=None, ignore="biasbn", **_):
+def random_directions(private, count, *, seed=0, normalization=None, ignore="biasbn", **_) -> Made:
     seed = check_seed(seed)
     normalization = normalization or DEFAULT_NORMALIZATION
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -41,4 +42,20 @@ def random_directions(private, count, *, seed=0, normalization=None, ignore="bia
         dirs.append(normalize(raw, private.base, normalization, ignore))
     meta = {"direction_kind": "random", "seed": seed, "normalization": normalization, "ignore": ignore,
             "distribution": "gaussian"}
-    return dirs, meta
+    return Made(dirs, meta)
+
+
+class RandomKind(DirectionKind):
+    """Gaussian directions from a private generator, filter-normalized by default (Li et al. 2018, §4)."""
+
+    name = "random"
+    default_normalization = DEFAULT_NORMALIZATION
+    controls = ("seed", "normalization", "seeds")
+    seeded = True
+
+    def make(self, private, count, **options) -> Made:
+        return random_directions(private, count, **options)
+
+    def describe(self, meta, span=None):
+        text = f"{meta.get('normalization')}-normalized random plane, seed {meta.get('seed')}"
+        return text + (f", span ±{span:g}" if span is not None else "")

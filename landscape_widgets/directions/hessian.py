@@ -22,6 +22,7 @@ from ..hessian.hvp import HessianOperator
 from ..hessian.lanczos import extreme_eigenpairs
 from ..hessian.spectrum import seed_streams
 from .gaussian import check_seed
+from .kind import DirectionKind, Made
 from .normalization import normalize
 
 DEFAULT_NORMALIZATION = "none"
@@ -38,7 +39,7 @@ def default_span(loss0: float, lambda_max: float) -> float:
 
 
 def hessian_directions(private, count, *, objective=None, data=None, seed=0, normalization=None, ignore="biasbn",
-                       tol=1e-6, cancel=None, **_):
+                       tol=1e-6, cancel=None, **_) -> Made:
     if objective is None or data is None:
         raise TypeError("the 'hessian' direction kind needs the loss and the data; use it through "
                         "Landscape.plane(directions='hessian') or Landscape.line(direction='hessian')")
@@ -66,7 +67,28 @@ def hessian_directions(private, count, *, objective=None, data=None, seed=0, nor
     meta = {"direction_kind": "hessian", "seed": seed, "normalization": normalization,
             "ignore": ignore if normalization != "none" else None,
             "lambda_max": pairs[0][0], "lambda_min": pairs[1][0] if count == 2 else None,
-            "eigen_hvps": op.hvps, "span_scale": scale, "span_rule": SPAN_RULE,
-            "default_span": [(-scale, scale)] * 2,
-            "center_loss": loss0}
-    return dirs, meta
+            "eigen_hvps": op.hvps, "span_scale": scale, "span_rule": SPAN_RULE, "center_loss": loss0}
+    return Made(dirs, meta, span=((-scale, scale),) * count)
+
+
+class HessianKind(DirectionKind):
+    """Unit eigenvectors of lambda_max and of the most negative eigenvalue (Böttcher & Wheeler 2022, §3)."""
+
+    name = "hessian"
+    needs = ("loss",)
+    default_normalization = DEFAULT_NORMALIZATION
+    chooses_span = True
+    max_count = 2
+
+    def make(self, private, count, **options) -> Made:
+        return hessian_directions(private, count, **options)
+
+    def describe(self, meta, span=None):
+        lmax, lmin = meta.get("lambda_max"), meta.get("lambda_min")
+        eig = f"λmax {float(lmax):.4g}, λmin {float(lmin):.4g}" if lmax is not None and lmin is not None else ""
+        return f"Hessian plane (eigenvectors of λmax, λmin) {eig}"
+
+    def curvatures(self, meta):
+        if meta.get("lambda_max") is None or meta.get("lambda_min") is None:
+            return None
+        return meta["lambda_max"], meta["lambda_min"]

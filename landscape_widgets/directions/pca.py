@@ -20,6 +20,7 @@ import torch
 
 from ..embedding import SnapshotPCA, blocks
 from .gaussian import check_seed
+from .kind import DirectionKind, Made
 from .normalization import ignored, normalize
 
 DEFAULT_NORMALIZATION = "none"
@@ -55,7 +56,7 @@ def _path_span(path):
     return tuple(spans)
 
 
-def pca_directions(private, count, *, trajectory=None, normalization=None, ignore="biasbn", seed=0, **_):
+def pca_directions(private, count, *, trajectory=None, normalization=None, ignore="biasbn", seed=0, **_) -> Made:
     from ..trajectory import Trajectory
 
     if trajectory is None:
@@ -98,5 +99,22 @@ def pca_directions(private, count, *, trajectory=None, normalization=None, ignor
                 n, int(keep.sum()), count, seed=seed).tolist(),
             "random_walk_draws": BASELINE_DRAWS, "num_snapshots": n, "trajectory_stride": trajectory.stride,
             "trajectory_end_distance": end, "path_steps": trajectory.steps.tolist(),
-            "path_losses": trajectory.losses.tolist(), "path": path, "default_span": _path_span(path)}
-    return dirs, meta
+            "path_losses": trajectory.losses.tolist()}
+    return Made(dirs, meta, span=_path_span(path), path=path)
+
+
+class PCAKind(DirectionKind):
+    """The first principal components of the optimization path around the model (Li et al. 2018, §7)."""
+
+    name = "pca"
+    needs = ("trajectory",)
+    default_normalization = DEFAULT_NORMALIZATION
+    chooses_span = True
+
+    def make(self, private, count, **options) -> Made:
+        return pca_directions(private, count, **options)
+
+    def describe(self, meta, span=None):
+        pct = lambda v: "/".join(f"{100 * float(x):.1f}%" for x in (v or [])[:2])  # noqa: E731
+        return (f"PCA plane of the trajectory (Li et al. §7): explained variance "
+                f"{pct(meta.get('explained_variance'))}, random walk {pct(meta.get('random_walk_explained_variance'))}")

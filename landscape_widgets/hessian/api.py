@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .._checks import check_int
-from ..directions import make_directions
+from ..directions import KINDS, make_directions
 from ..directions.gaussian import check_seed
 from ..evaluator import Timer
 from ..results import SeedSpread, Surface
@@ -83,8 +83,8 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
     if spread:
         dirs = _spread_directions(surface, private)
     else:
-        if surface.meta.get("direction_kind") == "hessian" and surface.meta.get("lambda_min") is not None:
-            lambdas = (surface.meta["lambda_max"], surface.meta["lambda_min"])
+        kind = KINDS.get(surface.meta.get("direction_kind"))
+        lambdas = None if kind is None else kind.curvatures(surface.meta)
         dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
                 for d in surface.directions]
     op = HessianOperator(private, problem.data, problem.objective, cancel=cancel)
@@ -98,15 +98,18 @@ def _spread_directions(spread, private):
     """d1, d2 of every seed's plane in turn, regenerated from the seed and the spread's settings as ``plane`` made
     them (a spread keeps no directions: K pairs of model-sized tensors)."""
     meta = spread.meta
-    kind = meta.get("direction_kind")
-    if kind != "random" or meta.get("normalization") is None:
-        raise ValueError(f"the trust panel of a seed spread needs random directions (this one has "
-                         f"{kind!r}); pass a spread from Landscape.seed_spread(directions='random')")
+    name = meta.get("direction_kind")
+    kind = KINDS.get(name)
+    if kind is None or not kind.seeded or meta.get("normalization") is None:
+        seeded = [k.name for k in KINDS.values() if k.seeded]
+        raise ValueError(f"the trust panel of a seed spread needs directions made from the seed alone ({seeded}; "
+                         f"this one has {name!r}); pass a spread from Landscape.seed_spread(directions="
+                         f"{seeded[0]!r})")
     dirs = []
     for s in spread.seeds:
-        pair, _ = make_directions(kind, private, 2, argname="directions", seed=int(s),
-                                  normalization=meta["normalization"], ignore=meta.get("ignore"))
-        dirs += list(pair)
+        made = make_directions(name, private, 2, argname="directions", seed=int(s),
+                               normalization=meta["normalization"], ignore=meta.get("ignore"))
+        dirs += list(made.dirs)
     return dirs
 
 

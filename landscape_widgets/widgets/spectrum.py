@@ -14,6 +14,7 @@ import time
 import traitlets as t
 
 from .._checks import check_int
+from ..directions import KINDS
 from ..driver import Cancelled
 from ._base import (SEND_INTERVAL_S, SeededWidget, browser_bool, browser_int, f32, failure_panel, failure_reason,
                     finite, private_landscape)
@@ -164,10 +165,8 @@ class SpectrumWidget(SeededWidget):
         title = getattr(self._surface, "title", "") if self._surface is not surface else ""
         if title:
             return title
-        m = surface.meta
-        if m.get("direction_kind") == "random":
-            return f"{m.get('normalization')}-normalized random plane, seed {m.get('seed')}"
-        return f"{m.get('direction_kind', 'given')} plane"
+        kind = KINDS.get(surface.meta.get("direction_kind"))
+        return kind.describe(surface.meta) if kind is not None else "plane along given directions"
 
     def _apply(self, kind, payload, p, t0):
         if kind == "progress":

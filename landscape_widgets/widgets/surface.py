@@ -13,6 +13,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
+from ..directions import KINDS, NORMALIZATIONS
 from ..driver import Cancelled
 from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
                     check_normalization_choice, engine_note, f32, failure_panel, finite, gaps_note, private_landscape)
@@ -20,8 +21,7 @@ from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, brows
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
 VIEWS = ("contour", "heatmap", "surface")
-KINDS = ("random", "pca", "hessian")
-SEEDS = (1, 16)  # seed spread: how many random planes at once (issue 4's "does the picture depend on the seed")
+SEEDS = (1, 16)  # seed spread: how many random planes at once ("does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
@@ -34,10 +34,6 @@ def _span(value):
     if not SPAN[0] <= s <= SPAN[1]:
         raise ValueError(f"span={value!r} is out of range; pass a half-width between {SPAN[0]:g} and {SPAN[1]:g}")
     return float(s)
-
-
-def _extent(surf):
-    return (float(surf.alphas[0]), float(surf.alphas[-1])), (float(surf.betas[0]), float(surf.betas[-1]))
 
 
 def upsample(losses, alphas, betas, ax, bx):
@@ -85,6 +81,7 @@ class SurfaceWidget(RandomDirectionWidget):
     _path = t.Bytes(b"").tag(sync=True)  # float32 [n, 2]: the trajectory projected on the plane ("pca")
     _path_steps = t.List(t.Int(), []).tag(sync=True)
     _path_losses = t.Bytes(b"").tag(sync=True)
+    _controls = t.Dict().tag(sync=True)  # what the front end may offer: controls_spec()
     _trust = t.Dict().tag(sync=True)  # the trust panel of the plane shown, {} while it is computed or off,
     # {"error": reason, "detail": whole message} when it could not be computed
 
@@ -94,11 +91,13 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True):
-        if directions not in KINDS:
+        if not isinstance(directions, str) or directions not in KINDS:
             raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
-        if (directions == "pca") != (trajectory is not None):
-            raise ValueError("directions='pca' needs trajectory=lw.Trajectory(...), and trajectory= is only used by "
-                             "directions='pca'")
+        kind = KINDS[directions]
+        if ("trajectory" in kind.needs) != (trajectory is not None):
+            users = [k.name for k in KINDS.values() if "trajectory" in k.needs]
+            raise ValueError(f"directions={users[0]!r} needs trajectory=lw.Trajectory(...), and trajectory= is only "
+                             f"used by the kinds that follow a path ({', '.join(map(repr, users))})")
         if not isinstance(trust, (bool, np.bool_)):
             raise TypeError(f"trust must be True or False, got {trust!r}")
         self._ls = private_landscape(ls)
@@ -107,7 +106,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self.trust_error = None  # why the latest plane has no trust panel ("RuntimeError: ..."), else None
         self._compute_kw = check_compute(compute)
         self._kind_kw = {} if trajectory is None else {"trajectory": trajectory}
-        self._span0 = _span(span)  # for "pca"/"hessian": the kind's own grid until the span is changed
+        self._span0 = _span(span)  # a kind that chooses its grid keeps it until the span is changed
         self._norm_given = normalization is not None
         self.spread = None  # the latest lw.SeedSpread when seeds > 1
         self.surface = None
@@ -117,7 +116,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self._last_send = 0.0
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
                          span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title,
-                         directions=directions, seeds=seeds)
+                         directions=directions, seeds=seeds, _controls=controls_spec(kind))
         self._schedule()
 
     # -- Python-side checks: ValueError naming the argument ---------------------------------------------------
@@ -155,12 +154,12 @@ class SurfaceWidget(RandomDirectionWidget):
 
     # -- computation -------------------------------------------------------------------------------------------
     def _params(self):
-        kind = self.directions
-        auto_span = kind != "random" and self.span == self._span0
-        norm = self.normalization if (kind == "random" or self._norm_given) else None
+        kind = KINDS[self.directions]
+        auto_span = kind.chooses_span and self.span == self._span0
+        norm = self.normalization if ("normalization" in kind.controls or self._norm_given) else None
         return {"resolution": self.resolution, "seed": self.seed, "normalization": norm,
-                "span": None if auto_span else self.span, "directions": kind,
-                "seeds": self.seeds if kind == "random" else 1}
+                "span": None if auto_span else self.span, "directions": kind.name,
+                "seeds": self.seeds if "seeds" in kind.controls else 1}
 
     def _job(self, p, emit, cancel):
         kw = {"seed": p["seed"], "normalization": p["normalization"], "span": p["span"], "progress": False,
@@ -180,12 +179,13 @@ class SurfaceWidget(RandomDirectionWidget):
             if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
                 emit(*self._trust_panel(spread, cancel))
             return
-        if p["directions"] == "random":
+        if KINDS[p["directions"]].seeded:  # made again from the seed: cheap
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
-        # Hessian eigenvectors and PCA components are computed once, by the preview, and reused on the same grid
+        # other kinds' directions (Hessian eigenvectors, PCA components) are computed once, by the preview, and
+        # reused on the same grid
         surf = self._ls.plane(directions=preview.directions, normalization="none", ignore=None, progress=False,
-                              cancel=cancel, span=_extent(preview), **full)
+                              cancel=cancel, span=preview.span, **full)
         keep = {k: v for k, v in preview.meta.items() if k not in surf.meta or k in ("direction_kind", "normalization",
                                                                                     "ignore", "seed")}
         surf.meta.update(keep)
@@ -216,17 +216,10 @@ class SurfaceWidget(RandomDirectionWidget):
         self._fill = None
 
     def _describe(self, p, surf=None):
-        if p["directions"] == "random":
-            return f"{p['normalization']}-normalized random plane, seed {p['seed']}, span ±{p['span']:g}"
-        meta = (surf.meta if surf is not None else {})
-        if p["directions"] == "pca":
-            ev = meta.get("explained_variance") or []
-            rw = meta.get("random_walk_explained_variance") or []
-            pct = lambda v: "/".join(f"{100 * float(x):.1f}%" for x in v[:2])  # noqa: E731
-            return f"PCA plane of the trajectory (Li et al. §7): explained variance {pct(ev)}, random walk {pct(rw)}"
-        lmax, lmin = meta.get("lambda_max"), meta.get("lambda_min")
-        eig = f"λmax {float(lmax):.4g}, λmin {float(lmin):.4g}" if lmax is not None and lmin is not None else ""
-        return f"Hessian plane (eigenvectors of λmax, λmin) {eig}"
+        meta = dict(surf.meta) if surf is not None else {}
+        meta.setdefault("seed", p["seed"])
+        meta.setdefault("normalization", p["normalization"])
+        return KINDS[p["directions"]].describe(meta, span=p["span"])
 
     def _apply(self, kind, payload, p, t0):
         n = p["resolution"]
@@ -238,7 +231,7 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._status = f"coarse {PREVIEW}×{PREVIEW} preview; computing {n}×{n}…"
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
             self._grid = None
-            (a0, a1), (b0, b1) = _extent(payload)
+            (a0, a1), (b0, b1) = payload.span
             self._axes = (np.linspace(a0, a1, n), np.linspace(b0, b1, n))
             self._fill = upsample(payload.losses, payload.alphas, payload.betas, *self._axes)
         elif kind == "tile":
@@ -329,3 +322,10 @@ class SurfaceWidget(RandomDirectionWidget):
         self._alphas, self._betas = f32(alphas), f32(betas)
         self._shape = [int(len(alphas)), int(len(betas))]
         self._losses = f32(losses)
+
+
+def controls_spec(kind) -> dict:
+    """The surface view's controls and their limits, for the front end (one source for both sides): the kind's
+    own declaration (which controls change its directions), the limits and the normalizations."""
+    return {"kind": kind.spec(), "limits": {"resolution": list(RESOLUTION), "span": list(SPAN), "seeds": list(SEEDS)},
+            "normalizations": list(NORMALIZATIONS), "views": list(VIEWS)}

@@ -1,0 +1,75 @@
+"""What a direction kind is: an object that declares what it needs, its defaults and its controls, and makes
+directions.  Landscape, the surface widget, the trust panel and the front end read these declarations; none of them
+switches on a kind's name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NEEDS = ("loss", "trajectory")        # "loss": the objective, the data and the caller's cancel flag
+CONTROLS = ("seed", "normalization", "seeds")  # the surface widget's controls a kind may offer
+
+
+@dataclass
+class Made:
+    """The directions of one call: ``dirs`` (one ``{name: tensor}`` per axis), ``meta`` (facts the result keeps),
+    the kind's default ``span`` (one ``(lo, hi)`` per axis; None: -1..1) and a ``path`` ``[n, count]`` drawn on
+    the plane (None: no path)."""
+    dirs: list
+    meta: dict
+    span: tuple = None
+    path: np.ndarray = None
+
+
+class DirectionKind:
+    """Base class of the direction kinds (``directions.KINDS``).
+
+    ``needs``: what :meth:`make` gets besides the model (:data:`NEEDS`); ``default_normalization``; ``controls``:
+    the surface widget controls that change its directions (:data:`CONTROLS`); ``seeded``: the directions are a
+    function of ``(seed, normalization, ignore)`` alone, so a seed spread can make them again; ``chooses_span``: its
+    directions come with their own grid (:attr:`Made.span`) unless the caller gives a span; ``max_count``: the
+    most directions it gives (None: any number)."""
+
+    name = ""
+    needs = ()
+    default_normalization = "filter"
+    controls = ()
+    seeded = False
+    chooses_span = False
+    max_count = None
+
+    def make(self, private, count, *, seed=0, normalization=None, ignore="biasbn", **needs) -> Made:
+        raise NotImplementedError
+
+    def describe(self, meta: dict, span=None) -> str:
+        """One line for a title or status: what the plane shows (``meta`` of its surface, ``span`` its half-width
+        when the user chose one)."""
+        return f"{self.name} plane"
+
+    def curvatures(self, meta: dict):
+        """``(lambda_max, lambda_min)`` the kind already computed for this surface, or None."""
+        return None
+
+    def spec(self) -> dict:
+        """What the front end needs to know: which controls apply and the default normalization."""
+        return {"name": self.name, "controls": list(self.controls), "needs": list(self.needs),
+                "default_normalization": self.default_normalization, "chooses_span": self.chooses_span}
+
+
+class FunctionKind(DirectionKind):
+    """A kind made from a function ``f(private, count, **options) -> (dirs, meta)`` (``directions.register``);
+    ``meta`` may carry ``path`` and ``default_span``."""
+
+    def __init__(self, name, fn, *, needs=(), default_normalization="filter", controls=(), seeded=False,
+                 chooses_span=False):
+        self.name, self.fn, self.needs = name, fn, tuple(needs)
+        self.default_normalization, self.controls, self.seeded = default_normalization, tuple(controls), seeded
+        self.chooses_span = chooses_span
+
+    def make(self, private, count, **options) -> Made:
+        dirs, meta = self.fn(private, count, **options)
+        meta = dict(meta)
+        path, span = meta.pop("path", None), meta.pop("default_span", None)
+        meta.setdefault("direction_kind", self.name)
+        return Made(list(dirs), meta, span=span, path=path)
