@@ -4,10 +4,9 @@ Models: the digits MLP and CNN (sklearn's digits; synthetic 8x8 data of the same
 which changes no timing) and a ResNet-20 (He et al. 2016, CIFAR variant, option-A shortcuts, written here: no
 torchvision) on synthetic 32x32 images.  Each method evaluates the same points on the same filter-normalized
 random plane; values of the batched evaluator are checked against the loop.  The batched evaluator is timed with
-each of its rules for layers with moving weights: vmap's own (grouped convolutions), im2col + bmm
-(``landscape_widgets.batched_conv``, in both GEMM layouts and with TF32 matmuls) and the affine one
-(``landscape_widgets.affine_layers``, the default on CUDA), and that with each point's convolution as one Triton kernel
-(``landscape_widgets.triton_conv``, where Triton and a GPU are there).
+each of its rules for layers with moving weights (``landscape_widgets.gpu``): vmap's own (grouped convolutions),
+im2col + bmm (``gpu.im2col``, also with TF32 matmuls), the affine one (``gpu.affine``), and that with each point's
+convolution as one Triton kernel (``gpu.triton``, where Triton and a GPU are there).
 loss-landscapes (optional) is timed on its own ``random_plane`` with a comparable number of points.  Last, one
 forward pass of a ResNet-56 over 50,000 32x32 images is timed (extrapolated from a few batches), the unit of
 docs/scaling.md's estimate.
@@ -52,8 +51,7 @@ def _import_core():
         pkg.__path__ = [os.path.join(ROOT, "landscape_widgets")]
         sys.modules["landscape_widgets"] = pkg
     mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "evaluator", "batched",
-                                                                        "batched_conv", "affine_layers",
-                                                                        "triton_conv")}
+                                                                        "gpu.triton")}
     return mods
 
 
@@ -198,7 +196,7 @@ def run_loss_landscapes(model, x, y, points, device):
     return steps * steps / dt, f"{steps}x{steps}"
 
 
-RULE_COLUMNS = ("vmap", "im2col", "im2col, pixels", "im2col, tf32", "affine", "affine, nchw", "triton")
+RULE_COLUMNS = ("vmap", "im2col", "im2col, tf32", "affine", "triton")
 
 
 def plane_setup(core, model, data, points, device):
@@ -217,7 +215,6 @@ def plane_setup(core, model, data, points, device):
 
 def bench(core, name, model, data, points, device, tile, warm=8):
     PointEvaluator, VmapEvaluator = core["evaluator"].PointEvaluator, core["batched"].VmapEvaluator
-    bc = core["batched_conv"]
     grid_tile_size = core["evaluator"].grid_tile_size
     private, source, moving, coords, side = plane_setup(core, model, data, points, device)
     ny = side if tile == "rows" else len(coords)
@@ -241,7 +238,7 @@ def bench(core, name, model, data, points, device, tile, warm=8):
         dt, v = timed(lambda: ev.run(coords, tile_size=tile_size), device)
         return len(coords) / dt, v, ev
 
-    pts_vm, v_vm, vm = run_vmap()  # the library's default rule on this device (batched.DEFAULT_RULES)
+    pts_vm, v_vm, vm = run_vmap()  # the library's default rule on this device (chooser.DEFAULT_RULES)
     mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     diffs = [rel(v_vm)]
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -250,11 +247,6 @@ def bench(core, name, model, data, points, device, tile, warm=8):
         if rule != "im2col" or has_conv:
             rules[rule] = run_vmap(rule=rule) if rule != vm.rule else (pts_vm, v_vm, vm)
     if has_conv:
-        layout, bc.GEMM_LAYOUT = bc.GEMM_LAYOUT, "pixels"
-        try:
-            rules["im2col, pixels"] = run_vmap(rule="im2col")
-        finally:
-            bc.GEMM_LAYOUT = layout
         # the batched GEMM follows the user's matmul precision; TF32 is what cuDNN already uses for the loop's convs
         precision = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("high")
@@ -262,15 +254,12 @@ def bench(core, name, model, data, points, device, tile, warm=8):
             rules["im2col, tf32"] = run_vmap(rule="im2col")
         finally:
             torch.set_float32_matmul_precision(precision)
-        al = core["affine_layers"]
-        layout, al.CHANNELS_LAST = al.CHANNELS_LAST, False  # the convolution's input in NCHW instead
-        try:
-            rules["affine, nchw"] = run_vmap(rule="affine")
-        finally:
-            al.CHANNELS_LAST = layout
-        if core["triton_conv"].available(device):  # each point's convolution in one Triton kernel
+        if core["gpu.triton"].available(device):  # each point's convolution in one Triton kernel
             try:
                 rules["triton"] = run_vmap(rule="triton")
+                fallbacks = rules["triton"][2].record().fallbacks
+                if fallbacks:
+                    row["triton_fallbacks"] = fallbacks
             except Exception as exc:  # noqa: BLE001 -- a kernel that fails here is a finding, not the end of the run
                 row["triton_error"] = f"{type(exc).__name__}: {exc}"[:300]
     diffs += [rel(v) for _p, v, _e in rules.values()]
@@ -307,7 +296,7 @@ def profile_cnn(core, device, points):
     private, source, moving, coords, _side = plane_setup(core, digits_cnn(), digits_data(False), points, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    rules = ("affine", "triton", "vmap", "im2col") if core["triton_conv"].available(device) else (
+    rules = ("affine", "triton", "vmap", "im2col") if core["gpu.triton"].available(device) else (
         "affine", "vmap", "im2col")
     for rule in rules:
         ev = core["batched"].VmapEvaluator(private, source, nn.CrossEntropyLoss(), moving, rule=rule)
@@ -371,17 +360,18 @@ def main(argv=None):
                   "(docs/scaling.md multiplies this by 2,601 grid points)."]
     best = {r["model"]: max(((k, v[0]) for k, v in r["rules"].items() if k in ("vmap", "im2col", "affine", "triton")),
                             key=lambda kv: kv[1]) for r in rows}
-    lines += ["", "Fastest rule per model (for `batched.DEFAULT_RULES`, the rule `evaluator=\"vmap\"` runs without "
+    lines += ["", "Fastest rule per model (for `chooser.DEFAULT_RULES` and `chooser.MEASURED_RULES`, the rules "
+                  "`evaluator=\"vmap\"` and \"auto\" run without "
                   "timing): " + "; ".join(f"{m}: {k} ({v:.1f} pts/s, {v / r['loop']:.2f}x the loop)"
                                           for r in rows for m, (k, v) in [(r["model"], best[r["model"]])])]
     errors = [f"- {r['model']}: rule triton raised {r['triton_error']}" for r in rows if "triton_error" in r]
-    errors += [f"- Triton kernel fell back to cuDNN for layer {k}: {v[:300]}"
-               for k, v in core["triton_conv"].failures.items()]
+    errors += [f"- {r['model']}: Triton kernel fell back to cuDNN for layer {k}: {v[:300]}"
+               for r in rows for k, v in r.get("triton_fallbacks", {}).items()]
     if errors:
         lines += ["", "Triton rule problems:"] + errors
     if device.type == "cuda":
         lines += ["", "Triton autotuner's choices (C, COUT, HO, WO, KH, KW, dtypes -> config):"] + [
-            f"- {k} -> {v}" for k, v in core["triton_conv"].chosen_configs().items()]
+            f"- {k} -> {v}" for k, v in core["gpu.triton"].chosen_configs().items()]
     lines += ["", f"total {time.perf_counter() - t0:.0f} s"]
     print("\n".join(lines))
 

@@ -217,7 +217,7 @@ def main():
             f"trace: PyHessian Hutchinson {v_tp:.4g} in {t_tp:.3f} s; ours Hutch++ (99 HVPs) {v_to:.4g} "
             f"± {se_to:.2g} in {t_to:.3f} s", ""]
         print("\n".join(lines[-23:]), flush=True)
-    header = [f"## Hessian: top-5, products, SLQ density, trace vs PyHessian", "",
+    header = ["## Hessian: top-5, products, SLQ density, trace vs PyHessian", "",
               f"`.venv/bin/python benchmarks/hessian.py --threads {args.threads} --rounds {args.rounds} "
               f"--epochs {args.epochs} --device {args.device} --write` — {_where()}, torch {torch.__version__}, "
               f"{args.threads} CPU threads, best of {args.rounds}; {time.strftime('%Y-%m-%d %H:%M')} UTC.", ""]

@@ -1,20 +1,17 @@
-"""Batched evaluation: many grid points per forward pass with ``torch.func.vmap`` (for GPUs).
+"""The vmap executor: many grid points per forward pass with ``torch.func.vmap``.
 
 A chunk of ``B`` points becomes one call of the model on stacked weights ``theta + C @ D`` of shape
 ``[B, *param.shape]`` through ``torch.func.functional_call`` (the private copy's own tensors are never written),
 so small and medium models stop being bound by kernel launches.  The chunk size comes from the device's free
 memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  Layers whose weights
-move can run through one of four rules (``rule``): vmap's own (``"vmap"``: grouped convolutions, one group per
-point), im2col and one batched GEMM for convolutions (``"im2col"``, :mod:`~landscape_widgets.batched_conv`), the
-plane's affine structure (``"affine"``, :mod:`~landscape_widgets.affine_layers`: a shared first layer once for all
-points, later convolutions as one ordinary convolution), or that with the later 2-D convolutions as one Triton
-kernel over every point's own weights (``"triton"``, :mod:`~landscape_widgets.triton_conv`; CUDA only).  On a CPU
-the per-point loop of :class:`~landscape_widgets.evaluator.PointEvaluator` is faster (one large GEMM per point
-beats batched small ones), so ``Landscape`` only picks this evaluator on CUDA unless asked.
+move run through a rule of :mod:`~landscape_widgets.gpu` (``rule``); which one is the chooser's
+(:mod:`~landscape_widgets.chooser`).  The per-point loop (:class:`~landscape_widgets.evaluator.PointEvaluator`)
+is its sibling, held by composition: models vmap cannot batch, and the points "auto" times on the loop, run there.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import warnings
 
@@ -23,15 +20,15 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_map
 
-from . import triton_conv
-from .affine_layers import AffinePoints
-from .batched_conv import batched_convs
-from .driver import run_points
+from .chooser import RULES, default_rule, tuned_rules
+from .driver import Execution, run_points
 from .evaluator import PointEvaluator, is_oom
+from .gpu import triton
+from .gpu.affine import AffinePoints
+from .gpu.im2col import batched_convs
 
 CPU_CHUNK = 16          # points per vmap call on a CPU: more only adds memory
 MAX_CHUNK = 1024        # beyond this the stacked weights dominate and launches are long amortized
-EVALUATORS = ("auto", "loop", "vmap")
 MEMORY_FRACTION = 0.5   # of the free device memory a chunk may use; the rest is headroom for the allocator
 TILE_POINTS = 512       # points per tile of a plane with this evaluator: chunks of 64 left an H200 idle (RESULTS.md)
 AUTO_PROBE = 8          # points timed on each path when "auto" chooses between vmap and the loop
@@ -39,31 +36,7 @@ AUTO_PROBE = 8          # points timed on each path when "auto" chooses between 
 # one: timing four rules, each with its warm-up (Triton's compile and autotuning among them), costs a preview more
 # than any rule saves it
 AUTO_MIN_POINTS = 128
-RULES = ("vmap", "im2col", "affine", "triton")  # how layers with moving weights are batched (module docstring)
-# rule=None by device type (vmap's own rule elsewhere); on a CPU "auto" keeps the per-point loop anyway
-DEFAULT_RULES = {"cuda": "affine"}
 _VMAP_ERRORS = ("Batching rule not implemented", "vmap", "BatchedTensor")  # what torch.func says it cannot batch
-
-
-def resolve_evaluator(evaluator, device, *, buffers=None) -> str:
-    """``"auto"``: vmap on CUDA, the per-point loop elsewhere (and whenever points need a per-point hook)."""
-    if evaluator not in EVALUATORS:
-        raise ValueError(f"evaluator={evaluator!r} is not known; pass one of {', '.join(map(repr, EVALUATORS))}")
-    if evaluator == "auto":
-        return "vmap" if torch.device(device).type == "cuda" and buffers != "recompute" else "loop"
-    return evaluator
-
-
-def tuned_rules(module, device) -> list:
-    """The rules ``autotune`` times for ``module`` on ``device``: every one that changes something for this model
-    (not one is fastest on every device); empty for a model without Linear or Conv2d layers."""
-    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    if not layers:
-        return []
-    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in layers)
-    triton = has_conv and torch.device(device).type == "cuda" and triton_conv.available(device)
-    return [r for r in ("affine", "triton", "im2col", "vmap")
-            if (r != "im2col" or has_conv) and (r != "triton" or triton)]
 
 
 class VmapEvaluator:
@@ -73,9 +46,9 @@ class VmapEvaluator:
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
     ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
     large enough to fill the device with one point per pass gains nothing from batching: ResNet-20 in RESULTS.md).
-    ``rule``: how layers with moving weights are batched, one of ``RULES`` (module docstring); None: the device's
-    ``DEFAULT_RULES`` entry, and with ``autotune`` every rule that applies to the model is
-    timed on the first tile.  ``tune_cache``: a dict shared by the evaluators of one ``Landscape``, where
+    ``rule``: how layers with moving weights are batched, one of ``chooser.RULES``; None: the device's default
+    (``chooser.DEFAULT_RULES``), and with ``autotune`` every measured rule that applies to the model is timed on
+    the first tile.  ``tune_cache``: a dict shared by the evaluators of one ``Landscape``, where
     ``autotune`` keeps its choice (mode, rule, chunk size) per set of moving tensors and device, so that the next
     call, a widget's next preview say, starts on it instead of timing every path again.
     """
@@ -88,8 +61,8 @@ class VmapEvaluator:
         if rule is not None and rule not in RULES:
             raise ValueError(f"rule={rule!r} is not known; pass None (automatic) or one of "
                              f"{', '.join(map(repr, RULES))}")
-        if rule == "triton" and triton_conv.why_unavailable(private.device):
-            raise ValueError(f"rule='triton' cannot run here: {triton_conv.why_unavailable(private.device)}")
+        if rule == "triton" and triton.why_unavailable(private.device):
+            raise ValueError(f"rule='triton' cannot run here: {triton.why_unavailable(private.device)}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be None (automatic) or an int >= 1")
@@ -110,11 +83,12 @@ class VmapEvaluator:
                        if n not in moved}
         self.chunk_size = chunk_size
         self._loss_in_vmap = True  # switched off once if loss_fn cannot run under vmap (e.g. calls .item())
-        self.chunks = []  # chunk sizes used, for benchmarks and tests
+        self._chunks = []  # chunk sizes used (the record's)
+        self._kernels = triton.KernelState()  # what the Triton rule learned on this device
         self.autotune = autotune
         self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
         self.timings = {}
-        self.rule = rule or DEFAULT_RULES.get(private.device.type, "vmap")
+        self.rule = rule or default_rule(private.device)
         self._points = None  # AffinePoints, made when the affine rule first runs (it stacks the directions)
         self._rules = [self.rule] if rule is not None else tuned_rules(private.module, private.device) or [self.rule]
         self._given_chunk = chunk_size
@@ -154,7 +128,8 @@ class VmapEvaluator:
             if self._points is None:
                 self._points = AffinePoints(self._moving)
             points = self._points
-            per_point = triton_conv.conv2d_points if self.rule == "triton" else None
+            per_point = functools.partial(triton.conv2d_points, state=self._kernels) if self.rule == "triton" \
+                else None
 
             def forward_at(moving, ci):  # ci: the point's coefficients, which the affine rules read
                 with points.mode(moving, ci, per_point):
@@ -218,7 +193,7 @@ class VmapEvaluator:
                     torch.cuda.empty_cache()
                 self.chunk_size = max(1, size // 2)
                 continue
-            self.chunks.append(size)
+            self._chunks.append(size)
             start += size
         return torch.cat(out)
 
@@ -238,6 +213,14 @@ class VmapEvaluator:
         finally:
             self.loop.release()
             self.private.reset()
+
+    def record(self, requested="vmap") -> Execution:
+        """What this executor did: the path "auto" chose (with its timings), the rule, the chunk sizes, and the
+        layer variants where the Triton kernel failed and cuDNN's form ran instead."""
+        loop = self.mode == "loop"
+        return Execution("loop" if loop else "vmap", f"auto: {self.mode or 'vmap'}" if self.autotune else requested,
+                         rule=None if loop else self.rule, timings=self.timings if self.autotune else None,
+                         chunks=list(self._chunks), fallbacks=dict(self._kernels.failures) or None)
 
     def run(self, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
         """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile)."""

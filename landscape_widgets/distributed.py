@@ -30,7 +30,8 @@ import torch
 
 from ._model import check_model, resolve_device, unwrap
 from .data import DataSource, to_device
-from .engine import Execution, Plan, Problem, local_executor
+from .driver import Execution
+from .engine import Plan, Problem, local_executor
 from .objective import Objective
 
 _CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker process
@@ -38,7 +39,6 @@ _CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, t
 _CACHE_LOCK = threading.Lock()
 TASKS_PER_WORKER = 4     # tasks per worker thread at least, when the tiles allow it
 MIN_TASK_POINTS = 8      # points per task at least: a task costs a few milliseconds of scheduling
-BUILDS = []              # tokens of the jobs this process built, in order (read by tests via client.run)
 _CHECKED = weakref.WeakSet()  # clients whose workers' allocator settings were looked at
 
 
@@ -147,20 +147,30 @@ def _evaluator_for(job):
             entry = _CACHE[job.token] = [threading.Lock(), None]
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
+    built = False
     with entry[0]:  # one build per process, and one tile at a time on the private copy it writes into
         if entry[1] is None:
             entry[1] = _build(job)
-            BUILDS.append(job.token)
-    return entry
+            built = True
+    return entry, built
 
 
 def evaluate_tile(job, coords):
-    """Task run on a worker: the losses at ``coords`` (one tile)."""
-    entry = _evaluator_for(job)
+    """Task run on a worker: the losses at ``coords`` (one tile), and the worker's address when this task built
+    the worker's executor for the job (the run's record counts the builds)."""
+    entry, built = _evaluator_for(job)
     with entry[0]:
         coords = np.asarray(coords, dtype=np.float64)
         (_start, _stop, values), = entry[1].tiles(coords, [(0, len(coords))])
-        return values
+    return values, _worker_address() if built else None
+
+
+def _worker_address():
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):  # called outside a worker
+        return "local"
 
 
 class DaskExecutor:
@@ -188,6 +198,7 @@ class DaskExecutor:
                         buffer_dirs=None if plan.buffer_dirs is None else
                         {n: [_cpu(t) for t in ts] for n, ts in plan.buffer_dirs.items()}, **shipped)
         _check_workers(workers.client, workers.device)
+        self._builds = {}  # worker address -> executors built there for this run
 
     def _scatter(self):
         try:
@@ -221,7 +232,7 @@ class DaskExecutor:
             for fut in ac:
                 start, stop = pending.pop(fut)
                 try:
-                    values = fut.result()
+                    values, built_on = fut.result()
                 except (KilledWorker,) + _cancelled_errors() as exc:
                     # workers kept dying on this tile, or the scattered job was lost with them: try again
                     if tries[start] > retries:
@@ -231,6 +242,8 @@ class DaskExecutor:
                         job_future[0] = self._scatter()
                     ac.add(submit(start, stop))
                     continue
+                if built_on is not None:
+                    self._builds[built_on] = self._builds.get(built_on, 0) + 1
                 tile = tile_of[(start, stop)]
                 got[tile][start] = np.asarray(values, dtype=np.float64)
                 if len(got[tile]) == len(parts[tile]):
@@ -241,11 +254,12 @@ class DaskExecutor:
                 client.cancel(list(pending))
             job_future[0].release()
 
-    def record(self) -> Execution:
+    def record(self, requested=None) -> Execution:
         client = self.workers.client
         return Execution("dask", self.job.evaluator,
                          dask={"scheduler": client.scheduler.address if client.scheduler else None,
-                               "workers": len(client.nthreads()), "factory": self.workers.factory is not None})
+                               "workers": len(client.nthreads()), "factory": self.workers.factory is not None,
+                               "builds": dict(self._builds)})
 
 
 def _split(todo, threads):

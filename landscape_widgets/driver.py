@@ -7,7 +7,7 @@ the callback and the progress bar, and checks the cancel flag between tiles; exe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,6 +24,33 @@ class Tile:
     values: np.ndarray
     done: int
     total: int
+
+
+@dataclass
+class Execution:
+    """What an executor did: ``executor`` ("loop", "vmap" or "dask"), ``evaluator`` (as requested, "auto: <path>"
+    for what "auto" chose), the vmap ``rule``, the ``timings`` "auto" chose by, the vmap ``chunks`` (points per
+    batched call, in order), the layer variants whose Triton kernel failed (``fallbacks``: cuDNN's form ran), and
+    Dask's and the store's facts (``dask``, ``store``).  :meth:`meta` is the flat form results keep in ``meta``."""
+    executor: str
+    evaluator: str
+    rule: str = None
+    timings: dict = None
+    chunks: list = None
+    fallbacks: dict = None
+    dask: dict = None
+    store: dict = None
+
+    def meta(self) -> dict:
+        out = {"evaluator": self.evaluator}
+        for key, value in (("evaluator_timings", self.timings), ("vmap_rule", self.rule), ("dask", self.dask),
+                           ("store", self.store)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def is_cancelled(cancel) -> bool:

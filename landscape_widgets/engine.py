@@ -4,20 +4,22 @@
 
 Executors: the per-point loop (:class:`~landscape_widgets.evaluator.PointEvaluator`), vmap-batched points
 (:class:`~landscape_widgets.batched.VmapEvaluator`) and Dask workers
-(:class:`~landscape_widgets.distributed.DaskExecutor`); each has ``tiles(coords, todo)`` and ``record()``.  The
+(:class:`~landscape_widgets.distributed.DaskExecutor`); each has ``tiles(coords, todo)`` and ``record()``, which
+returns a :class:`~landscape_widgets.driver.Execution`.  The
 store, progress and cancellation live in the driver (:func:`~landscape_widgets.driver.run_tiles`), once.
 """
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ._model import PrivateModel, select_params, unwrap
 from ._version import __version__
-from .batched import VmapEvaluator, resolve_evaluator
+from .batched import VmapEvaluator
+from .chooser import requested_rule, resolve_evaluator
 from .data import DataSource
 from .driver import run_tiles
 from .evaluator import Moving, PointEvaluator
@@ -90,10 +92,11 @@ class Plan:
     buffer_dirs: dict = None
     buffers: str = None
     evaluator: str = "auto"
+    executor: str = field(init=False)  # "loop" or "vmap": what ``evaluator`` means on this device, resolved once
 
     def __post_init__(self):
         self.coords = np.asarray(self.coords, dtype=np.float64)
-        resolve_evaluator(self.evaluator, self.private.device, buffers=self.buffers)  # a bad name fails here
+        self.executor = resolve_evaluator(self.evaluator, self.private.device, buffers=self.buffers)
 
     def moving(self) -> list:
         """The private copy's tensors that move, with their base values and one direction (or None) per axis."""
@@ -108,70 +111,31 @@ class Plan:
         return out
 
 
-@dataclass
-class Execution:
-    """What an executor did: ``executor`` ("loop", "vmap" or "dask"), ``evaluator`` (the requested one, with the
-    choice of "auto"), the vmap ``rule`` and the timings "auto" chose by, Dask's ``dask`` and the store's ``store``
-    counts.  ``meta()`` is the flat form results keep in their ``meta`` (and files)."""
-    executor: str
-    evaluator: str
-    rule: str = None
-    timings: dict = None
-    dask: dict = None
-    store: dict = None
-
-    def meta(self) -> dict:
-        out = {"evaluator": self.evaluator}
-        if self.timings is not None:
-            out["evaluator_timings"] = self.timings
-        if self.rule is not None:
-            out["vmap_rule"] = self.rule
-        if self.dask is not None:
-            out["dask"] = self.dask
-        if self.store is not None:
-            out["store"] = self.store
-        return out
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
 def local_executor(problem: Problem, plan: Plan):
     """The loop or the vmap executor for ``plan`` in this process (``plan.evaluator``; "auto": vmap on CUDA)."""
-    kind = resolve_evaluator(plan.evaluator, plan.private.device, buffers=plan.buffers)
+    kind = plan.executor
     hook = bn_recompute_hook(plan.private, problem.data, problem.objective) if plan.buffers == "recompute" else None
     if kind == "vmap":
         return VmapEvaluator(plan.private, problem.data, problem.objective, plan.moving(), point_hook=hook,
-                             autotune=(plan.evaluator == "auto"), tune_cache=problem.tune_cache)
+                             autotune=(plan.evaluator == "auto"), tune_cache=problem.tune_cache,
+                             rule=requested_rule(plan.evaluator))
     return PointEvaluator(plan.private, problem.data, problem.objective, plan.moving(), point_hook=hook)
-
-
-def record(executor, plan: Plan) -> Execution:
-    """The :class:`Execution` of a local executor after its run."""
-    if isinstance(executor, VmapEvaluator):
-        tuned = executor.autotune
-        return Execution("loop" if executor.mode == "loop" else "vmap",
-                         f"auto: {executor.mode or 'vmap'}" if tuned else "vmap",
-                         rule=None if executor.mode == "loop" else executor.rule,
-                         timings=executor.timings if tuned else None)
-    return Execution("loop", "loop")
 
 
 def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cancel=None, progress=False, desc=None,
             store=None):
     """Run ``plan``'s tiles through ``executor`` (default :func:`local_executor`), resumably through the store
-    directory ``store``; returns the losses (flat, in ``plan.coords`` order) and the :class:`Execution`."""
+    directory ``store``; returns the losses (flat, in ``plan.coords`` order) and the :class:`~landscape_widgets.driver.Execution`."""
     tiles = None
     if store is not None:
         tiles = open_store(store, run_settings(plan.kind, plan.private, problem.data, problem.objective, plan.dirs,
                                                plan.coords, plan.tile_size, buffer_dirs=plan.buffer_dirs,
                                                buffers=plan.buffers))
-    local = executor is None
-    if local:
+    if executor is None:
         executor = local_executor(problem, plan)
     losses = run_tiles(len(plan.coords), plan.tile_size, lambda todo: executor.tiles(plan.coords, todo),
                        on_tile=callback, cancel=cancel, progress=progress, desc=desc or plan.kind, store=tiles)
-    done = record(executor, plan) if local else executor.record()
+    done = executor.record(plan.evaluator if plan.evaluator != "auto" else plan.executor)
     if tiles is not None:
         done.store = tiles.info()
     return losses, done

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .data import batch_tensors
-from .driver import run_points
+from .driver import Execution, run_points
 from .objective import as_objective, call_model
 
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -189,6 +189,10 @@ class PointEvaluator:
                     yield start, stop, values
         finally:
             self.private.reset()
+
+    def record(self, requested="loop") -> Execution:
+        """What this executor did (the per-point loop)."""
+        return Execution("loop", requested)
 
     def run(self, coords: np.ndarray, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
         """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile)."""

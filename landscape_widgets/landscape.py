@@ -13,7 +13,7 @@ from torch import nn
 
 from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import check_model, resolve_device, select_params, state_from, unwrap
-from .batched import TILE_POINTS, resolve_evaluator
+from .batched import TILE_POINTS
 from .data import DataSource
 from .directions import KINDS, cosine, kind_of, make_directions
 from .engine import Plan, Problem, execute
@@ -172,9 +172,8 @@ class Landscape:
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
         t_dir = timer()
-        target = TILE_POINTS if resolve_evaluator(evaluator, self.device) == "vmap" else 64
-        plan = Plan("plane", private, [d1, d2], coords, tile_size=grid_tile_size(ny, len(coords), target),
-                    evaluator=evaluator)
+        plan = Plan("plane", private, [d1, d2], coords, tile_size=1, evaluator=evaluator)
+        plan.tile_size = grid_tile_size(ny, len(coords), TILE_POINTS if plan.executor == "vmap" else 64)
         losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="plane",
                                  client=client, store=store)
         losses = losses.reshape(nx, ny)

@@ -18,6 +18,14 @@ def tune_small_tiles(monkeypatch):
 
 
 @pytest.fixture
+def every_rule_measured(monkeypatch):
+    """"auto" as once every layer rule has a device measurement: it then times them all."""
+    from landscape_widgets import chooser
+
+    monkeypatch.setattr(chooser, "MEASURED_RULES", chooser.RULES)
+
+
+@pytest.fixture
 def small():
     model = SmallNet()
     model.train()  # the user left it in train mode: we must neither use nor change that

@@ -8,7 +8,8 @@ from torch import nn
 
 import landscape_widgets as lw
 from landscape_widgets import batched, examples
-from landscape_widgets.batched import VmapEvaluator, resolve_evaluator
+from landscape_widgets.batched import VmapEvaluator
+from landscape_widgets.chooser import resolve_evaluator
 
 from helpers import SmallNet, assert_same, direct_loss, moving, snapshot
 
@@ -49,7 +50,7 @@ def test_vmap_chunks_dataloader_batches(small):
     ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, dirs), chunk_size=4)
     coords = np.stack(np.meshgrid(surf.alphas, surf.betas, indexing="ij"), -1).reshape(-1, 2)
     got = ev.run(coords, tile_size=7).reshape(surf.losses.shape)
-    assert set(ev.chunks) <= {1, 2, 3, 4} and max(ev.chunks) == 4
+    assert set(ev.record().chunks) <= {1, 2, 3, 4} and max(ev.record().chunks) == 4
     np.testing.assert_allclose(got, _plane_reference(model, surf, batches), rtol=1e-5, atol=1e-6)
 
 
@@ -95,7 +96,7 @@ def test_vmap_halves_chunk_on_out_of_memory(small, monkeypatch):
 
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", fake)
     got = ev.run(surf.alphas[:, None], tile_size=9)
-    assert sizes[:3] == [8, 4, 2] and ev.chunks == [2, 2, 2, 2, 1] and ev.chunk_size == 2
+    assert sizes[:3] == [8, 4, 2] and ev.record().chunks == [2, 2, 2, 2, 1] and ev.chunk_size == 2
     np.testing.assert_allclose(got, surf.losses, rtol=1e-5)
 
 

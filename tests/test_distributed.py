@@ -33,10 +33,6 @@ def _digits_cnn(n=200):
     return lw.Landscape(examples.digits_cnn(), nn.CrossEntropyLoss(), (x[:n], y[:n]), device="cpu")
 
 
-def _builds(client, token):
-    return {addr: toks.count(token) for addr, toks in client.run(lambda: list(lwd.BUILDS)).items()}
-
-
 def test_dask_plane_equals_local_and_streams_tiles(client, small):
     model, (x, y) = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y), device="cpu")
@@ -70,11 +66,12 @@ def test_tiles_are_split_into_tasks_for_balance():
 
 def test_each_worker_builds_once_per_run(client):
     ls = _digits_cnn(100)
-    before = {a: len(t) for a, t in client.run(lambda: list(lwd.BUILDS)).items()}
-    ls.plane(resolution=(40, 8), progress=False, client=client)  # 5 tiles on 2 workers
-    after = client.run(lambda: list(lwd.BUILDS))
-    new = {a: t[before.get(a, 0):] for a, t in after.items()}
-    assert all(len(t) <= 1 for t in new.values()) and sum(len(t) for t in new.values()) >= 1
+    surf = ls.plane(resolution=(40, 8), progress=False, client=client)  # 5 tiles on 2 workers
+    builds = surf.execution.dask["builds"]
+    assert surf.execution.executor == "dask" and surf.meta["dask"]["builds"] == builds
+    assert set(builds) <= set(client.nthreads()) and all(n == 1 for n in builds.values()) and len(builds) >= 1
+    again = ls.plane(resolution=(40, 8), progress=False, client=client)  # a new run is a new job: built again
+    assert all(n == 1 for n in again.execution.dask["builds"].values())
 
 
 def test_dask_line_interpolate_and_vmap_equal_local(client, small):

@@ -481,7 +481,7 @@ def test_real_kernel_stays_responsive_and_newer_change_wins(tmp_path, monkeypatc
 def test_status_says_where_and_how_a_plane_ran(small):
     """A plane on the CPU's per-point loop (the default) says nothing more; a batched one names its device and
     rule (what "auto" chose on a GPU), as the surface's meta records it."""
-    from landscape_widgets.engine import Execution
+    from landscape_widgets.driver import Execution
     from landscape_widgets.widgets._base import engine_note
 
     model, data = small
@@ -490,7 +490,8 @@ def test_status_says_where_and_how_a_plane_ran(small):
     assert w._status.startswith("5×5 in ") and " on cpu" not in w._status
     v = lw.SurfaceWidget(ls, resolution=5, compute={"evaluator": "vmap"})
     assert v.surface.meta["vmap_rule"] == "vmap" and " s on cpu, batched (vmap) · " in v._status
-    assert v.surface.execution == Execution("vmap", "vmap", rule="vmap")
+    done = v.surface.execution
+    assert (done.executor, done.evaluator, done.rule, done.chunks) == ("vmap", "vmap", "vmap", [16, 9])
     on = lambda device, done: engine_note(lw.Surface([0], [0], [[0]], meta={"device": device}, execution=done))
     assert on("cuda:0", Execution("vmap", "auto: vmap", rule="triton")) == " on cuda:0, batched (triton)"
     assert on("cuda:0", Execution("loop", "auto: loop")) == " on cuda:0, per-point loop"

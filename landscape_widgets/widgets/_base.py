@@ -27,6 +27,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int
+from ..chooser import check_evaluator
 from ..driver import Cancelled
 from ..export import bundle_source, write_html
 
@@ -200,8 +201,7 @@ def check_compute(compute) -> dict:
         raise ValueError(f"compute has unknown key(s) {unknown}; pass only {', '.join(map(repr, COMPUTE_KEYS))} "
                          "(a store is per run: use ls.plane(store=...) for resumable runs)")
     if "evaluator" in compute:
-        from ..batched import resolve_evaluator
-        resolve_evaluator(compute["evaluator"], "cpu")  # a bad name fails here, not in the worker thread
+        check_evaluator(compute["evaluator"])  # a bad name fails here, not in the worker thread
     return dict(compute)
 
 

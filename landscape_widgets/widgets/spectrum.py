@@ -1,4 +1,4 @@
-"""``SpectrumWidget``: the Hessian's eigen-spectrum, live (issue 4).
+"""``SpectrumWidget``: the Hessian's eigen-spectrum, live.
 
 Top and bottom eigenvalues (Lanczos), the spectral density by stochastic Lanczos quadrature on a log axis
 (Ghorbani, Krishnan & Xiao 2019, arXiv 1901.10159), the trace with its error bar (Hutch++), and -- given a surface

@@ -24,15 +24,12 @@ def untouched(*modules):
 
 
 def use_evaluator(name, monkeypatch):
-    """``"loop"``, or ``"vmap-<rule>"``: evaluator="vmap" on the CPU with its rule forced (batched.DEFAULT_RULES, as
-    tests/test_affine_layers.py does)."""
+    """``"loop"``, or ``"vmap-<rule>"``: the evaluator setting that runs the vmap executor with that rule, and the
+    rule."""
     if name == "loop":
         return "loop", None
-    from landscape_widgets import batched
-
     rule = name.split("-", 1)[1]
-    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": rule})
-    return "vmap", rule
+    return f"vmap:{rule}", rule
 
 
 def check_evaluator_meta(meta, kind, rule):
@@ -55,14 +52,13 @@ def assert_close(got, want, rtol=RTOL, atol=ATOL, what=""):
                                atol=atol, err_msg=what)
 
 
-
 VMAP_UNBATCHABLE = {"lstm", "gru"}  # torch.func.vmap has no batching rule for aten::lstm / aten::gru
 
 
 def run_path(case, kind, fn):
     """``fn()``; for a model that vmap cannot batch, evaluator="vmap" may instead give a clear error that names the
     way out (evaluator='loop'): then None.  Either the values or that error; not torch's raw vmap error."""
-    if kind == "vmap" and case.name in VMAP_UNBATCHABLE:
+    if kind.startswith("vmap") and case.name in VMAP_UNBATCHABLE:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_widgets import batched, evaluator as E
-from landscape_widgets import affine_layers as al
+from landscape_widgets import batched, chooser, evaluator as E
+from landscape_widgets.gpu import affine as al
 import landscape_widgets.engine as engine
-import landscape_widgets.landscape as L
 
 from zoo import models as Z
 from zoo.checks import assert_close, check_moved, untouched, use_evaluator
@@ -216,11 +215,8 @@ def test_flat_writes(name, monkeypatch):
 @pytest.fixture
 def cuda_auto(monkeypatch):
     """evaluator="auto" resolved as on CUDA (vmap with autotune), and tiles of 32 points already tuned."""
-    real = L.resolve_evaluator
-    for mod in (L, engine):  # "auto" as on CUDA
-        monkeypatch.setattr(mod, "resolve_evaluator",
-                            lambda ev, device, **kw: "vmap" if ev == "auto" and kw.get("buffers") != "recompute"
-                            else real(ev, device, **kw))
+    monkeypatch.setattr(engine, "resolve_evaluator",  # "auto" as on CUDA
+                        lambda ev, device, **kw: chooser.resolve_evaluator(ev, "cuda", **kw))
     monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 32)
 
 

@@ -9,12 +9,14 @@ from torch import nn
 from torch.nn import functional as F
 
 import landscape_widgets as lw
-from landscape_widgets import batched, triton_conv
-from landscape_widgets.batched import VmapEvaluator, tuned_rules
+from landscape_widgets import chooser
+from landscape_widgets.gpu import triton as triton_conv
+from landscape_widgets.batched import VmapEvaluator
+from landscape_widgets.chooser import tuned_rules
 
 from helpers import assert_same, snapshot, small_data
-from test_affine_layers import bn_cnn_plane
-from test_batched_conv import BnCNN
+from test_gpu_affine import bn_cnn_plane
+from test_gpu_im2col import BnCNN
 
 triton = pytest.importorskip("triton")
 
@@ -24,11 +26,6 @@ def interpret(request, monkeypatch):
     """Triton's interpreter, in both loop forms of the kernel."""
     monkeypatch.setattr(triton_conv, "INTERPRETER_FLAT", request.param)
     assert triton_conv.available("cpu"), "conftest sets TRITON_INTERPRET=1 before Triton is imported"
-    triton_conv.failures.clear()
-    triton_conv.verified.clear()
-    yield
-    triton_conv.failures.clear()
-    triton_conv.verified.clear()
 
 
 def _loop(x, cc, stack, bias, stride, padding, dilation):
@@ -72,7 +69,6 @@ def test_kernel_equals_a_loop_of_conv2d(interpret, case, layout, bias):
     # the output keeps the input's layout, so the layers after it see what cuDNN would have given them
     assert got.flatten(0, 1).is_contiguous(memory_format=torch.channels_last if layout == "nhwc" and c > 1
                                            else torch.contiguous_format)
-    assert not triton_conv.failures
 
 
 def test_random_layers_equal_a_loop_of_conv2d(interpret):
@@ -99,16 +95,6 @@ def test_random_layers_equal_a_loop_of_conv2d(interpret):
         got = triton_conv.conv2d_points(x, cc, stack, bias, stride, padding, dilation)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item() + 1e-7)
         done += 1
-    assert not triton_conv.failures
-
-
-def test_more_points_than_one_launch_takes(interpret, monkeypatch):
-    monkeypatch.setattr(triton_conv, "MAX_GRID_Z", 2)
-    g = torch.Generator().manual_seed(1)
-    x, stack = torch.randn(5, 2, 3, 6, 6, generator=g), torch.randn(3, 4, 3, 3, 3, generator=g)
-    cc, bias = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)
-    want = _loop(x, cc, stack, bias, 1, 1, 1)
-    torch.testing.assert_close(triton_conv.conv2d_points(x, cc, stack, bias, 1, 1, 1), want, rtol=1e-5, atol=1e-5)
 
 
 def test_where_the_kernel_does_not_apply_it_returns_none(interpret):
@@ -142,18 +128,28 @@ def test_chosen_configs_reports_the_autotuners_picks(monkeypatch):
     assert triton_conv.chosen_configs() == {(16, 32, 8, 8, 3, 3, "torch.float32"): "BLOCK_M: 128, num_warps: 4"}
 
 
-def test_autotune_offers_the_rule_on_cuda_only():
+def test_auto_times_only_measured_rules():
+    """A rule without a device measurement (affine, im2col, triton) runs only when asked for by name."""
+    cnn, mlp = BnCNN(), nn.Sequential(nn.Linear(4, 3))
+    assert chooser.MEASURED_RULES == ("vmap",) and chooser.DEFAULT_RULES == {"cuda": "vmap"}
+    assert tuned_rules(cnn, torch.device("cuda")) == ["vmap"] == tuned_rules(mlp, "cpu")
+    assert tuned_rules(nn.Sequential(nn.ReLU()), "cuda") == []
+
+
+@pytest.mark.usefixtures("every_rule_measured")
+def test_once_measured_auto_offers_the_rules_that_apply():
     cnn, mlp = BnCNN(), nn.Sequential(nn.Linear(4, 3))
     assert tuned_rules(cnn, torch.device("cuda")) == ["affine", "triton", "im2col", "vmap"]
     assert tuned_rules(cnn, torch.device("cpu")) == ["affine", "im2col", "vmap"]
     assert tuned_rules(mlp, torch.device("cuda")) == ["affine", "vmap"]  # no convolution for the kernel to take
-    assert tuned_rules(nn.Sequential(nn.ReLU()), "cuda") == []
+    assert chooser.requested_rule("vmap:triton") == "triton" and chooser.requested_rule("auto") is None
+    with pytest.raises(ValueError, match="'vmap:affine'"):
+        chooser.check_evaluator("vmap:fast")
 
 
 def test_rule_plane_line_and_interpolation_equal_the_loop(interpret, monkeypatch):
     """Through Landscape as a user runs it (the rule as the device's default): every later convolution of the
     model (4 and 6 channels in, strided, dilated, non-square, bias-free) goes through the kernel, per chunk."""
-    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "triton"})
     torch.manual_seed(0)
     model, data, start = BnCNN(), small_data(), BnCNN()
     with torch.no_grad():  # moving BatchNorm statistics and biases: every point has its own conv bias
@@ -163,19 +159,19 @@ def test_rule_plane_line_and_interpolation_equal_the_loop(interpret, monkeypatch
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     calls = []
     real = triton_conv.conv2d_points
-    monkeypatch.setattr(triton_conv, "conv2d_points", lambda *a: calls.append(a[0].shape[2]) or real(*a))
+    monkeypatch.setattr(triton_conv, "conv2d_points", lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k))
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
     assert not calls
-    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
+    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap:triton")
     assert vm.meta["vmap_rule"] == "triton" and set(calls) == {4, 6}
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
     line_loop = ls.line(steps=5, progress=False, evaluator="loop")
-    line_vm = ls.line(steps=5, progress=False, evaluator="vmap")
+    line_vm = ls.line(steps=5, progress=False, evaluator="vmap:triton")
     np.testing.assert_allclose(line_vm.losses, line_loop.losses, rtol=1e-5, atol=1e-6)
     it_loop = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="loop")
-    it_vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="vmap")
+    it_vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="vmap:triton")
     np.testing.assert_allclose(it_vm.losses, it_loop.losses, rtol=1e-5, atol=1e-6)
-    assert not triton_conv.failures
+    assert vm.execution.fallbacks is None and it_vm.execution.rule == "triton"
     assert_same(model, snap)
     assert torch.equal(torch.get_rng_state(), rng)
 
@@ -186,13 +182,15 @@ def test_a_kernel_that_fails_falls_back_to_cudnn_form_with_a_warning(interpret, 
 
     monkeypatch.setattr(triton_conv, "_kernel", broken)
     x, cc, stack = torch.randn(2, 1, 3, 6, 6), torch.ones(2, 1), torch.randn(1, 4, 3, 3, 3)
+    state = triton_conv.KernelState()
     with pytest.warns(RuntimeWarning, match="falls back to cuDNN.*PassManager"):
-        assert triton_conv.conv2d_points(x, cc, stack, None, 1, 0, 1) is None
-    assert list(triton_conv.failures.values()) == ["RuntimeError: PassManager::run failed"]
+        assert triton_conv.conv2d_points(x, cc, stack, None, 1, 0, 1, state=state) is None
+    assert list(state.failures.values()) == ["RuntimeError: PassManager::run failed"]
     loop, ev, coords = bn_cnn_plane((3, 3), rule="triton")
     with pytest.warns(RuntimeWarning):
         got = ev.run(coords).reshape(loop.losses.shape)
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
+    assert set(ev.record().fallbacks.values()) == {"RuntimeError: PassManager::run failed"}
 
 
 def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(interpret, monkeypatch):
@@ -206,18 +204,20 @@ def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(inte
     checks = []
     real_verify = triton_conv._verify
     monkeypatch.setattr(triton_conv, "_verify", lambda *a: checks.append(1) or real_verify(*a))
+    state = triton_conv.KernelState()
     bad_x = x.clone()
     bad_x[0, 0, 0, 0, 0] = bad_x[2, 1, 1, 1, 1] = float("nan")
-    torch.testing.assert_close(triton_conv.conv2d_points(bad_x, cc, stack, None, 1, 1, 1),
+    torch.testing.assert_close(triton_conv.conv2d_points(bad_x, cc, stack, None, 1, 1, 1, state=state),
                                _loop(bad_x, cc, stack, None, 1, 1, 1), rtol=1e-5, atol=1e-5, equal_nan=True)
-    assert checks == [1] and not triton_conv.verified  # nothing provable: checked again next time
-    assert triton_conv.conv2d_points(x[:1], cc[:1], stack, None, 1, 1, 1) is not None
-    assert checks == [1, 1] and not triton_conv.verified  # one point checks no point after the first
-    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None
-    assert checks == [1, 1, 1] and len(triton_conv.verified) == 1
-    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is not None and checks == [1, 1, 1]
-    assert triton_conv.conv2d_points(x, cc, stack, torch.zeros(4), 1, 1, 1) is not None  # another variant: bias
-    assert checks == [1, 1, 1, 1] and len(triton_conv.verified) == 2
+    assert checks == [1] and not state.verified  # nothing provable: checked again next time
+    assert triton_conv.conv2d_points(x[:1], cc[:1], stack, None, 1, 1, 1, state=state) is not None
+    assert checks == [1, 1] and not state.verified  # one point checks no point after the first
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1, state=state) is not None
+    assert checks == [1, 1, 1] and len(state.verified) == 1
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1, state=state) is not None and checks == [1, 1, 1]
+    # another variant (a bias): checked once more
+    assert triton_conv.conv2d_points(x, cc, stack, torch.zeros(4), 1, 1, 1, state=state) is not None
+    assert checks == [1, 1, 1, 1] and len(state.verified) == 2
 
     class OffByOne:  # what a miscompiled kernel might do: the right values for every point but the last
         def __getitem__(self, grid):
@@ -226,14 +226,14 @@ def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(inte
                 args[3][-1].add_(1.0)
             return launch
 
-    triton_conv.verified.clear()
+    state.verified.clear()
     monkeypatch.setattr(triton_conv, "_kernel", lambda interpret: OffByOne())
     with pytest.warns(RuntimeWarning, match="falls back to cuDNN.*point 2 of 3 differs from F.conv2d"):
-        assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1) is None
-    assert "WrongResult" in next(iter(triton_conv.failures.values()))
+        assert triton_conv.conv2d_points(x, cc, stack, None, 1, 1, 1, state=state) is None
+    assert "WrongResult" in next(iter(state.failures.values()))
 
 
-@pytest.mark.usefixtures("tune_small_tiles")
+@pytest.mark.usefixtures("tune_small_tiles", "every_rule_measured")
 def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
     """A rule whose kernels fail on this device is left out of the first tile's timing, with a warning and its
     error in the timings; its share of the tile is computed by the rule that won."""
@@ -253,11 +253,11 @@ def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.usefixtures("tune_small_tiles")
+@pytest.mark.usefixtures("tune_small_tiles", "every_rule_measured")
 def test_a_rule_failing_inside_the_forward_leaves_the_loss_under_vmap(monkeypatch):
     """A rule whose layer raises inside the vmapped forward is left out; the loss, which vmap traces fine, stays
     inside vmap for the other rules (the failure is not mistaken for a loss that vmap cannot trace)."""
-    from landscape_widgets import batched_conv
+    from landscape_widgets.gpu import im2col as batched_conv
 
     loop, ev, coords = bn_cnn_plane(autotune=True)
 
@@ -286,8 +286,8 @@ import inspect, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from landscape_widgets import triton_conv
-from landscape_widgets._triton_kernel import conv_kernel
+from landscape_widgets.gpu import triton as triton_conv
+from landscape_widgets.gpu._triton_kernel import conv_kernel
 
 names = list(inspect.signature(conv_kernel).parameters)
 out = []

@@ -9,14 +9,14 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import landscape_widgets as lw
-from landscape_widgets import batched
-from landscape_widgets import affine_layers as al
-from landscape_widgets.affine_layers import AffinePoints
+from landscape_widgets import batched, chooser
+from landscape_widgets.gpu import affine as al
+from landscape_widgets.gpu.affine import AffinePoints
 from landscape_widgets.batched import VmapEvaluator
 
 from helpers import assert_same, moving, snapshot, small_data
 from test_batched import _plane_reference
-from test_batched_conv import BnCNN
+from test_gpu_im2col import BnCNN
 
 B = 4
 
@@ -93,10 +93,9 @@ DIRS = [{}, {"weight": (0,), "bias": (0,)}, {"weight": (1,), "bias": ()}, {"weig
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("kw", CONV_CASES)
-@pytest.mark.parametrize("x_batched", [False, "nchw", "nhwc"])
+@pytest.mark.parametrize("x_batched", [False, True])
 @pytest.mark.parametrize("bias, dirs_of", [(True, d) for d in DIRS] + [(False, {})])
 def test_conv_rule_equals_per_point_loop(monkeypatch, dtype, rtol, kw, x_batched, bias, dirs_of, spy):
-    monkeypatch.setattr(al, "CHANNELS_LAST", x_batched == "nhwc")
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 5, (3, 2), bias=bias, **kw).to(dtype)
     moving = _moving(conv, dtype, dirs_of)
@@ -260,20 +259,19 @@ class MixedNet(nn.Module):
 
 @pytest.mark.parametrize("make", [BnCNN, MixedNet])
 def test_plane_and_line_equal_loop_and_direct(monkeypatch, make, spy):
-    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "affine"})
     torch.manual_seed(0)
     model, data = make(), small_data()
     snap, rng = snapshot(model), torch.get_rng_state()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
     spy.clear()
-    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
+    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap:affine")
     assert spy and not all(spy)
     assert vm.meta["vmap_rule"] == "affine" and "vmap_rule" not in loop.meta
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vm.losses, _plane_reference(model, vm, [data]), rtol=1e-5, atol=1e-6)
     line_loop = ls.line(steps=5, progress=False, evaluator="loop")
-    line_vm = ls.line(steps=5, progress=False, evaluator="vmap")
+    line_vm = ls.line(steps=5, progress=False, evaluator="vmap:affine")
     np.testing.assert_allclose(line_vm.losses, line_loop.losses, rtol=1e-5, atol=1e-6)
     assert_same(model, snap)
     assert torch.equal(torch.get_rng_state(), rng)
@@ -282,7 +280,6 @@ def test_plane_and_line_equal_loop_and_direct(monkeypatch, make, spy):
 def test_interpolation_with_moving_batchnorm_statistics_equals_loop(monkeypatch):
     """buffers="interpolate" moves BatchNorm's running statistics with the weights: batch_norm's addcmul then takes
     per-point statistics, and every parameter (biases and BatchNorm's too) moves along the one direction."""
-    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "affine"})
     torch.manual_seed(0)
     model, data = BnCNN(), small_data()
     start = BnCNN()
@@ -291,7 +288,7 @@ def test_interpolation_with_moving_batchnorm_statistics_equals_loop(monkeypatch)
         start.bn.running_var.mul_(2.0)
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     loop = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="loop")
-    vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="vmap")
+    vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="vmap:affine")
     assert vm.meta["vmap_rule"] == "affine"
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
 
@@ -329,7 +326,7 @@ def bn_cnn_plane(resolution=(6, 7), **kw):
     return loop, ev, coords
 
 
-@pytest.mark.usefixtures("tune_small_tiles")
+@pytest.mark.usefixtures("tune_small_tiles", "every_rule_measured")
 @pytest.mark.parametrize("fastest", ["affine", "im2col", "vmap"])
 def test_autotune_times_every_rule(monkeypatch, fastest):
     """With rule=None, autotune splits its first tile between the rules that apply, keeps the fastest one (a fake
@@ -357,6 +354,7 @@ def test_autotune_times_every_rule(monkeypatch, fastest):
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("every_rule_measured")
 def test_autotune_rules_for_a_model_without_convolutions():
     model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
     x, y = small_data()
@@ -366,15 +364,18 @@ def test_autotune_rules_for_a_model_without_convolutions():
     assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap")._rules == ["vmap"]
 
 
+def as_on_cuda(evaluator, device, buffers=None):
+    """``chooser.resolve_evaluator`` as on a CUDA device."""
+    return chooser.resolve_evaluator(evaluator, "cuda", buffers=buffers)
+
+
 @pytest.mark.usefixtures("tune_small_tiles")
 def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
     """A Landscape keeps what "auto" chose: the next plane (a widget's next preview) starts on it, without timing
     every path again; other moving tensors (ignore=None moves the biases too) are tuned afresh."""
     import landscape_widgets.engine as E
-    import landscape_widgets.landscape as L
 
-    for mod in (L, E):  # "auto" as on CUDA
-        monkeypatch.setattr(mod, "resolve_evaluator", lambda e, d, buffers=None: "vmap")
+    monkeypatch.setattr(E, "resolve_evaluator", as_on_cuda)
     tunes = []
     real = VmapEvaluator._tune
     monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
@@ -397,17 +398,15 @@ def test_a_preview_sized_tile_runs_on_the_default_rule_and_leaves_tuning_to_a_la
     """Below AUTO_MIN_POINTS (a widget's 9x9 preview) "auto" neither times the rules nor keeps a choice; the first
     large tile does both."""
     import landscape_widgets.engine as E
-    import landscape_widgets.landscape as L
 
-    for mod in (L, E):  # "auto" as on CUDA
-        monkeypatch.setattr(mod, "resolve_evaluator", lambda e, d, buffers=None: "vmap")
+    monkeypatch.setattr(E, "resolve_evaluator", as_on_cuda)
     monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 50)
     tunes = []
     real = VmapEvaluator._tune
     monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
     ls = lw.Landscape(BnCNN(), nn.CrossEntropyLoss(), small_data(), device="cpu")
     preview = ls.plane(resolution=(7, 7), progress=False, evaluator="auto")
-    assert tunes == [] and not ls.problem.tune_cache and preview.meta["vmap_rule"] == batched.DEFAULT_RULES.get("cpu", "vmap")
+    assert tunes == [] and not ls.problem.tune_cache and preview.meta["vmap_rule"] == "vmap"
     ls.plane(resolution=(8, 8), progress=False, evaluator="auto")
     assert tunes == [64] and ls.problem.tune_cache
     np.testing.assert_allclose(preview.losses, ls.plane(resolution=(7, 7), progress=False, evaluator="loop").losses,

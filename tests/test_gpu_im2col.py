@@ -8,9 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import landscape_widgets as lw
-from landscape_widgets import batched, batched_conv, examples
+from landscape_widgets import examples
 from landscape_widgets.batched import VmapEvaluator
-from landscape_widgets.batched_conv import conv2d
+from landscape_widgets.gpu.im2col import conv2d
 
 from helpers import assert_same, moving, randomize, small_data, snapshot
 from test_batched import _plane_reference
@@ -83,9 +83,7 @@ def test_rule_both_batched_is_one_bmm_and_input_dim_anywhere(monkeypatch):
     assert bmms == [1]
 
 
-@pytest.mark.parametrize("layout", ["cout", "pixels"])
-def test_both_gemm_layouts(monkeypatch, layout):
-    monkeypatch.setattr(batched_conv, "GEMM_LAYOUT", layout)
+def test_batched_input_and_weights_as_one_bmm():
     x, w, b = _operands(torch.float32)
     kw = dict(stride=2, padding=1, dilation=2)
     ref = _per_point(x, w, b, (True,) * 3, **kw)
@@ -152,14 +150,13 @@ class FallbackCNN(nn.Module):
 
 @pytest.mark.parametrize("make", [BnCNN, FallbackCNN])
 def test_plane_vmap_equals_loop_and_direct(monkeypatch, make, spy):
-    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "im2col"})
     torch.manual_seed(0)
     model, data = make(), small_data()
     snap = snapshot(model)
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
     spy.clear()
-    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
+    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap:im2col")
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(vm.losses, _plane_reference(model, vm, [data]), rtol=1e-5, atol=1e-6)
     if make is BnCNN:
@@ -201,9 +198,8 @@ def test_patches_only_the_private_copy_and_restores_on_error(spy):
 
 @pytest.mark.slow
 def test_digits_cnn_plane(monkeypatch):
-    monkeypatch.setattr(batched, "DEFAULT_RULES", {"cpu": "im2col"})
     x, y = examples.digits(flat=False)
     ls = lw.Landscape(examples.digits_cnn(), nn.CrossEntropyLoss(), (x[:300], y[:300]), device="cpu")
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
-    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap")
+    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap:im2col")
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,6 @@
 """Every grid point's convolution with its own weights, as one Triton implicit-GEMM kernel (the ``"triton"`` rule).
 
-The affine rule (:mod:`~landscape_widgets.affine_layers`) computes a convolution whose input differs per point as
+The affine rule (:mod:`~landscape_widgets.gpu.affine`) computes a convolution whose input differs per point as
 one cuDNN convolution over ``[x, c_1 x, ..., c_K x]`` (its form (2)): ``K + 1`` times the FLOPs and a ``K + 1``
 times wider input written and read again.  Here each point's weights ``W_p = W0 + sum_k c_pk D_k`` (``[B,
 Cout*C*kh*kw]``, float32 multiply-adds) go into one kernel launch for all ``B`` points: program ``(m, n, p)`` computes
@@ -10,7 +10,7 @@ a ``BLOCK_M x BLOCK_N`` tile of point ``p``'s output as ``sum_{kh, kw, c} x[p, p
 Float32 only (TF32 inputs to the tensor cores where ``torch.backends.cudnn.allow_tf32`` lets cuDNN use them in
 the per-point loop too, full float32 otherwise); anything else -- other dtypes, groups, string padding that is
 not symmetric -- keeps the affine rule's cuDNN form.  Runs on CUDA devices; on a CPU only under Triton's own
-interpreter (``TRITON_INTERPRET=1``), which is how ``tests/test_triton_conv.py`` checks it against ``F.conv2d``.
+interpreter (``TRITON_INTERPRET=1``), which is how the tests check it against ``F.conv2d``.
 """
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ import warnings
 
 import torch
 
-from .evaluator import is_oom
+from ..evaluator import is_oom
 
 BLOCK_M = 128  # output pixels per program: the M dim of the tensor-core tile (interpreter; autotuned on GPUs)
-MAX_GRID_Z = 65535  # CUDA's limit on a grid's z (points) axis
 
 
 def available(device) -> bool:
@@ -62,8 +61,16 @@ def _interpreting() -> bool:
 CONFIGS = ((128, 4, 2, False), (256, 8, 2, False), (64, 4, 3, False), (128, 4, 3, True), (64, 4, 4, True),
            (256, 4, 3, True))
 INTERPRETER_FLAT = False  # the loop form the interpreter runs (the tests run both)
-failures = {}  # layer shape -> why the kernel failed there (it then keeps cuDNN's form); benchmarks print it
-verified = set()  # layer shapes whose first output agreed with F.conv2d (_verify)
+
+
+class KernelState:
+    """What an evaluator learned about the kernel on its device: ``failures`` (kernel variant -> why it failed
+    there; that variant then keeps cuDNN's form) and ``verified`` (variants whose output agreed with ``F.conv2d``
+    at two points, see :func:`_verify`)."""
+
+    def __init__(self):
+        self.failures = {}
+        self.verified = set()
 
 
 @functools.lru_cache(maxsize=2)
@@ -115,14 +122,17 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
-def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
-    """``F.conv2d(x[p], W_p, bias[p])`` for every point ``p``, with ``W_p = sum_j cc[p, j] stack[j]``.
+def conv2d_points(x, cc, stack, bias, stride, padding, dilation, *, state=None):
+    """``F.conv2d(x[p], W_p, bias[p])`` for every point ``p``, with ``W_p = sum_j cc[p, j] stack[j]``; ``state``: the
+    caller's :class:`KernelState` (a throwaway one if None).  The points of one call (at most the vmap executor's
+    largest chunk) fit a CUDA grid's z axis.
 
     x: [B, N, C, H, W]; cc: [B, K+1] (1 for the base, then the point's coefficients); stack: [K+1, Cout, C, kh, kw];
     bias: None, shared [Cout] or per point [B, Cout].  Returns [B, N, Cout, Ho, Wo], or None where the kernel does
     not apply (the caller then keeps cuDNN)."""
     if x.dtype != torch.float32 or stack.dtype != torch.float32 or not available(x.device):
         return None
+    state = KernelState() if state is None else state
     kernel = tuple(stack.shape[-2:])
     dil = _pair(dilation, "dilation")
     pad = _padding(padding, kernel, dil)
@@ -130,18 +140,13 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         return None
     st = _pair(stride, "stride")
     batch, n, c, h, w = x.shape
-    if batch > MAX_GRID_Z:  # one launch's points are its grid's z axis
-        parts = [conv2d_points(x[i:i + MAX_GRID_Z], cc[i:i + MAX_GRID_Z], stack,
-                               bias[i:i + MAX_GRID_Z] if bias is not None and bias.dim() == 2 else bias,
-                               stride, padding, dilation) for i in range(0, batch, MAX_GRID_Z)]
-        return None if any(p is None for p in parts) else torch.cat(parts)
     k1, cout = stack.shape[:2]
     channels_last = x.stride(2) == 1 and c > 1
     # what selects a different compiled kernel (layout and bias change its specialization): failures and checks
     # are per variant
     shape = (c, cout, h, w, kernel, st, pad, dil, "nhwc" if channels_last else "nchw",
              "no bias" if bias is None else "bias" if bias.dim() == 1 else "bias per point")
-    if shape in failures:
+    if shape in state.failures:
         return None
     ho = (h + 2 * pad[0] - dil[0] * (kernel[0] - 1) - 1) // st[0] + 1
     wo = (w + 2 * pad[1] - dil[1] * (kernel[1] - 1) - 1) // st[1] + 1
@@ -177,15 +182,14 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation):
         _kernel(interpret)[grid](
             x, weights, bias if bias is not None else weights, y, m, c, h, w, cout, ho, wo,
             *x.stride(), *y.stride(), cout if bias is not None and bias.dim() == 2 else 0, **meta)
-        if shape not in verified and _verify(y, x, weights, bias, kernel, st, pad, dil, tf32):
-            verified.add(shape)
+        if shape not in state.verified and _verify(y, x, weights, bias, kernel, st, pad, dil, tf32):
+            state.verified.add(shape)
     except Exception as exc:  # noqa: BLE001 -- a kernel that does not compile, launch or agree: cuDNN's form instead
-
         if is_oom(exc):  # the evaluator halves its chunk
             raise
-        failures[shape] = f"{type(exc).__name__}: {exc}"
+        state.failures[shape] = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"the Triton convolution failed for a layer of shape {shape} and falls back to cuDNN: "
-                      f"{failures[shape]}", RuntimeWarning, stacklevel=2)
+                      f"{state.failures[shape]}", RuntimeWarning, stacklevel=2)
         return None
     return y
 

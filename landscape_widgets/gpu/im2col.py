@@ -25,10 +25,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.utils import _pair
 
-# "cout": [B, Cout, C*kh*kw] @ [B, C*kh*kw, N*H'*W']; "pixels": the transposed product, whose channels-last output
-# saves a copy before pooling.  Equal on a CPU (13.8 vs 13.6 pts/s, digits CNN); benchmarks/gpu.py times both on a GPU
-GEMM_LAYOUT = "cout"
-
 
 class BatchedConv2d(torch.autograd.Function):
     """``F.conv2d`` whose vmap rule batches points without grouped convolutions; forward only (the evaluator runs
@@ -85,10 +81,6 @@ def _vmap_rule(batch, dims, x, w, b, stride, padding, dilation, groups):
     win = xp.unfold(3, dh * (kh - 1) + 1, sh).unfold(4, dw * (kw - 1) + 1, sw)[..., ::dh, ::dw]  # [B,N,C,H',W',kh,kw]
     ho, wo = win.shape[3:5]
     w2 = w.reshape(batch, cout, c * kh * kw)
-    if GEMM_LAYOUT == "pixels":  # [B, N*H'*W', C*kh*kw] @ [B, C*kh*kw, Cout]: a channels-last output
-        cols = win.permute(0, 1, 3, 4, 2, 5, 6).reshape(batch, n * ho * wo, c * kh * kw)  # the one copy
-        y = torch.bmm(cols, w2.mT) if b is None else torch.baddbmm(b.unsqueeze(1), cols, w2.mT)
-        return y.view(batch, n, ho, wo, cout).permute(0, 1, 4, 2, 3), 0
     cols = win.permute(0, 2, 5, 6, 1, 3, 4).reshape(batch, c * kh * kw, n * ho * wo)  # the one copy
     y = torch.bmm(w2, cols) if b is None else torch.baddbmm(b.unsqueeze(-1), w2, cols)
     return y.view(batch, cout, n, ho, wo).transpose(1, 2), 0  # [B, N, Cout, H', W'] as a view

@@ -1,5 +1,5 @@
-"""The Triton kernel of :mod:`~landscape_widgets.triton_conv` (imported only when that rule runs: it imports
-Triton).  Left undecorated: ``triton_conv`` decorates it with ``triton.jit`` or Triton's interpreter."""
+"""The Triton kernel of :mod:`~landscape_widgets.gpu.triton` (imported only when that rule runs: it imports
+Triton).  Left undecorated: ``gpu.triton`` decorates it with ``triton.jit`` or Triton's interpreter."""
 import triton.language as tl
 
 

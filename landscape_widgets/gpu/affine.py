@@ -24,8 +24,8 @@ rule normalizes, copies, multiplies and adds in five passes over the activations
 ``conv2d`` or ``linear`` whose weight *is* one of the point's moving tensors, from a module or from the model's own
 functional code, and whose bias moves along no direction that the weight does not.  Everything else, a weight the
 model transforms first included, keeps vmap's own rule on the stacked weights, which are always passed along.
-Equal to the stacked weights' result up to float rounding (``tests/test_affine_layers.py``: 1e-5 relative in float32
-against a loop of ``F.conv2d``).
+Equal to the stacked weights' result up to float rounding (tested to 1e-5 relative in float32 against a loop of
+``F.conv2d``).
 """
 from __future__ import annotations
 
@@ -39,9 +39,6 @@ from torch.overrides import TorchFunctionMode
 # the functions the mode routes, as torch defines them (F.conv2d is torch.conv2d, F.linear torch._C._nn.linear)
 _CONV1D, _CONV2D, _CONV3D = torch.conv1d, torch.conv2d, torch.conv3d
 _LINEAR, _BATCH_NORM = torch._C._nn.linear, F.batch_norm
-# (2)'s input built channels-last: oneDNN and cuDNN's tensor-core kernels work in NHWC (CPU, digits CNN: 24 vs 19
-# pts/s; benchmarks/gpu.py times both on a GPU)
-CHANNELS_LAST = True
 
 
 class AffinePoints:
@@ -54,7 +51,7 @@ class AffinePoints:
             self.parts[name] = (base, torch.stack([dirs[k] for k in idx]) if idx else None, idx)
 
     def mode(self, moving: dict, coeffs, per_point_conv=None) -> "AffineMode":
-        """``per_point_conv``: what computes (2) instead of cuDNN, e.g. :func:`.triton_conv.conv2d_points` (it
+        """``per_point_conv``: what computes (2) instead of cuDNN, e.g. :func:`.triton.conv2d_points` (it
         returns None where it does not apply)."""
         return AffineMode(self, moving, coeffs, per_point_conv)
 
@@ -138,7 +135,7 @@ class AffineConv(torch.autograd.Function):
                 return y, 0
         wide = stack.transpose(0, 1).flatten(1, 2)  # [Cout, (K+1)*C, *kernel], input channels ordered as xs's
         scale = cc.view(batch, 1, k1, 1, *ones).to(x.dtype)
-        if CHANNELS_LAST and nd == 2:
+        if nd == 2:  # channels-last: oneDNN and cuDNN's tensor-core kernels work in NHWC
             xs = torch.empty((batch * n, wide.shape[1], *x.shape[-2:]), dtype=x.dtype, device=x.device,
                              memory_format=torch.channels_last)
             torch.mul(x.unsqueeze(2), scale, out=xs.unflatten(0, (batch, n)).unflatten(2, (k1, -1)))
