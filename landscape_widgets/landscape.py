@@ -14,6 +14,7 @@ from torch import nn
 from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import check_model, resolve_device, select_params, state_from, unwrap
 from .batched import TILE_POINTS
+from .chooser import check_evaluator
 from .data import DataSource
 from .directions import KINDS, cosine, kind_of, make_directions
 from .engine import Plan, Problem, execute
@@ -89,6 +90,7 @@ class Landscape:
         :meth:`plane`.
         """
         steps = check_int(steps, "steps", low=2)
+        check_evaluator(evaluator)
         a0, a1 = check_range(span, "span")
         if buffers not in BUFFER_MODES:
             raise ValueError(f"buffers={buffers!r} is not known; pass one of {', '.join(map(repr, BUFFER_MODES))}")
@@ -117,6 +119,7 @@ class Landscape:
 
         ``client``, ``store`` and ``evaluator``: as in :meth:`plane`."""
         steps = check_int(steps, "steps", low=2)
+        check_evaluator(evaluator)
         (a0, a1), = check_span(span, "span", axes=1)
         timer = Timer()
         private = self.problem.private()
@@ -151,11 +154,12 @@ class Landscape:
         ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.meta["trust"]``.
 
         Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
-        "loop" or "vmap"; ``client`` a ``dask.distributed.Client`` (or :class:`~landscape_widgets.distributed.Workers`)
+        "loop", "vmap" or "vmap:<rule>" (a layer rule of :mod:`landscape_widgets.gpu` by name); ``client`` a ``dask.distributed.Client`` (or :class:`~landscape_widgets.distributed.Workers`)
         evaluates tiles on Dask workers; ``store`` a directory where finished tiles are kept, so a killed run
         resumes where it stopped.
         """
         nx, ny = check_resolution(resolution)
+        check_evaluator(evaluator)
         spans = None if span is None else check_span(span, "span", axes=2)
         timer = Timer()
         private = self.problem.private()
