@@ -13,7 +13,7 @@ def main(argv=None):
     demo.add_argument("--resolution", type=int, default=41, help="surface grid points per axis")
     demo.add_argument("--epochs", type=int, default=30, help="training epochs")
     demo.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and directions")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--quiet", action="store_true", help="print nothing but the path written")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo

@@ -4,6 +4,7 @@ the trained weights, a filter-normalized random plane, the PCA plane of the path
 spectrum with the trust panel, and the trajectory embedding."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -16,6 +17,7 @@ from .landscape import Landscape
 def run_demo(out, *, resolution=41, epochs=30, seed=0, progress=True):
     from .trajectory import Trajectory
     from .widgets import Dashboard
+    from .widgets._base import status_log
 
     t0 = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
@@ -29,8 +31,11 @@ def run_demo(out, *, resolution=41, epochs=30, seed=0, progress=True):
     ls = Landscape(model, torch.nn.CrossEntropyLoss(), data, device="cpu")
     say(f"dashboard: curve, {resolution}x{resolution} random and PCA planes, Hessian spectrum, embedding")
     # a PCA plane and an embedding need at least 3 snapshots
-    dash = Dashboard(ls, trajectory=traj if len(traj) >= 3 else None, start=start, resolution=resolution,
-                     title="landscape_widgets demo", spectrum_options={"runs": 3})
+    log = (lambda w, status: say(f"  [{time.perf_counter() - t0:6.1f} s] {w.title or w._view}: {status}",
+                                 flush=True)) if progress else None
+    with status_log(log) if log else contextlib.nullcontext():
+        dash = Dashboard(ls, trajectory=traj if len(traj) >= 3 else None, start=start, resolution=resolution,
+                         title="landscape_widgets demo", spectrum_options={"runs": 3})
     dash.wait(timeout=1800)
     if dash.error:
         raise RuntimeError(f"demo computation failed: {dash.error}")

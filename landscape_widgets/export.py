@@ -17,6 +17,7 @@ import os
 import pathlib
 
 BUNDLE = pathlib.Path(__file__).resolve().parent / "static" / "widget.js"
+STUB = BUNDLE.with_name("stub.js")  # each widget's _esm in Jupyter: loads BUNDLE from the shared Bundle widget
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval' blob:; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'")
@@ -85,12 +86,12 @@ def script_json(obj) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def bundle_source() -> str:
-    """The widgets' front-end bundle (``js/`` built by esbuild into ``static/widget.js``)."""
-    if not BUNDLE.exists():
-        raise FileNotFoundError(f"{BUNDLE} is missing: build the front end with `cd js && npm ci && npm run build` "
+def bundle_source(path=BUNDLE) -> str:
+    """The widgets' front-end bundle (``js/`` built by esbuild into ``static/widget.js``), or its loader stub."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: build the front end with `cd js && npm ci && npm run build` "
                                 "(scripts/setup.sh does this)")
-    return BUNDLE.read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8")
 
 
 def page_html(widgets, *, title=None, info=None, bundle=None) -> str:

@@ -124,7 +124,7 @@ class Landscape:
         timer = Timer()
         private = self.problem.private()
         made = make_directions(direction, private, 1, argname="direction", seed=seed, normalization=normalization,
-                               ignore=ignore, **self._needs(kind_of(direction, "direction"), None, cancel))
+                               ignore=ignore, **self._needs(kind_of(direction, "direction"), None, cancel, progress))
         (d1,), dmeta = made.dirs, made.meta
         alphas = axis((a0, a1), steps)
         t_dir = timer()
@@ -169,7 +169,7 @@ class Landscape:
             raise ValueError(f"trajectory= is only used by direction kinds that follow a path ({', '.join(users)}); "
                              f"pass directions={users[0]!r} or leave trajectory out")
         made = make_directions(directions, private, 2, argname="directions", seed=seed,
-                               normalization=normalization, ignore=ignore, **self._needs(kind, trajectory, cancel))
+                               normalization=normalization, ignore=ignore, **self._needs(kind, trajectory, cancel, progress))
         (d1, d2), dmeta = made.dirs, made.meta
         (a0, a1), (b0, b1) = spans or made.span or check_span(1.0, "span", axes=2)
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
@@ -186,11 +186,12 @@ class Landscape:
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
         surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done)
         if trust:
-            surface.meta["trust"] = self.trust(surface, cancel=cancel)
+            surface.meta["trust"] = self.trust(surface, cancel=cancel, progress=progress)
         return surface
 
     def spectrum(self, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
-                 trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
+                 trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None,
+                 progress=True) -> Spectrum:
         """Eigen-spectrum of the Hessian of the loss over all data (eval mode) at the model's weights.
 
         ``k`` largest and ``bottom`` smallest eigenvalues by Lanczos (ARPACK's convergence test, relative accuracy
@@ -198,21 +199,23 @@ class Landscape:
         (``trace=False`` skips it: ``trace`` is NaN then),
         and with ``density=True`` the spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019,
         arXiv 1901.10159) from ``runs`` runs of ``steps`` steps.  ``callback(dict(stage, done, total, hvps))``
-        reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product.
+        reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product;
+        ``progress`` shows a ``tqdm`` bar of the products with the current stage.
         """
         return hessian_api.spectrum(self.problem, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
                                     runs=runs, trace_samples=trace_samples, trace_method=trace_method, tol=tol,
-                                    backend=backend, callback=callback, cancel=cancel)
+                                    backend=backend, callback=callback, cancel=cancel, progress=progress)
 
-    def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
+    def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
+              progress=True) -> dict:
         """The trust panel of ``surface``: ``kappa`` (``d^T H d / ||d||^2`` per direction), ``lambda_max``,
         ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``hides_saddle`` (``lambda_min < 0``
         while both kappas are > 0; Böttcher & Wheeler 2022).  Pass ``spectrum`` to reuse its eigenvalues and trace.
         ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
         ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
         """
-        return hessian_api.trust(self.problem, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples, tol=tol,
-                                 cancel=cancel)
+        return hessian_api.trust(self.problem, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples,
+                                 tol=tol, cancel=cancel, progress=progress)
 
     def seed_spread(self, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
         """The same plane for ``seeds`` (a count or a list): per-cell ``median`` and ``iqr`` and one ``sharpness``
@@ -259,11 +262,11 @@ class Landscape:
         named = dict(unwrap(self.model).named_parameters())
         return sum(named[n].numel() for n in self.moved)
 
-    def _needs(self, kind, trajectory, cancel) -> dict:
+    def _needs(self, kind, trajectory, cancel, progress=False) -> dict:
         """What ``kind`` declares it needs (``DirectionKind.needs``), from this Landscape and the call."""
         out = {}
         if "loss" in kind.needs:
-            out.update(objective=self.objective, data=self.data, cancel=cancel)
+            out.update(objective=self.objective, data=self.data, cancel=cancel, progress=progress)
         if "trajectory" in kind.needs:
             out["trajectory"] = trajectory
         return out

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine: .venv with torch (CPU wheel 2.13.0 unless a torch is already there),
-# the JS bundle, the package in editable mode.  With --test also the test extras and Debian's chromium.
+# the JS bundle, the package in editable mode with what the notebooks need (JupyterLab, Notebook 7, sidecar).
+# With --test also the test extras and Debian's chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_TEST=0
@@ -30,8 +31,8 @@ echo "== building the front end (esbuild)"
 
 echo "== installing landscape_widgets"
 if [[ $WITH_TEST == 1 ]]; then
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[notebook,test]"
 else
-  .venv/bin/python -m pip install -q -e .
+  .venv/bin/python -m pip install -q -e ".[notebook]"
 fi
 .venv/bin/python -c "import torch, landscape_widgets as lw; print('landscape_widgets', lw.__version__, 'torch', torch.__version__)"

@@ -23,16 +23,48 @@ export function escapeForPlotly(s) {
   return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
+/** "rgb(r, g, b)" -> "rgba(r, g, b, alpha)" (theme colours are rgb() strings). */
+export function withAlpha(rgb, alpha) {
+  const m = /^rgba?\(([^)]+)\)$/.exec(String(rgb).trim());
+  if (!m) return rgb;
+  const [r, g, b] = m[1].split(",").map((v) => v.trim());
+  return `rgba(${r}, ${g}, ${b}, ${alpha})`;
+}
+
+/** A log axis labels whole decades only when the data span one or more (else plotly's minor labels 2, 5 read
+ *  as values); below a decade it keeps plotly's own ticks, so the axis is never unlabelled. */
+export function logTicks(values) {
+  let lo = Infinity, hi = -Infinity;
+  for (const v of values) if (v != null && v > 0 && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  return hi > 0 && Math.log10(hi) - Math.log10(lo) >= 1 ? { dtick: 1, exponentformat: "power" } : {};
+}
+
 function axis(theme, title, extra = {}) {
   return { title: { text: title }, gridcolor: theme.grid, zerolinecolor: theme.grid, linecolor: theme.grid,
            color: theme.foreground, ...extra };
 }
 
+const COLORBAR_PX = 90; // the colorbar with its tick labels and title
+
+/** Equal units on both axes, the plot centred with its colorbar right beside it (plotly puts the colorbar at the
+ *  edge of the whole figure, which left a wide gap after a square plot in a wide cell).  ``size``: the plot div in
+ *  pixels. */
+export function placeBesideColorbar(layout, trace, xr, yr, size) {
+  const m = layout.margin;
+  const w = size.width - m.l - m.r, h = size.height - m.t - m.b;
+  if (!(w > COLORBAR_PX + 40 && h > 40)) return;
+  const plotW = Math.min(w - COLORBAR_PX, h * Math.abs((xr[1] - xr[0]) / (yr[1] - yr[0] || 1)));
+  const left = (w - COLORBAR_PX - plotW) / 2;
+  layout.xaxis.domain = [left / w, (left + plotW) / w];
+  trace.colorbar = { ...trace.colorbar, x: (left + plotW + 12) / w, xanchor: "left" };
+}
+
 /**
- * Surface state -> {data, layout}.  s: {losses, alphas, betas, shape:[nx, ny], done, state, logScale, view}.
+ * Surface state -> {data, layout}.  s: {losses, alphas, betas, shape:[nx, ny], done, state, logScale, view};
+ * size: the plot's {width, height} in pixels, where known.
  * While streaming, rows i >= done / ny are not computed yet (tiles are whole rows): hover says "pending" there.
  */
-export function surfaceFigure(s, theme) {
+export function surfaceFigure(s, theme, size) {
   const [nx, ny] = s.shape;
   const flat = toFloat32(s.losses);
   const xs = Array.from(toFloat32(s.alphas));
@@ -68,7 +100,10 @@ export function surfaceFigure(s, theme) {
                      colorbar: { title: { text: zLabel }, thickness: 14 } };
     data = [s.view === "heatmap"
       ? { type: "heatmap", zsmooth: false, ...common }
-      : { type: "contour", ncontours: 24, contours: { coloring: "heatmap" }, line: { width: 0.5 }, ...common }];
+      // contour lines in the text colour, half transparent: visible on the dark and the light end of the
+      // colour scale, in either theme (black ones vanished near the minimum on a dark page)
+      : { type: "contour", ncontours: 24, contours: { coloring: "heatmap" },
+          line: { width: 0.5, color: withAlpha(theme.foreground, 0.45) }, ...common }];
     const path = s.path && s.path.byteLength ? toFloat32(s.path) : null;
     if (path && path.length >= 2) {
       // the training trajectory projected on the plane (Li et al. 2018 §7): steps and recorded losses on hover
@@ -102,6 +137,7 @@ export function surfaceFigure(s, theme) {
     // plotly.js keeps the old constrained domain through react and widens the x range instead: a new extent
     // (a span change) gets a fresh plot; a zoom survives recomputes on the same extent (seed, resolution)
     fig.replotKey = `${extent(xs)}|${extent(ys)}`;
+    if (size && xs.length > 1 && ys.length > 1) placeBesideColorbar(layout, data[0], extent(xs), extent(ys), size);
   }
   fig.data = data;
   return fig;
@@ -124,7 +160,8 @@ export function curveFigure(s, theme) {
   const layout = baseLayout(theme);
   const interp = s.curves.length > 0 && s.curves.every((c) => c.kind === "interpolation");
   layout.xaxis = axis(theme, interp ? "α  (0 = start, 1 = model)" : "α  (distance along the direction)");
-  layout.yaxis = axis(theme, "loss", { type: s.logScale ? "log" : "linear" });
+  layout.yaxis = axis(theme, "loss", s.logScale ? { type: "log", ...logTicks(data.flatMap((t) => t.y)) }
+                                                : { type: "linear" });
   layout.showlegend = s.curves.length > 1;
   layout.legend = { bgcolor: "rgba(0,0,0,0)" };
   return { data, layout };

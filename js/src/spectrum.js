@@ -71,7 +71,7 @@ export function spectrumFigure(s, theme) {
   const layout = baseLayout(theme);
   layout.showlegend = true;
   layout.legend = { orientation: "h", y: -0.18, bgcolor: "rgba(0,0,0,0)" };
-  layout.margin = { l: 60, r: 20, t: 20, b: 70 };
+  layout.margin = { l: 60, r: 20, t: 36, b: 70 };  // room above the inset's top label for plotly's toolbar
   layout.xaxis = axis(theme, "eigenvalue λ", { domain: [0, 0.72] });
   layout.yaxis = axis(theme, s.logScale ? "density (log)" : "density", { type: s.logScale ? "log" : "linear",
                                                                          exponentformat: "power" });

@@ -30,7 +30,7 @@ const CSS = `
 .lw-status { flex: 1 1 auto; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; font-size: 12px; }
 .lw-widget[data-state="preview"] .lw-status::before { content: "PREVIEW "; color: var(--lw-accent); font-weight: 600; }
 .lw-widget[data-state="stale"] .lw-plot { opacity: 0.55; transition: opacity 0.2s; }
-.lw-progress { flex: 0 0 160px; height: 8px; accent-color: var(--lw-accent); }
+.lw-progress { flex: 0 0 160px; height: 10px; accent-color: var(--lw-accent); }
 .lw-progress[hidden] { display: none; }
 .lw-error { color: var(--lw-error); border: 1px solid var(--lw-error); border-radius: 4px; padding: 4px 8px;
   margin-top: 6px; white-space: pre-wrap; font-size: 12px; }

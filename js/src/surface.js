@@ -39,15 +39,27 @@ export function renderSurface({ model, el }) {
   injectTrustStyle();
   const trust = f.h("div", { class: "lw-trust", "aria-label": "trust panel" });
   f.plotDiv.after(trust);
-  const syncTrust = () => fillTrustBox(f.h, trust, model.get("_trust"));
+  // once shown, the panel keeps its place while the next plane computes (dimmed, "updating"), so the page below it
+  // does not jump at every change
+  let shown = false;
+  const syncTrust = () => {
+    const t = model.get("_trust") || {};
+    if (Object.keys(t).length === 0 && shown) {
+      trust.dataset.updating = "true";
+      return;
+    }
+    fillTrustBox(f.h, trust, t);
+    trust.dataset.updating = "false";
+    shown = !trust.hidden;
+  };
   syncTrust();
   f.listen("change:_trust", syncTrust);
   let drawn = null;
-  f.setBuild((theme) => {
+  f.setBuild((theme, size) => {
     const s = state();
     if (!s.shape[0] || !s.shape[1] || !s.losses) return null;
     drawn = s;
-    return surfaceFigure(s, theme);
+    return surfaceFigure(s, theme, size);
   }, (plotDiv) => markGrid(plotDiv, drawn, f.offline));
   for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr"]) f.listen(`change:${k}`, f.request);
   return f.dispose;

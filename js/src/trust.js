@@ -10,8 +10,10 @@ export const TRUST_CSS = `
 .lw-warning { color: var(--lw-error); border: 1px solid var(--lw-error); border-radius: 4px; padding: 4px 6px;
   font-weight: 600; }
 .lw-warning[hidden] { display: none; }
-.lw-trust { font-size: 12px; margin-top: 6px; display: flex; flex-wrap: wrap; gap: 4px 16px; align-items: baseline; }
+.lw-trust { position: relative; font-size: 12px; margin-top: 6px; display: flex; flex-wrap: wrap; gap: 4px 16px; align-items: baseline; }
 .lw-trust[hidden] { display: none; }
+.lw-trust[data-updating="true"] { opacity: 0.45; }
+.lw-trust[data-updating="true"]::after { content: "updating…"; position: absolute; right: 0; top: 0; }
 .lw-trust > .lw-warning { flex-basis: 100%; }
 .lw-trust-item { font-variant-numeric: tabular-nums; white-space: nowrap; }
 .lw-trust-item > span:first-child { color: var(--lw-muted); margin-right: 4px; }

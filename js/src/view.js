@@ -58,6 +58,18 @@ export function createFrame({ model, el, view }) {
   error.hidden = true;
   root.append(title, ...(note ? [note] : []), controls, plotDiv, footer, error);
   el.appendChild(root);
+  // A focused control takes its own keys: the arrows, Home/End, PageUp/Down, Space and digits move a slider, a
+  // dropdown or a number field, not JupyterLab's cell selection (its shortcuts listen on the document, so the key
+  // must not bubble there; lumino also skips targets inside data-lm-suppress-shortcuts).  Tab, Escape and
+  // modified keys (Ctrl+S, Shift+Enter) still reach the notebook.
+  controls.setAttribute("data-lm-suppress-shortcuts", "true");
+  const ownKeys = (ev) => {
+    if (ev.target === controls || ev.key === "Tab" || ev.key === "Escape") return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || (ev.shiftKey && ev.key === "Enter")) return;
+    ev.stopPropagation();
+  };
+  controls.addEventListener("keydown", ownKeys);
+  disposers.push(() => controls.removeEventListener("keydown", ownKeys));
 
   const listen = (event, fn) => { model.on(event, fn); disposers.push(() => model.off(event, fn)); };
   const cleanup = (fn) => disposers.push(fn);
@@ -161,7 +173,7 @@ export function createFrame({ model, el, view }) {
     deferred = false;
     busy = true;
     try {
-      const fig = build(theme);
+      const fig = build(theme, { width: plotDiv.clientWidth, height: plotDiv.clientHeight });
       if (!fig) return;
       // fig.replotKey (optional): when it changes, a fresh newPlot instead of react (see figure.js)
       if (!created || (fig.replotKey !== undefined && fig.replotKey !== replotKey)) {
@@ -191,7 +203,8 @@ export function createFrame({ model, el, view }) {
     if (!alive) return;
     if (deferred || !created) { request(); return; }
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => { if (alive && created && plotDiv.clientWidth > 0) Plotly.Plots.resize(plotDiv); }, 60);
+    // a rebuild, not only Plots.resize: the surface places its colorbar by the plot's size in pixels
+    resizeTimer = setTimeout(() => { if (alive && created && plotDiv.clientWidth > 0) request(); }, 60);
   });
   ro.observe(root);
   cleanup(() => { ro.disconnect(); clearTimeout(resizeTimer); });

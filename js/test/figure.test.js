@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { curveFigure, escapeForPlotly, surfaceFigure, UIREVISION } from "../src/figure.js";
+import { curveFigure, escapeForPlotly, logTicks, placeBesideColorbar, surfaceFigure, UIREVISION, withAlpha } from "../src/figure.js";
 
 const THEME = { background: "rgb(255, 255, 255)", foreground: "rgb(0, 0, 0)", muted: "rgb(9, 9, 9)",
                 grid: "rgb(200, 200, 200)", fontFamily: "sans-serif" };
@@ -127,5 +127,36 @@ describe("surfaceFigure seed spread", () => {
   it("shows the median with the IQR on hover", () => {
     const { data } = surfaceFigure(surfaceState({ iqr: bytes([0.5, 1, 1, 2, 2, 3]) }), THEME);
     expect(data[0].text[0][1]).toBe("10 (median; IQR 1)"); // text[j][i] is cell (i=1, j=0)
+  });
+});
+
+describe("plot details", () => {
+  it("labels decades only on a log axis that spans one or more", () => {
+    expect(logTicks([0.01, 0.5, 3])).toEqual({ dtick: 1, exponentformat: "power" });
+    expect(logTicks([0.2, 0.5, null, -1, NaN])).toEqual({});
+    expect(logTicks([])).toEqual({});
+  });
+  it("turns a theme colour into a translucent one", () => {
+    expect(withAlpha("rgb(230, 230, 230)", 0.45)).toBe("rgba(230, 230, 230, 0.45)");
+    expect(withAlpha("#fff", 0.5)).toBe("#fff");
+  });
+});
+
+describe("placeBesideColorbar", () => {
+  it("centres a square plot and puts the colorbar right after it", () => {
+    const layout = { margin: { l: 60, r: 20, t: 28, b: 50 }, xaxis: {} };
+    const trace = { colorbar: { thickness: 14 } };
+    placeBesideColorbar(layout, trace, [-1, 1], [-1, 1], { width: 880, height: 478 });
+    const w = 800, h = 400;  // inside the margins
+    const [a, b] = layout.xaxis.domain;
+    expect((b - a) * w).toBeCloseTo(h, 6);  // square: equal units on both axes
+    expect(a * w).toBeCloseTo((w - 90 - h) / 2, 6);  // centred with the colorbar
+    expect(trace.colorbar.x * w).toBeCloseTo(b * w + 12, 6);
+    expect(trace.colorbar.thickness).toBe(14);
+  });
+  it("leaves a tiny plot to plotly", () => {
+    const layout = { margin: { l: 60, r: 20, t: 28, b: 50 }, xaxis: {} };
+    placeBesideColorbar(layout, {}, [-1, 1], [-1, 1], { width: 150, height: 100 });
+    expect(layout.xaxis.domain).toBeUndefined();
   });
 });

@@ -39,7 +39,7 @@ def default_span(loss0: float, lambda_max: float) -> float:
 
 
 def hessian_directions(private, count, *, objective=None, data=None, seed=0, normalization=None, ignore="biasbn",
-                       tol=1e-6, cancel=None, **_) -> Made:
+                       tol=1e-6, cancel=None, progress=False, **_) -> Made:
     if objective is None or data is None:
         raise TypeError("the 'hessian' direction kind needs the loss and the data; use it through "
                         "Landscape.plane(directions='hessian') or Landscape.line(direction='hessian')")
@@ -51,10 +51,12 @@ def hessian_directions(private, count, *, objective=None, data=None, seed=0, nor
     if op.num_parameters < 2 and count == 2:
         raise ValueError("the 'hessian' plane needs at least 2 parameters")
     rng_top, rng_bottom, _, _ = seed_streams(seed)
-    with op.running():
+    with op.progress("Hessian directions", progress) as stage, op.running():
+        stage("lambda_max")
         lmax, vmax, _ = extreme_eigenpairs(op, 1, "LA", rng=rng_top, tol=tol)
         pairs = [(float(lmax[0]), vmax[:, 0])]
         if count == 2:
+            stage("lambda_min")
             lmin, vmin, _ = extreme_eigenpairs(op, 1, "SA", rng=rng_bottom, tol=tol)
             pairs.append((float(lmin[0]), vmin[:, 0]))
         loss0 = op.loss if op.loss is not None else float("nan")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NEEDS = ("loss", "trajectory")        # "loss": the objective, the data and the caller's cancel flag
+NEEDS = ("loss", "trajectory")  # "loss": the objective, the data, the caller's cancel flag and progress setting
 CONTROLS = ("seed", "normalization", "seeds")  # the surface widget's controls a kind may offer
 
 

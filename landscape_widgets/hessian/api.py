@@ -31,7 +31,8 @@ def _check_tol(tol):
 
 
 def spectrum(problem, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
-             trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None) -> Spectrum:
+             trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None,
+             progress=True) -> Spectrum:
     seed = check_seed(seed)
     density = _check_bool(density, "density")
     trace = _check_bool(trace, "trace")
@@ -47,9 +48,12 @@ def spectrum(problem, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=
     k = check_int(k, "k", low=1, high=P, hint=f" (eigenvalues; the model has {P} parameters)")
     bottom = check_int(bottom, "bottom", low=0, high=P, hint=f" (smallest eigenvalues; the model has {P} parameters)")
     op = HessianOperator(private, problem.data, problem.objective, backend=backend, cancel=cancel)
-    report = None if callback is None else (lambda stage, done, total: callback(
-        {"stage": stage, "done": done, "total": total, "hvps": op.hvps}))
-    with op.running():
+    with op.progress("spectrum", _check_bool(progress, "progress")) as stage, op.running():
+        def report(name, done, total):
+            stage(name if total is None else f"{name} {done}/{total}")
+            if callback is not None:
+                callback({"stage": name, "done": done, "total": total, "hvps": op.hvps})
+
         fields, meta = compute_spectrum(op, k, bottom, density=density, trace=trace, seed=seed, steps=steps, runs=runs,
                                         trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                         report=report)
@@ -64,7 +68,8 @@ def _same_weights(result, private, what):
                          "with this Landscape (the trust panel describes the model as it is now)")
 
 
-def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None) -> dict:
+def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
+          progress=True) -> dict:
     spread = isinstance(surface, SeedSpread)
     if not spread and not isinstance(surface, Surface):
         raise TypeError(f"surface must be an lw.Surface (from Landscape.plane) or an lw.SeedSpread (from "
@@ -88,7 +93,7 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
         dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
                 for d in surface.directions]
     op = HessianOperator(private, problem.data, problem.objective, cancel=cancel)
-    with op.running():
+    with op.progress("trust panel", _check_bool(progress, "progress")), op.running():
         panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
                             tol=_check_tol(tol))
     return spread_panel(panel, [int(s) for s in surface.seeds]) if spread else panel

@@ -205,6 +205,30 @@ class HessianOperator:
         self._graph = None
 
     @contextlib.contextmanager
+    def progress(self, desc, enabled=True):
+        """A ``tqdm.auto`` bar counting the products made inside the block (their number is not known in advance:
+        Lanczos stops when it converges); yields ``stage(text)``, which shows the current stage beside it."""
+        if not enabled:
+            yield lambda text: None
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=desc, unit="HVP", leave=False)
+        before = self.on_hvp
+
+        def tick(n):
+            bar.update(1)
+            if before is not None:
+                before(n)
+
+        self.on_hvp = tick
+        try:
+            yield bar.set_postfix_str
+        finally:
+            self.on_hvp = before
+            bar.close()
+
+    @contextlib.contextmanager
     def running(self):
         """A computation that alternates products with numpy/scipy linear algebra (Lanczos, ARPACK, Hutch++):
         numpy's BLAS runs single-threaded meanwhile, and the graph is freed at the end, exceptions included.

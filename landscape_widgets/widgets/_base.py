@@ -18,18 +18,20 @@ import copy
 import math
 import numbers
 import queue
+import sys
 import threading
 import time
 import weakref
 
 import anywidget
+import ipywidgets
 import numpy as np
 import traitlets as t
 
 from .._checks import check_int
 from ..chooser import check_evaluator
 from ..driver import Cancelled
-from ..export import bundle_source, write_html
+from ..export import STUB, bundle_source, write_html
 
 SEED_MAX = 2 ** 31 - 1  # stays an exact number in JavaScript
 NORMALIZATION_CHOICES = ("filter", "layer", "model", "none")
@@ -108,6 +110,49 @@ def shared_jobs(jobs):
         yield
     finally:
         _SHARED_JOBS.reset(token)
+
+
+_STATUS_LOG = contextvars.ContextVar("landscape_widgets_status_log", default=None)
+
+
+@contextlib.contextmanager
+def status_log(log):
+    """Widgets created inside call ``log(widget, status)`` whenever their state changes (preview, partial, done,
+    error) or their stage does: a script sees what runs while a constructor computes (outside a kernel it blocks)."""
+    token = _STATUS_LOG.set(log)
+    try:
+        yield
+    finally:
+        _STATUS_LOG.reset(token)
+
+
+class Bundle(anywidget.AnyWidget):
+    """The front-end bundle, once per kernel.  In Jupyter each widget's ``_esm`` is a small loader that takes the
+    bundle from this widget (a widget reference), so a notebook saved with its widget state stores the 1.8 MB
+    bundle once however many widgets it shows."""
+
+    _esm = t.Unicode("export default {};").tag(sync=True)
+    source = t.Unicode("").tag(sync=True)
+
+
+_BUNDLE = None
+
+
+def shared_bundle() -> Bundle:
+    global _BUNDLE
+    if _BUNDLE is None or getattr(_BUNDLE, "comm", None) is None:  # first use, or closed
+        _BUNDLE = Bundle(source=bundle_source())
+    return _BUNDLE
+
+
+def references_work() -> bool:
+    """Whether the front end resolves widget references (Jupyter's widget manager does).  marimo renders each
+    anywidget on its own: there every widget carries the whole bundle."""
+    marimo = sys.modules.get("marimo")
+    try:
+        return not (marimo is not None and marimo.running_in_notebook())
+    except Exception:  # noqa: BLE001 -- an older marimo without the function: take the safe path
+        return marimo is None
 
 
 def start_worker(owner) -> queue.SimpleQueue:
@@ -209,6 +254,7 @@ class LiveWidget(anywidget.AnyWidget):
     """Base class: a compute job streamed to the browser with preview, progress, cancellation and errors."""
 
     _esm = t.Unicode("").tag(sync=True)
+    _bundle = t.Instance(Bundle, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
     _view = t.Unicode("").tag(sync=True)
     title = t.Unicode("").tag(sync=True)
     log_scale = t.Bool(True).tag(sync=True)
@@ -224,7 +270,11 @@ class LiveWidget(anywidget.AnyWidget):
     _display_traits: tuple = ("_done", "_total", "_state", "_status", "error")
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("_esm", bundle_source())
+        if references_work():
+            kwargs.setdefault("_esm", bundle_source(STUB))
+            kwargs.setdefault("_bundle", shared_bundle())
+        else:
+            kwargs.setdefault("_esm", bundle_source())
         self._generation = 0
         self._finished = 0
         self._cancel = threading.Event()
@@ -235,6 +285,17 @@ class LiveWidget(anywidget.AnyWidget):
         self._started = False
         super().__init__(**kwargs)
         self.observe(self._on_compute_trait, names=list(self._compute_traits))
+        log = _STATUS_LOG.get()
+        if log is not None:
+            self._logged = None
+            self.observe(lambda change: self._log_status(log), names=["_state", "_status"])
+
+    def _log_status(self, log):
+        # one line per state, and per stage ("Lanczos (top)", ...): not one per tile
+        key = (self._state, self._status.split(":")[0] if self._state != "done" else self._status)
+        if key != self._logged and self._status:
+            self._logged = key
+            log(self, self._status)
 
     # -- browser input ---------------------------------------------------------------------------------------
     def _browser_check(self, name, value):
@@ -404,7 +465,8 @@ class LiveWidget(anywidget.AnyWidget):
     def export_state(self) -> dict:
         """The widget's synced state for an offline page (no comm, no bundle), marked ``_offline``."""
         keys = [k for k in self.keys if not k.startswith("_model") and not k.startswith("_view_")
-                and k not in ("_esm", "_css", "_anywidget_id", "layout", "comm", "tabbable", "tooltip", "_dom_classes")]
+                and k not in ("_esm", "_bundle", "_css", "_anywidget_id", "layout", "comm", "tabbable", "tooltip",
+                             "_dom_classes")]
         state = {k: getattr(self, k) for k in keys}
         state["_offline"] = True
         return state

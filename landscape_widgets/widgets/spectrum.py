@@ -140,7 +140,7 @@ class SpectrumWidget(SeededWidget):
             try:
                 spec = ls.spectrum(k=p["k"], bottom=p["bottom"], density=p["density"], steps=p["steps"],
                                    runs=p["runs"], seed=p["seed"], callback=lambda ev: emit("progress", ev),
-                                   cancel=cancel)
+                                   cancel=cancel, progress=False)
             except Cancelled:
                 raise
             except Exception as exc:
@@ -153,7 +153,7 @@ class SpectrumWidget(SeededWidget):
             # a dashboard has two planes: say which one this panel (and its warning) is about
             of = self._surface_label(surface)
             try:
-                panel = dict(ls.trust(surface, spectrum=spec, cancel=cancel), of=of)
+                panel = dict(ls.trust(surface, spectrum=spec, cancel=cancel, progress=False), of=of)
             except Cancelled:
                 raise
             except Exception as exc:  # the spectrum is still worth showing

@@ -202,7 +202,8 @@ class SurfaceWidget(RandomDirectionWidget):
         """("trust", panel), or ("trust_error", {error, detail}) when the Hessian-vector products fail: the panel
         is an addition to a plane already drawn, and its failure must not turn that plane into an error."""
         try:
-            return "trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL)
+            return "trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL,
+                                           progress=False)
         except Cancelled:
             raise
         except Exception as exc:

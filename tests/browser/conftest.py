@@ -79,6 +79,8 @@ def _write_settings(settings: Path):
         "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
         # a test must not rewrite the notebooks it opens
         "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        # "save widget state": a notebook saved by a test keeps its widgets (the saved-notebook size test)
+        "@jupyter-widgets/jupyterlab-manager/plugin.jupyterlab-settings": {"saveState": True},
     }
     for name, content in files.items():
         path = settings / name
