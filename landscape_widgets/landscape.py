@@ -151,6 +151,8 @@ class Landscape:
         which ``surf.path`` [n, 2] holds; for ``directions="hessian"`` (unit eigenvectors of lambda_max and of the
         most negative eigenvalue, Böttcher & Wheeler 2022; normalization "none") ``sqrt(2 max(L0, 0.1) / lambda_max)``
         on both axes, where the quadratic model doubles the loss (``.meta``: lambda_max, lambda_min, span_rule).
+        ``directions`` may also be an earlier :class:`~landscape_widgets.Surface`: its directions, their kind's
+        record, its grid (unless ``span`` is given) and its path, reused as they are (no eigen-solve or PCA again).
         ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.meta["trust"]``.
 
         Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
@@ -184,7 +186,8 @@ class Landscape:
         meta = self.problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
                                      timings=_timings(t_dir, timer(), nx * ny), **done.meta())
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
-        surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done)
+        surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done,
+                          direction_meta=made.meta)
         if trust:
             surface.meta["trust"] = self.trust(surface, cancel=cancel, progress=progress)
         return surface

@@ -156,13 +156,15 @@ class Surface(Result):
     """A 2-D loss surface: ``losses[i, j] = L(theta + alphas[i] * d1 + betas[j] * d2)`` (numpy "ij" indexing).
 
     ``path`` [n, 2]: a trajectory projected on the plane (PCA directions), else None; ``execution`` as in
-    :class:`Curve`."""
+    :class:`Curve`; ``direction_meta``: what the direction kind recorded about ``directions`` (also in ``meta``),
+    so that ``plane(directions=surface)`` draws the same plane again without recomputing them."""
 
     _arrays = ("alphas", "betas", "losses")
     _optional = ("path",)
     _direction_sets = ("directions",)
 
-    def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None, execution=None):
+    def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None, execution=None,
+                 direction_meta=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
@@ -170,6 +172,16 @@ class Surface(Result):
         self.meta = dict(meta or {})
         self.path = path
         self.execution = execution
+        self.direction_meta = dict(direction_meta) if direction_meta is not None else None
+        if direction_meta is not None:
+            self.meta.setdefault("direction_keys", sorted(direction_meta))
+
+    @classmethod
+    def _from_payload(cls, arrays, meta):
+        obj = super()._from_payload(arrays, meta)
+        keys = meta.get("direction_keys")
+        obj.direction_meta = None if keys is None else {k: meta[k] for k in keys if k in meta}
+        return obj
 
     @property
     def span(self) -> tuple:

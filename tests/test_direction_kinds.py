@@ -112,3 +112,23 @@ def test_trajectory_goes_only_to_kinds_that_need_it():
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data)
     with pytest.raises(ValueError, match="only used by direction kinds that follow a path"):
         ls.plane(directions="random", trajectory=lw.Trajectory(), resolution=3, progress=False)
+
+
+def test_a_surface_gives_its_directions_record_grid_and_path_again(tmp_path):
+    """plane(directions=surface): the same directions, kind record, grid and path, nothing recomputed; also after
+    save and load."""
+    model, data = SmallNet(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data)
+    first = ls.plane(directions="hessian", resolution=3, progress=False)
+    again = ls.plane(directions=first, resolution=5, progress=False)
+    assert again.span == first.span and again.meta["direction_kind"] == "hessian"
+    assert again.meta["lambda_max"] == first.meta["lambda_max"] and "eigen_hvps" in again.direction_meta
+    for d_first, d_again in zip(first.directions, again.directions):
+        assert all(torch.equal(d_first[n], d_again[n]) for n in d_first)
+    np.testing.assert_allclose(again.losses[::2, ::2], first.losses, rtol=1e-6)  # the 3x3 points among the 5x5
+    loaded = lw.load(first.save(tmp_path / "h.npz"))
+    assert loaded.direction_meta == first.direction_meta
+    np.testing.assert_array_equal(ls.plane(directions=loaded, resolution=3, progress=False).losses, first.losses)
+    bare = lw.Surface(first.alphas, first.betas, first.losses)
+    with pytest.raises(ValueError, match="has no 2 directions"):
+        ls.plane(directions=bare, resolution=3, progress=False)

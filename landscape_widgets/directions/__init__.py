@@ -5,7 +5,8 @@ A new kind is one module with a ``DirectionKind`` subclass (what it needs, its d
 """
 from __future__ import annotations
 
-from .explicit import ExplicitKind, explicit_directions
+from ..results import Surface
+from .explicit import ExplicitKind, check_direction, explicit_directions
 from .gaussian import RandomKind, random_directions
 from .hessian import HessianKind, hessian_directions
 from .kind import CONTROLS, NEEDS, DirectionKind, FunctionKind, Made
@@ -32,7 +33,7 @@ def register(kind, fn=None, **declarations):
 
 
 def kind_of(spec, argname="directions") -> DirectionKind:
-    """The kind of a ``directions=`` argument: a registered name, or explicit dicts."""
+    """The kind of a ``directions=`` argument: a registered name, or explicit dicts (or a surface's own)."""
     if isinstance(spec, str):
         if spec not in KINDS:
             raise ValueError(f"{argname}={spec!r} is not a known direction kind; pass one of "
@@ -45,6 +46,8 @@ def make_directions(spec, private, count, *, argname, **options) -> Made:
     """``count`` directions of the kind ``spec`` (a name, or the dict / pair of dicts themselves)."""
     check_normalization(options.get("normalization"))
     check_ignore(options.get("ignore", "biasbn"))
+    if isinstance(spec, Surface):
+        return _same_as(spec, private, count, argname)
     kind = kind_of(spec, argname)
     if kind is not EXPLICIT:
         if kind.max_count is not None and count > kind.max_count:
@@ -56,6 +59,18 @@ def make_directions(spec, private, count, *, argname, **options) -> Made:
         want = "a dict {parameter name: tensor}" if count == 1 else "a pair (d1, d2) of dicts {parameter name: tensor}"
         raise TypeError(f"{argname} must be a kind name ({', '.join(repr(k) for k in KINDS)}) or {want}")
     return EXPLICIT.make(private, count, given=given, argname=argname, **options)
+
+
+def _same_as(surface, private, count, argname) -> Made:
+    """The directions of an earlier plane, as it made them (its kind's record, grid and path): reused, not made
+    again (the Hessian eigenvectors or PCA components of a preview for its full grid)."""
+    if not surface.directions or len(surface.directions) != count:
+        raise ValueError(f"{argname}: the surface has no {count} directions (loaded from a file without them?); "
+                         "pass the directions themselves or a kind name")
+    dirs = [check_direction(dict(d), private, f"{argname}.directions[{k}]") for k, d in enumerate(surface.directions)]
+    meta = dict(surface.direction_meta) if surface.direction_meta is not None else \
+        {"direction_kind": "explicit", "seed": None, "normalization": "none", "ignore": None}
+    return Made(dirs, meta, span=surface.span, path=surface.path)
 
 
 __all__ = ["CONTROLS", "EXPLICIT", "KINDS", "NEEDS", "NORMALIZATIONS", "DirectionKind", "FunctionKind", "Made",

@@ -184,12 +184,7 @@ class SurfaceWidget(RandomDirectionWidget):
             return
         # other kinds' directions (Hessian eigenvectors, PCA components) are computed once, by the preview, and
         # reused on the same grid
-        surf = self._ls.plane(directions=preview.directions, normalization="none", ignore=None, progress=False,
-                              cancel=cancel, span=preview.span, **full)
-        keep = {k: v for k, v in preview.meta.items() if k not in surf.meta or k in ("direction_kind", "normalization",
-                                                                                    "ignore", "seed")}
-        surf.meta.update(keep)
-        surf.path = preview.path
+        surf = self._ls.plane(directions=preview, progress=False, cancel=cancel, **full)
         self._done_with_trust(surf, emit, cancel)
 
     def _done_with_trust(self, surf, emit, cancel):
