@@ -132,3 +132,16 @@ def test_a_surface_gives_its_directions_record_grid_and_path_again(tmp_path):
     bare = lw.Surface(first.alphas, first.betas, first.losses)
     with pytest.raises(ValueError, match="has no 2 directions"):
         ls.plane(directions=bare, resolution=3, progress=False)
+
+
+def test_the_surface_widget_says_which_stage_runs():
+    model, data = SmallNet(), small_data()
+    w = lw.SurfaceWidget(lw.Landscape(model, nn.CrossEntropyLoss(), data), directions="hessian", resolution=5,
+                         trust=False)
+    try:
+        assert w._pending_status(w._params()) == ("finding the Hessian's extreme eigenvectors (Lanczos), then "
+                                                  "computing 5×5…")
+        w.directions = "random"  # the kind is fixed at construction; only its declaration is read here
+        assert w._pending_status(w._params()) == "computing 5×5…"
+    finally:
+        w.close()

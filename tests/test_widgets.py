@@ -499,3 +499,22 @@ def test_status_says_where_and_how_a_plane_ran(small):
     assert on("cpu", None) == ""  # a loaded result
     w.close()
     v.close()
+
+
+def test_the_bundle_travels_once_unless_the_front_end_cannot_share_it(monkeypatch, ls):
+    from landscape_widgets.widgets import _base as base
+
+    w1, w2 = lw.SurfaceWidget(ls, resolution=5, trust=False), lw.CurveWidget(ls, steps=5)
+    try:
+        assert len(w1._esm) < 2_000 and w1._bundle is w2._bundle and len(w1._bundle.source) > 1_000_000
+        assert "_bundle" not in w1.export_state() and "_esm" not in w1.export_state()
+        monkeypatch.setenv("LANDSCAPE_WIDGETS_SHARED_BUNDLE", "0")
+        alone = lw.SurfaceWidget(ls, resolution=5, trust=False)
+        assert alone._bundle is None and alone._esm == w1._bundle.source
+        alone.close()
+        monkeypatch.delenv("LANDSCAPE_WIDGETS_SHARED_BUNDLE")
+        monkeypatch.setitem(__import__("sys").modules, "google.colab", object())
+        assert not base.references_work()
+    finally:
+        w1.close()
+        w2.close()

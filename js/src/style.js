@@ -38,8 +38,11 @@ const CSS = `
 .lw-offline-note { color: var(--lw-muted); font-size: 12px; font-style: italic; margin: 0 0 6px; }
 `;
 
+const REGISTRY = new Map(); // id -> css of every style a view injected, for adoptStyles
+
 /** Add a <style id=id> once per document (views rendered again, or side by side, share it). */
 export function injectCss(id, css, doc = document) {
+  REGISTRY.set(id, css);
   if (doc.getElementById(id)) return;
   const style = doc.createElement("style");
   style.id = id;
@@ -49,4 +52,16 @@ export function injectCss(id, css, doc = document) {
 
 export function injectStyle(doc = document) {
   injectCss("lw-style", CSS, doc);
+}
+
+/** A view rendered inside a shadow root (marimo isolates each widget so) gets the same styles there: the
+ *  document's <style> elements do not reach into it. */
+export function adoptStyles(shadow) {
+  for (const [id, css] of REGISTRY) {
+    if (shadow.querySelector(`style[data-lw-style="${id}"]`)) continue;
+    const style = document.createElement("style");
+    style.dataset.lwStyle = id;
+    style.textContent = css;
+    shadow.appendChild(style);
+  }
 }

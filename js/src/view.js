@@ -1,6 +1,6 @@
 // Shared widget frame: root, title, control helpers, plot lifecycle (newPlot once, then react), resize, theme.
 import Plotly from "./plotly.js";
-import { injectStyle } from "./style.js";
+import { adoptStyles, injectStyle } from "./style.js";
 import { readTheme, watchTheme } from "./theme.js";
 
 const CONFIG = { displaylogo: false, responsive: false, scrollZoom: false,
@@ -60,9 +60,8 @@ export function createFrame({ model, el, view }) {
   el.appendChild(root);
   // A focused control takes its own keys: the arrows, Home/End, PageUp/Down, Space and digits move a slider, a
   // dropdown or a number field, not JupyterLab's cell selection (its shortcuts listen on the document, so the key
-  // must not bubble there; lumino also skips targets inside data-lm-suppress-shortcuts).  Tab, Escape and
-  // modified keys (Ctrl+S, Shift+Enter) still reach the notebook.
-  controls.setAttribute("data-lm-suppress-shortcuts", "true");
+  // must not bubble there; where they listen in the capture phase, each control's data-lm-suppress-shortcuts makes
+  // lumino skip the key, see control()).  Tab, Escape and modified keys (Ctrl+S, Shift+Enter) still reach JupyterLab.
   const ownKeys = (ev) => {
     if (ev.target === controls || ev.key === "Tab" || ev.key === "Escape") return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey || (ev.shiftKey && ev.key === "Enter")) return;
@@ -107,7 +106,11 @@ export function createFrame({ model, el, view }) {
       input.dispatchEvent(new Event("change"));
     });
   }
+  /** Where the front end handles shortcuts in the capture phase (Notebook 7), lumino skips a key whose target
+   *  carries data-lm-suppress-shortcuts: every focusable control carries it. */
+  const ownsKeys = (node) => { node.setAttribute("data-lm-suppress-shortcuts", "true"); return node; };
   function control(label, ...inputs) {
+    for (const node of inputs) if (node.tagName !== "SPAN") ownsKeys(node);
     const wrap = h("label", { class: "lw-control" }, label ? h("span", { class: "lw-label", text: label }) : null,
                    ...inputs);
     controls.appendChild(wrap);
@@ -154,7 +157,7 @@ export function createFrame({ model, el, view }) {
     return input;
   }
   function button(cls, text, onClick, { kernel = true, parent } = {}) {
-    const b = h("button", { type: "button", class: cls, text });
+    const b = ownsKeys(h("button", { type: "button", class: cls, text }));
     b.addEventListener("click", onClick);
     b.disabled = offline && kernel;
     (parent || controls).appendChild(b);
@@ -214,6 +217,8 @@ export function createFrame({ model, el, view }) {
     if (panelChecked || !root.isConnected) return;
     panelChecked = true;
     attach.disconnect();
+    const home = root.getRootNode();
+    if (typeof ShadowRoot !== "undefined" && home instanceof ShadowRoot) adoptStyles(home);
     fillPanelHeight(el, root, plotDiv, cleanup);
   });
   attach.observe(root);

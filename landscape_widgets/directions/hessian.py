@@ -78,6 +78,7 @@ class HessianKind(DirectionKind):
 
     name = "hessian"
     needs = ("loss",)
+    preparing = "finding the Hessian's extreme eigenvectors (Lanczos)"
     default_normalization = DEFAULT_NORMALIZATION
     chooses_span = True
     max_count = 2

@@ -38,6 +38,7 @@ class DirectionKind:
     seeded = False
     chooses_span = False
     max_count = None
+    preparing = ""  # what a view says while the directions are made, when that takes a while
 
     def make(self, private, count, *, seed=0, normalization=None, ignore="biasbn", **needs) -> Made:
         raise NotImplementedError

@@ -108,6 +108,7 @@ class PCAKind(DirectionKind):
 
     name = "pca"
     needs = ("trajectory",)
+    preparing = "PCA of the trajectory"
     default_normalization = DEFAULT_NORMALIZATION
     chooses_span = True
 

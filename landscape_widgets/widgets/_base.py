@@ -17,6 +17,7 @@ import contextvars
 import copy
 import math
 import numbers
+import os
 import queue
 import sys
 import threading
@@ -146,8 +147,13 @@ def shared_bundle() -> Bundle:
 
 
 def references_work() -> bool:
-    """Whether the front end resolves widget references (Jupyter's widget manager does).  marimo renders each
-    anywidget on its own: there every widget carries the whole bundle."""
+    """Whether each widget may load the bundle from the shared :class:`Bundle` (a widget reference, resolved by
+    Jupyter's widget manager: JupyterLab, Notebook 7).  marimo renders each anywidget on its own and Colab's manager
+    is its own: there, and with ``LANDSCAPE_WIDGETS_SHARED_BUNDLE=0``, every widget carries the whole bundle."""
+    if os.environ.get("LANDSCAPE_WIDGETS_SHARED_BUNDLE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if "google.colab" in sys.modules:
+        return False
     marimo = sys.modules.get("marimo")
     try:
         return not (marimo is not None and marimo.running_in_notebook())

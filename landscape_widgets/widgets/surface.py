@@ -205,7 +205,9 @@ class SurfaceWidget(RandomDirectionWidget):
             return "trust_error", failure_panel(exc)
 
     def _pending_status(self, p):
-        return f"computing {p['resolution']}×{p['resolution']}…"
+        stage = KINDS[p["directions"]].preparing
+        grid = f"computing {p['resolution']}×{p['resolution']}…"
+        return f"{stage}, then {grid}" if stage else grid
 
     def _reset_partial(self):
         self._grid = None

@@ -89,9 +89,11 @@ def _write_settings(settings: Path):
 
 
 class LabServer:
-    """A JupyterLab server on 127.0.0.1 serving a temp copy of ``notebooks/`` (the repo's files stay untouched)."""
+    """A JupyterLab (or Notebook 7: ``app="notebook"``) server on 127.0.0.1 serving a temp copy of ``notebooks/``
+    (the repo's files stay untouched)."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, app="jupyterlab"):
+        self.app = app
         self.base = base
         self.root = base / "root"
         self.port = free_port()
@@ -112,10 +114,11 @@ class LabServer:
         env = dict(os.environ, **{k: str(v) for k, v in dirs.items()})
         # the kernel inherits this: the checkout's package is importable even without `pip install -e .`
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}", "--port-retries=0",
+        expose = "--LabApp.expose_app_in_browser=True" if self.app == "jupyterlab" else \
+            "--JupyterNotebookApp.expose_app_in_browser=True"
+        cmd = [sys.executable, "-m", self.app, "--no-browser", f"--port={self.port}", "--port-retries=0",
                "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.ip=127.0.0.1",
-               f"--ServerApp.root_dir={self.root}", "--LabApp.expose_app_in_browser=True", "--allow-root",
-               "--ServerApp.open_browser=False"]
+               f"--ServerApp.root_dir={self.root}", expose, "--allow-root", "--ServerApp.open_browser=False"]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -160,6 +163,15 @@ class LabServer:
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     server = LabServer(tmp_path_factory.mktemp("lab"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def notebook7(tmp_path_factory):
+    server = LabServer(tmp_path_factory.mktemp("nb7"), app="notebook")
     try:
         yield server.start()
     finally:
@@ -244,9 +256,11 @@ _KERNEL_READY_JS = """async () => {
 
 
 def open_notebook(page, lab, name, *, timeout=90_000):
-    """Open ``name`` in Lab and wait until its kernel is connected and idle (the only reliable signal)."""
+    """Open ``name`` in Lab (or Notebook 7) and wait until its kernel is connected and idle (the only reliable
+    signal)."""
     # ?reset: a fresh workspace, so notebooks of earlier tests are not reopened (each would start a kernel)
-    page.goto(f"{lab.url}/lab/tree/{name}?reset", timeout=timeout)
+    url = f"{lab.url}/lab/tree/{name}?reset" if lab.app == "jupyterlab" else f"{lab.url}/notebooks/{name}"
+    page.goto(url, timeout=timeout)
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
                            "&& window.jupyterapp.shell.currentWidget.sessionContext", timeout=timeout)
     state = page.evaluate(_KERNEL_READY_JS)
