@@ -45,6 +45,14 @@ function axis(theme, title, extra = {}) {
 }
 
 const COLORBAR_PX = 90; // the colorbar with its tick labels and title
+const NARROW_PX = 460;  // below this width (a side panel) the colorbar goes under the plot
+
+/** A narrow view (a side panel of 300 px) gives the plot the whole width: the colorbar lies flat under it. */
+export function colorbarBelow(layout, trace) {
+  trace.colorbar = { ...trace.colorbar, orientation: "h", x: 0.5, xanchor: "center", y: -0.16, yanchor: "top",
+                     thickness: 10, len: 0.9, title: { ...(trace.colorbar || {}).title, side: "top" } };
+  layout.margin = { ...layout.margin, l: Math.min(layout.margin.l, 56), r: 8, b: Math.max(layout.margin.b, 96) };
+}
 
 /** Equal units on both axes, the plot centred with its colorbar right beside it (plotly puts the colorbar at the
  *  edge of the whole figure, which left a wide gap after a square plot in a wide cell).  ``size``: the plot div in
@@ -52,6 +60,7 @@ const COLORBAR_PX = 90; // the colorbar with its tick labels and title
 export function placeBesideColorbar(layout, trace, xr, yr, size) {
   const m = layout.margin;
   const w = size.width - m.l - m.r, h = size.height - m.t - m.b;
+  if (size.width < NARROW_PX) { colorbarBelow(layout, trace); return; }
   if (!(w > COLORBAR_PX + 40 && h > 40)) return;
   const plotW = Math.min(w - COLORBAR_PX, h * Math.abs((xr[1] - xr[0]) / (yr[1] - yr[0] || 1)));
   const left = (w - COLORBAR_PX - plotW) / 2;
@@ -95,6 +104,12 @@ export function surfaceFigure(s, theme, size) {
                      aspectmode: "manual", aspectratio: { x: 1, y: 1, z: 0.6 },
                      camera: { eye: { x: 1.45, y: -1.45, z: 0.95 } } }; // initial only: uirevision keeps the user's
     layout.margin = { l: 0, r: 0, t: layout.margin.t, b: 0 };
+    if (size && size.width < NARROW_PX) {  // the 3-D scene takes the whole width of a side panel
+      colorbarBelow(layout, data[0]);
+      layout.margin = { l: 0, r: 0, t: layout.margin.t, b: 70 };
+      data[0].colorbar.y = -0.02;
+      layout.scene.camera = { eye: { x: 2.0, y: -2.0, z: 1.3 } };  // farther: the whole box in a tall, narrow view
+    }
   } else {
     const common = { x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE, connectgaps: false,
                      colorbar: { title: { text: zLabel }, thickness: 14 } };

@@ -160,3 +160,21 @@ describe("placeBesideColorbar", () => {
     expect(layout.xaxis.domain).toBeUndefined();
   });
 });
+
+describe("narrow views", () => {
+  it("put the colorbar under a plot narrower than a cell (a side panel)", () => {
+    const layout = { margin: { l: 60, r: 20, t: 28, b: 50 }, xaxis: {} };
+    const trace = { colorbar: { thickness: 14, title: { text: "log10 loss" } } };
+    placeBesideColorbar(layout, trace, [-1, 1], [-1, 1], { width: 300, height: 400 });
+    expect(trace.colorbar.orientation).toBe("h");
+    expect(layout.xaxis.domain).toBeUndefined();  // the plot keeps the whole width
+    expect(layout.margin.r).toBeLessThan(20);
+  });
+  it("give a 3-D surface the whole width of a side panel", () => {
+    const s = { losses: new Float32Array(4).buffer, alphas: new Float32Array([0, 1]).buffer,
+                betas: new Float32Array([0, 1]).buffer, shape: [2, 2], logScale: false, view: "surface" };
+    const fig = surfaceFigure(s, THEME, { width: 300, height: 400 });
+    expect(fig.data[0].colorbar.orientation).toBe("h");
+    expect(surfaceFigure(s, THEME, { width: 900, height: 400 }).data[0].colorbar.orientation).toBeUndefined();
+  });
+});
