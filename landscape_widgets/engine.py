@@ -37,6 +37,9 @@ class Problem:
     params: object
     device: torch.device
     tune_cache: dict = field(default_factory=dict)  # evaluator="auto"'s choices, kept for the next call
+    # the Hessian's extreme eigenvalues and trace, per weights fingerprint (hessian.api): a trust panel of the same
+    # weights costs only its curvature products
+    hessian_facts: dict = field(default_factory=dict)
     _copy: PrivateModel = field(default=None, repr=False)
 
     @property
@@ -57,7 +60,8 @@ class Problem:
 
     def copy(self) -> "Problem":
         """The same problem with a private copy of its own (a widget's worker thread never shares one)."""
-        return Problem(self.model, self.objective, self.data, self.params, self.device, self.tune_cache)
+        return Problem(self.model, self.objective, self.data, self.params, self.device, self.tune_cache,
+                       self.hessian_facts)
 
     def fingerprint(self) -> str:
         """SHA-256 of the moved weights as they are now."""

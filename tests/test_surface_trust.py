@@ -2,6 +2,7 @@
 against the dense Hessian's quadratic forms, the eigenvalues against eigvalsh, and its life cycle."""
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 import landscape_widgets as lw
@@ -111,3 +112,26 @@ def test_dashboard_shows_the_panel_once(case):
     assert alone.surface.trust["kappa"] == pytest.approx(d.spectrum.trust["kappa"], rel=1e-9)
     d.close()
     alone.close()
+
+
+def test_the_hessian_facts_of_the_weights_are_computed_once(case):
+    """A second plane's trust panel at the same weights costs only its two curvature products: lambda_max,
+    lambda_min and the trace are kept per weights fingerprint (and equal a fresh computation); new weights, a
+    looser-than-asked earlier panel or another seed compute them again."""
+    model, x, y, _ = case
+    ls = lw.Landscape(model, CE, (x, y))
+    first = ls.trust(ls.plane(resolution=3, seed=0, progress=False), trace_samples=10, progress=False)
+    second = ls.trust(ls.plane(resolution=3, seed=1, progress=False), trace_samples=10, progress=False)
+    assert not first["reused_hessian_facts"] and second["reused_hessian_facts"] and second["hvps"] == 2
+    fresh = lw.Landscape(model, CE, (x, y)).trust(ls.plane(resolution=3, seed=1, progress=False), trace_samples=10,
+                                                  progress=False)
+    for key in ("lambda_max", "lambda_min", "trace", "trace_stderr", "kappa"):
+        assert second[key] == fresh[key], key
+    assert not ls.trust(ls.plane(resolution=3, seed=1, progress=False), trace_samples=20,
+                        progress=False)["reused_hessian_facts"]  # more samples than any earlier panel
+    assert not ls.trust(ls.plane(resolution=3, seed=1, progress=False), trace_samples=10, seed=5,
+                        progress=False)["reused_hessian_facts"]
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    moved = ls.trust(ls.plane(resolution=3, seed=1, progress=False), trace_samples=10, progress=False)
+    assert not moved["reused_hessian_facts"] and moved["lambda_max"] != second["lambda_max"]

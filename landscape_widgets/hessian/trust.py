@@ -29,15 +29,15 @@ def hides_saddle(negative_curvature: bool, kappas) -> bool:
     return bool(negative_curvature and all(k > 0 for k in kappas))
 
 
-def trust_panel(op, directions, *, spectrum=None, lambdas=None, seed=0, trace_samples=99, tol=1e-6):
+def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed=0, trace_samples=99, tol=1e-6):
     """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; stored in ``surface.meta``).
 
-    ``spectrum`` (an ``lw.Spectrum`` at the same weights) or ``lambdas=(lambda_max, lambda_min)`` saves the
-    eigenvalue and trace computations.
+    ``spectrum`` (an ``lw.Spectrum`` at the same weights), ``lambdas=(lambda_max, lambda_min)`` and
+    ``trace=(trace, stderr)`` save the eigenvalue and trace computations.
     """
     h0 = op.hvps
     kappas = [curvature(op, d) for d in directions]
-    trace = stderr = None
+    trace, stderr = trace if trace is not None else (None, None)
     if spectrum is not None:
         lmax, lmin = spectrum.lambda_max, spectrum.lambda_min
         trace, stderr = spectrum.trace, spectrum.trace_stderr
