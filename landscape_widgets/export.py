@@ -63,6 +63,7 @@ html { color-scheme: light dark; }
 body { margin: 0; padding: 24px; background: #fff; color: #212121;
        font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
 @media (prefers-color-scheme: dark) { body { background: #111; color: #e6e6e6; } }
+@media (max-width: 480px) { body { padding: 8px; } }
 main { max-width: 980px; margin: 0 auto; display: flex; flex-direction: column; gap: 20px; }
 h1 { font-size: 20px; font-weight: 600; margin: 0; }
 .lw-page-info { margin: 0; font-size: 13px; opacity: 0.75; }

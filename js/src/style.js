@@ -6,7 +6,7 @@ const CSS = `
   --lw-input-bg: var(--jp-input-background, var(--lw-bg));
   font-family: var(--jp-ui-font-family, system-ui, -apple-system, "Segoe UI", Roboto, sans-serif);
   font-size: 13px; color: var(--lw-fg); background: var(--lw-bg); border: 1px solid var(--lw-border);
-  border-radius: 6px; padding: 10px 12px 8px; box-sizing: border-box; width: 100%; min-width: 280px; }
+  border-radius: 6px; padding: 10px 12px 8px; box-sizing: border-box; width: 100%; min-width: 240px; }
 @media (prefers-color-scheme: dark) { .lw-widget[data-offline="true"] { --lw-bg: #161616; --lw-fg: #e6e6e6;
   --lw-muted: #a0a0a0; --lw-border: #3a3a3a; --lw-input-bg: #222; } }
 .lw-widget * { box-sizing: border-box; }

@@ -221,3 +221,26 @@ def test_negative_control_requests_are_recorded(page, pages, tmp_path):
     page.evaluate(f"() => fetch('{url}/api/status').catch(() => null)")
     page.wait_for_function("() => window.__csp.length > 0")
     assert any(url in v for v in page.evaluate("window.__csp"))
+
+
+@pytest.mark.parametrize("view", ["surface", "contour"])
+def test_a_300_px_panel_shows_everything(page, pages, artifacts, view):
+    """A side panel 300 px wide: nothing overflows or is cut (controls, plot, trust panel, status), and the plot
+    gets the width: its colorbar lies under it."""
+    page.set_viewport_size({"width": 300, "height": 900})
+    blocked = open_offline(page, pages["surface"])
+    if view == "contour":
+        page.locator(".lw-view-select").select_option("contour")
+        page.wait_for_function("() => document.querySelector('.lw-plot').data[0].type === 'contour'")
+    page.wait_for_timeout(300)
+    overflow = page.evaluate("""() => Array.from(document.querySelectorAll(
+        '.lw-widget, .lw-controls, .lw-plot, .lw-trust, .lw-footer, .lw-status'))
+        .filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.className)""")
+    assert overflow == []
+    widget = page.locator(".lw-widget").bounding_box()
+    assert widget["x"] >= 0 and widget["x"] + widget["width"] <= 300
+    assert page.evaluate("() => document.querySelector('.lw-plot')._fullData[0].colorbar.orientation") == "h"
+    status = page.locator(".lw-status")
+    assert status.evaluate("el => el.scrollHeight <= el.clientHeight + 1")  # wrapped, not cut
+    page.screenshot(path=str(artifacts / f"offline-300px-{view}.png"), full_page=True)
+    assert_no_requests(page, blocked)
