@@ -52,6 +52,24 @@ def first_tensor_size(batch):
     return None
 
 
+def index_batch(obj, idx, n, depth=0):
+    """``obj`` with every tensor whose first dimension is ``n`` (the batch's samples) indexed by ``idx``."""
+    if depth > 4:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj[idx.to(obj.device)] if obj.ndim and obj.shape[0] == n else obj
+    if isinstance(obj, Mapping):
+        return {k: index_batch(v, idx, n, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(index_batch(v, idx, n, depth + 1) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(index_batch(v, idx, n, depth + 1) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: index_batch(getattr(obj, f.name), idx, n, depth + 1)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
 def _batch_size(inputs, targets) -> int:
     for obj in (targets, inputs):
         n = first_tensor_size(obj)
@@ -178,6 +196,37 @@ class DataSource:
             raise ValueError("data yielded no samples; pass a DataLoader or list with at least one non-empty batch")
         self.num_samples, self.num_batches = total, count
 
+    def subset(self, n, seed=0) -> "DataSource":
+        """A fixed subset of about ``n`` samples, the same at every call: of one batch, ``n`` samples drawn by a
+        private generator (seeded with ``seed``; the global RNG is untouched), in their order; of an iterable,
+        its first batches until they hold ``n`` samples, kept in memory.  ``self`` when it has no more."""
+        if self.single is not None:
+            total = self.num_samples
+            if total is None or n >= total:
+                return self
+            gen = torch.Generator().manual_seed(int(seed))
+            idx = torch.randperm(total, generator=gen)[:n].sort().values
+            x, y = self.single
+            picked = (index_batch(x, idx, total), None if y is None else index_batch(y, idx, total))
+            sub = DataSource(picked if self.pairs else picked[0], pairs=self.pairs)
+        else:
+            kept, count = [], 0
+            with kept_rng():
+                for batch in self.iterable:
+                    kept.append(batch)
+                    count += (_batch_size(*batch) if self.pairs else first_tensor_size(batch) or 1)
+                    if count >= n:
+                        break
+            sub = DataSource(kept, pairs=self.pairs)
+            if count < n:  # the whole data was read: no subset
+                return self
+            sub.num_samples, sub.num_batches = count, len(kept)
+        sub.subset_of = self.num_samples
+        return sub
+
     def describe(self) -> dict:
         kind = ("tensors" if self.pairs else "batch") if self.single is not None else type(self.iterable).__name__
-        return {"num_samples": self.num_samples, "num_batches": self.num_batches, "kind": kind}
+        out = {"num_samples": self.num_samples, "num_batches": self.num_batches, "kind": kind}
+        if getattr(self, "subset_of", False) is not False:
+            out["subset_of"] = self.subset_of
+        return out

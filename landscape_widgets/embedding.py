@@ -79,7 +79,8 @@ class Embedding(Result):
 
 def _is_trajectory(obj) -> bool:
     # by interface, not by class: trajectory.py (the records) imports this module for Trajectory.embed
-    return all(hasattr(obj, a) for a in ("names", "shapes", "record", "matrix", "columns", "__len__")) and not isinstance(obj, type)
+    needed = ("names", "shapes", "record", "matrix", "columns", "__len__")
+    return all(hasattr(obj, a) for a in needed) and not isinstance(obj, type)
 
 
 def check_trajectories(trajectories):

@@ -63,6 +63,11 @@ class Problem:
         return Problem(self.model, self.objective, self.data, self.params, self.device, self.tune_cache,
                        self.hessian_facts)
 
+    def on(self, data) -> "Problem":
+        """The same problem on other data (a subset for a preview): the private copy and the caches are shared,
+        except the Hessian facts, which depend on the data."""
+        return Problem(self.model, self.objective, data, self.params, self.device, self.tune_cache, {}, self._copy)
+
     def fingerprint(self) -> str:
         """SHA-256 of the moved weights as they are now."""
         return self.private().fingerprint()
@@ -129,7 +134,8 @@ def local_executor(problem: Problem, plan: Plan):
 def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cancel=None, progress=False, desc=None,
             store=None):
     """Run ``plan``'s tiles through ``executor`` (default :func:`local_executor`), resumably through the store
-    directory ``store``; returns the losses (flat, in ``plan.coords`` order) and the :class:`~landscape_widgets.driver.Execution`."""
+    directory ``store``; returns the losses (flat, in ``plan.coords`` order) and the
+    :class:`~landscape_widgets.driver.Execution`."""
     tiles = None
     if store is not None:
         tiles = open_store(store, run_settings(plan.kind, plan.private, problem.data, problem.objective, plan.dirs,

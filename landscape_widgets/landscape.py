@@ -63,16 +63,28 @@ class Landscape:
         self.device = resolve_device(device)
         self.problem = Problem(model, self.objective, self.data, params, self.device)
 
-    def _run(self, plan, *, callback, cancel, progress, desc, client=None, store=None):
+    def _run(self, plan, *, callback, cancel, progress, desc, client=None, store=None, problem=None):
         """Evaluate ``plan`` here or on Dask workers (``client``), resumably through ``store``: the losses and
         the executor's record as meta entries."""
+        problem = problem or self.problem
         executor = None
         if client is not None:
             from .distributed import DaskExecutor
-            executor = DaskExecutor(client, self.problem, plan)
-        losses, done = execute(self.problem, plan, executor=executor, callback=callback, cancel=cancel,
+            executor = DaskExecutor(client, problem, plan)
+        losses, done = execute(problem, plan, executor=executor, callback=callback, cancel=cancel,
                                progress=progress, desc=desc, store=store)
         return losses, done
+
+    def _on_samples(self, samples):
+        """The problem on a fixed subset of ``samples`` samples (made once per size), or on all the data."""
+        if samples is None:
+            return self.problem
+        samples = check_int(samples, "samples", low=1, hint=" (samples of a fixed random subset, or None for all)")
+        subsets = self.__dict__.setdefault("_subsets", {})
+        if samples not in subsets:
+            subsets[samples] = self.data.subset(samples)
+        data = subsets[samples]
+        return self.problem if data is self.data else self.problem.on(data)
 
     # -- public API -------------------------------------------------------------------------------------------
     def loss(self) -> float:
@@ -139,7 +151,7 @@ class Landscape:
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
               progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
-              trajectory=None, trust=False) -> Surface:
+              trajectory=None, trust=False, samples=None) -> Surface:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
@@ -155,13 +167,19 @@ class Landscape:
         record, its grid (unless ``span`` is given) and its path, reused as they are (no eigen-solve or PCA again).
         ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.meta["trust"]``.
 
+        ``samples``: the loss on a fixed random subset of that many samples instead of all the data (a quick
+        preview of a large data set; the same subset at every point and every call, drawn by a private generator;
+        a DataLoader gives its first batches).  ``meta["data"]`` then says ``num_samples`` and ``subset_of``.
+
         Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
-        "loop", "vmap" or "vmap:<rule>" (a layer rule of :mod:`landscape_widgets.gpu` by name); ``client`` a ``dask.distributed.Client`` (or :class:`~landscape_widgets.distributed.Workers`)
+        "loop", "vmap" or "vmap:<rule>" (a layer rule of :mod:`landscape_widgets.gpu` by name); ``client`` a
+        ``dask.distributed.Client`` (or :class:`~landscape_widgets.distributed.Workers`)
         evaluates tiles on Dask workers; ``store`` a directory where finished tiles are kept, so a killed run
         resumes where it stopped.
         """
         nx, ny = check_resolution(resolution)
         check_evaluator(evaluator)
+        problem = self._on_samples(samples)
         spans = None if span is None else check_span(span, "span", axes=2)
         timer = Timer()
         private = self.problem.private()
@@ -170,8 +188,8 @@ class Landscape:
             users = [k.name for k in KINDS.values() if "trajectory" in k.needs]
             raise ValueError(f"trajectory= is only used by direction kinds that follow a path ({', '.join(users)}); "
                              f"pass directions={users[0]!r} or leave trajectory out")
-        made = make_directions(directions, private, 2, argname="directions", seed=seed,
-                               normalization=normalization, ignore=ignore, **self._needs(kind, trajectory, cancel, progress))
+        made = make_directions(directions, private, 2, argname="directions", seed=seed, normalization=normalization,
+                               ignore=ignore, **self._needs(kind, trajectory, cancel, progress))
         (d1, d2), dmeta = made.dirs, made.meta
         (a0, a1), (b0, b1) = spans or made.span or check_span(1.0, "span", axes=2)
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
@@ -181,9 +199,9 @@ class Landscape:
         plan = Plan("plane", private, [d1, d2], coords, tile_size=1, evaluator=evaluator)
         plan.tile_size = grid_tile_size(ny, len(coords), TILE_POINTS if plan.executor == "vmap" else 64)
         losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="plane",
-                                 client=client, store=store)
+                                 client=client, store=store, problem=problem)
         losses = losses.reshape(nx, ny)
-        meta = self.problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
+        meta = problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
                                      timings=_timings(t_dir, timer(), nx * ny), **done.meta())
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
         surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done,

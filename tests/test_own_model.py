@@ -89,6 +89,19 @@ def test_model_output_loss_equals_explicit(as_attr):
         assert value == pytest.approx(ref.item(), rel=1e-5)
 
 
+def test_a_subset_of_a_dict_batch_indexes_every_per_sample_tensor():
+    """plane(samples=n) on an HF-style dict batch: every tensor with the batch's first dimension is indexed alike,
+    other entries are kept; equal to the plane on exactly those samples."""
+    x, y = _xy(n=20)
+    model = WithLoss()
+    ls = lw.Landscape(model, data={"x": x, "labels": y})
+    sub = ls.plane(resolution=3, samples=7, progress=False)
+    idx = torch.randperm(20, generator=torch.Generator().manual_seed(0))[:7].sort().values
+    ref = lw.Landscape(model, data={"x": x[idx], "labels": y[idx]}).plane(resolution=3, progress=False)
+    np.testing.assert_array_equal(sub.losses, ref.losses)
+    assert sub.meta["data"] == {"num_samples": 7, "num_batches": 1, "kind": "batch", "subset_of": 20}
+
+
 def test_model_output_without_loss_names_both_ways_out():
     x, _y = _xy()
     ls = lw.Landscape(WithLoss(), data={"x": x})

@@ -400,3 +400,40 @@ def test_model_fingerprint_is_sha256_of_names_shapes_dtypes_and_bytes():
         model[2].weight[1, 2] = torch.nextafter(model[2].weight[1, 2], torch.tensor(1.0))
     after = ls.plane(resolution=2, progress=False).meta["model_sha256"]
     assert after == reference(model) != before
+
+
+def test_a_plane_on_a_fixed_subset_of_the_samples(small):
+    """plane(samples=n): the loss on the same n samples at every point and call (a private generator: the global
+    RNG untouched), equal to the plane of a Landscape built on exactly those samples."""
+    model, (x, y) = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y))
+    rng = torch.get_rng_state()
+    sub = ls.plane(resolution=5, samples=16, progress=False)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert sub.meta["data"]["num_samples"] == 16 and sub.meta["data"]["subset_of"] == len(x)
+    np.testing.assert_array_equal(ls.plane(resolution=5, samples=16, progress=False).losses, sub.losses)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:16].sort().values
+    ref = lw.Landscape(model, nn.CrossEntropyLoss(), (x[idx], y[idx])).plane(resolution=5, progress=False)
+    np.testing.assert_array_equal(sub.losses, ref.losses)
+    full = ls.plane(resolution=5, progress=False)
+    assert "subset_of" not in full.meta["data"] and not np.array_equal(full.losses, sub.losses)
+    assert ls.plane(resolution=5, samples=10_000, progress=False).meta["data"]["num_samples"] == len(x)  # all
+    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, len(x), 8)]
+    first = lw.Landscape(model, nn.CrossEntropyLoss(), batches).plane(resolution=3, samples=12, progress=False)
+    two = lw.Landscape(model, nn.CrossEntropyLoss(), batches[:2]).plane(resolution=3, progress=False)
+    np.testing.assert_array_equal(first.losses, two.losses)  # an iterable: its first batches, 16 >= 12 samples
+    with pytest.raises(ValueError, match="samples"):
+        ls.plane(resolution=3, samples=0, progress=False)
+
+
+def test_the_surface_widget_previews_on_a_subset_and_says_so(small):
+    model, (x, y) = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y))
+    w = lw.SurfaceWidget(ls, resolution=13, preview_samples=16, trust=False)
+    try:
+        assert w.preview.meta["data"]["num_samples"] == 16 and w.surface.meta["data"]["num_samples"] == len(x)
+        assert "subset_of" not in w.surface.meta["data"]
+    finally:
+        w.close()
+    from landscape_widgets.widgets.surface import _on_subset
+    assert _on_subset(w.preview) == f" on 16 of {len(x)} samples" and _on_subset(w.surface) == ""

@@ -23,6 +23,7 @@ SPAN = (1e-3, 1e3)
 VIEWS = ("contour", "heatmap", "surface")
 SEEDS = (1, 16)  # seed spread: how many random planes at once ("does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
+PREVIEW_SAMPLES = 512  # ... on a fixed random subset of this many samples (all of them when there are fewer)
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
 
@@ -46,7 +47,8 @@ class SurfaceWidget(RandomDirectionWidget):
     """Live loss surface: resolution, seed, normalization, span, log scale and view (contour / heatmap / 3-D).
 
     Changing any compute control, in the browser or from Python (``w.resolution = 41``), recomputes in the kernel:
-    a 9x9 preview first, then the full grid streamed row by row.  ``w.surface`` is the latest full
+    a 9x9 preview first (on a fixed random subset of ``preview_samples`` samples, said in the status; None: all of
+    them), then the full grid on all the data, streamed row by row.  ``w.surface`` is the latest full
     :class:`~landscape_widgets.Surface`; ``w.wait()`` blocks until it is there.  ``compute={"client": client}``
     evaluates the full grids on Dask workers (docs/scaling.md); the previews stay in the kernel.
 
@@ -90,7 +92,8 @@ class SurfaceWidget(RandomDirectionWidget):
                                                                "_path_steps", "_path_losses", "_iqr", "_trust")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
-                 title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True):
+                 title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True,
+                 preview_samples=PREVIEW_SAMPLES):
         if not isinstance(directions, str) or directions not in KINDS:
             raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
         kind = KINDS[directions]
@@ -100,6 +103,10 @@ class SurfaceWidget(RandomDirectionWidget):
                              f"used by the kinds that follow a path ({', '.join(map(repr, users))})")
         if not isinstance(trust, (bool, np.bool_)):
             raise TypeError(f"trust must be True or False, got {trust!r}")
+        if preview_samples is not None:
+            preview_samples = check_int(preview_samples, "preview_samples", low=1,
+                                        hint=" (samples the coarse preview uses; None: all)")
+        self._preview_samples = preview_samples
         self._ls = private_landscape(ls)
         self._with_trust = bool(trust)
         self.trust = None  # the latest trust panel (dict), see Landscape.trust
@@ -168,7 +175,7 @@ class SurfaceWidget(RandomDirectionWidget):
         if p["resolution"] <= PREVIEW and p["seeds"] == 1:
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
-        preview = self._ls.plane(resolution=PREVIEW, **kw)
+        preview = self._ls.plane(resolution=PREVIEW, samples=self._preview_samples, **kw)
         emit("preview", preview)
         if p["seeds"] > 1:  # Böttcher & Wheeler's caveat made visible: K random planes, median and spread
             seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
@@ -226,7 +233,7 @@ class SurfaceWidget(RandomDirectionWidget):
             with self.hold_sync():  # the arrays last: an observer of _losses sees the state that goes with them
                 self._done, self._total = 0, n * n
                 self._state = "preview"
-                self._status = f"coarse {PREVIEW}×{PREVIEW} preview; computing {n}×{n}…"
+                self._status = f"coarse {PREVIEW}×{PREVIEW} preview{_on_subset(payload)}; computing {n}×{n}…"
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
             self._grid = None
             (a0, a1), (b0, b1) = payload.span
@@ -327,3 +334,11 @@ def controls_spec(kind) -> dict:
     own declaration (which controls change its directions), the limits and the normalizations."""
     return {"kind": kind.spec(), "limits": {"resolution": list(RESOLUTION), "span": list(SPAN), "seeds": list(SEEDS)},
             "normalizations": list(NORMALIZATIONS), "views": list(VIEWS)}
+
+
+def _on_subset(surf) -> str:
+    """' on 512 of 60,000 samples' for a preview computed on a subset of the data, else ''."""
+    data = surf.meta.get("data") or {}
+    if data.get("subset_of") is None:
+        return ""
+    return f" on {data['num_samples']:,} of {data['subset_of']:,} samples"
