@@ -23,7 +23,7 @@ SPAN = (1e-3, 1e3)
 VIEWS = ("contour", "heatmap", "surface")
 SEEDS = (1, 16)  # seed spread: how many random planes at once ("does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
-PREVIEW_SAMPLES = 512  # ... on a fixed random subset of this many samples (all of them when there are fewer)
+PREVIEW_SECONDS = 0.8  # ... on a fixed random subset small enough for the preview to take about this long
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
 
@@ -47,8 +47,9 @@ class SurfaceWidget(RandomDirectionWidget):
     """Live loss surface: resolution, seed, normalization, span, log scale and view (contour / heatmap / 3-D).
 
     Changing any compute control, in the browser or from Python (``w.resolution = 41``), recomputes in the kernel:
-    a 9x9 preview first (on a fixed random subset of ``preview_samples`` samples, said in the status; None: all of
-    them), then the full grid on all the data, streamed row by row.  ``w.surface`` is the latest full
+    a 9x9 preview first (on a fixed random subset of ``preview_samples`` samples, said in the status; "auto": as
+    many as make the preview take about 0.8 s, from the time of one pass over the data; None: all of them), then
+    the full grid on all the data, streamed row by row.  ``w.surface`` is the latest full
     :class:`~landscape_widgets.Surface`; ``w.wait()`` blocks until it is there.  ``compute={"client": client}``
     evaluates the full grids on Dask workers (docs/scaling.md); the previews stay in the kernel.
 
@@ -93,7 +94,7 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True,
-                 preview_samples=PREVIEW_SAMPLES):
+                 preview_samples="auto"):
         if not isinstance(directions, str) or directions not in KINDS:
             raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
         kind = KINDS[directions]
@@ -103,9 +104,9 @@ class SurfaceWidget(RandomDirectionWidget):
                              f"used by the kinds that follow a path ({', '.join(map(repr, users))})")
         if not isinstance(trust, (bool, np.bool_)):
             raise TypeError(f"trust must be True or False, got {trust!r}")
-        if preview_samples is not None:
+        if preview_samples not in (None, "auto"):
             preview_samples = check_int(preview_samples, "preview_samples", low=1,
-                                        hint=" (samples the coarse preview uses; None: all)")
+                                        hint=" (samples the coarse preview uses; 'auto' or None: all)")
         self._preview_samples = preview_samples
         self._ls = private_landscape(ls)
         self._with_trust = bool(trust)
@@ -175,7 +176,7 @@ class SurfaceWidget(RandomDirectionWidget):
         if p["resolution"] <= PREVIEW and p["seeds"] == 1:
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
-        preview = self._ls.plane(resolution=PREVIEW, samples=self._preview_samples, **kw)
+        preview = self._ls.plane(resolution=PREVIEW, samples=self._preview_size(), **kw)
         emit("preview", preview)
         if p["seeds"] > 1:  # Böttcher & Wheeler's caveat made visible: K random planes, median and spread
             seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
@@ -193,6 +194,20 @@ class SurfaceWidget(RandomDirectionWidget):
         # reused on the same grid
         surf = self._ls.plane(directions=preview, progress=False, cancel=cancel, **full)
         self._done_with_trust(surf, emit, cancel)
+
+    def _preview_size(self):
+        """``preview_samples``; "auto": a subset whose 81 points take about PREVIEW_SECONDS, from the time of one
+        pass over all the data (measured once per widget)."""
+        if self._preview_samples != "auto":
+            return self._preview_samples
+        if not hasattr(self, "_auto_preview"):
+            t = time.perf_counter()
+            self._ls.loss()
+            per_pass = max(time.perf_counter() - t, 1e-6)
+            n = self._ls.data.num_samples or 0
+            want = int(n * PREVIEW_SECONDS / (PREVIEW * PREVIEW * per_pass))
+            self._auto_preview = None if want >= n or n == 0 else max(1, want)
+        return self._auto_preview
 
     def _done_with_trust(self, surf, emit, cancel):
         """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products."""
@@ -295,11 +310,11 @@ class SurfaceWidget(RandomDirectionWidget):
                 self.surface.meta["trust"] = payload
                 self.surface.meta.pop("trust_error", None)
             with self.complete_sync():
+                self._trust = finite(payload)  # before the status: what reads the status sees the panel
                 hiding = payload.get("hides_saddle_seeds")
                 self._status = self._status.replace(" · trust panel: computing…", "") + (
                     "" if not payload.get("hides_saddle") else " · ⚠ this slice hides a saddle" if hiding is None
                     else f" · ⚠ the planes of {len(hiding)} of {len(payload['seeds'])} seeds hide a saddle")
-                self._trust = finite(payload)
         elif kind == "trust_error":
             self.trust, self.trust_error = None, payload["error"]
             if self.surface is not None:
