@@ -228,15 +228,16 @@ class Landscape:
                                     backend=backend, callback=callback, cancel=cancel, progress=progress)
 
     def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
-              progress=True) -> dict:
+              progress=True, callback=None) -> dict:
         """The trust panel of ``surface``: ``kappa`` (``d^T H d / ||d||^2`` per direction), ``lambda_max``,
         ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``hides_saddle`` (``lambda_min < 0``
         while both kappas are > 0; Böttcher & Wheeler 2022).  Pass ``spectrum`` to reuse its eigenvalues and trace.
-        ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
+        ``callback(partial)`` receives the panel as it grows (``partial: True``): the kappas first, then with the
+        eigenvalues.  ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
         ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
         """
         return hessian_api.trust(self.problem, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples,
-                                 tol=tol, cancel=cancel, progress=progress)
+                                 tol=tol, cancel=cancel, progress=progress, callback=callback)
 
     def seed_spread(self, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
         """The same plane for ``seeds`` (a count or a list): per-cell ``median`` and ``iqr`` and one ``sharpness``

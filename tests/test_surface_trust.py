@@ -135,3 +135,22 @@ def test_the_hessian_facts_of_the_weights_are_computed_once(case):
         next(model.parameters()).add_(0.01)
     moved = ls.trust(ls.plane(resolution=3, seed=1, progress=False), trace_samples=10, progress=False)
     assert not moved["reused_hessian_facts"] and moved["lambda_max"] != second["lambda_max"]
+
+
+def test_the_first_panel_arrives_as_it_grows(case):
+    """The widget's first trust panel shows the kappas first, then the eigenvalues, then everything; each step
+    equals the final panel's values."""
+    model, x, y, _ = case
+    w = lw.SurfaceWidget(lw.Landscape(model, CE, (x, y)), resolution=5)
+    steps = []
+    w.observe(lambda c: steps.append(dict(c["new"])), names=["_trust"])
+    try:
+        w.seed = 1  # a new plane (its facts are cached now: the steps come at once, in the same order)
+        w.wait()
+        grown = [s for s in steps if s]
+        assert [sorted(k for k in ("kappa", "lambda_max", "trace") if k in s) for s in grown] == [
+            ["kappa"], ["kappa", "lambda_max"], ["kappa", "lambda_max", "trace"]]
+        assert grown[0]["partial"] and grown[1]["partial"] and "partial" not in grown[2]
+        assert grown[0]["kappa"] == grown[2]["kappa"] and grown[1]["lambda_max"] == grown[2]["lambda_max"]
+    finally:
+        w.close()

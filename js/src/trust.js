@@ -41,8 +41,11 @@ export function trustRows(t) {
   } else {
     return [];
   }
+  // a panel still growing (partial: the kappas first, then the eigenvalues) shows "…" for what is still computing
+  const val = (v) => (t.partial && v === undefined ? "…" : fmt(v));
   const tr = Number.isFinite(t.trace_over_n_stderr) ? ` ± ${fmt(t.trace_over_n_stderr)}` : "";
-  rows.push(["λmax", fmt(t.lambda_max)], ["λmin", fmt(t.lambda_min)], ["tr(H)/N", `${fmt(t.trace_over_n)}${tr}`]);
+  rows.push(["λmax", val(t.lambda_max)], ["λmin", val(t.lambda_min)],
+            ["tr(H)/N", t.partial && t.trace_over_n === undefined ? "…" : `${fmt(t.trace_over_n)}${tr}`]);
   return rows;
 }
 

@@ -71,3 +71,12 @@ describe("fillTrustBox", () => {
     expect(box.children).toEqual([]);
   });
 });
+
+describe("a panel that grows", () => {
+  it("shows … for what is still computing, n/a only for what came out not finite", () => {
+    expect(trustRows({ kappa: [0.5, 0.25], partial: true })).toEqual(
+      [["κ(d1)", "0.5"], ["κ(d2)", "0.25"], ["λmax", "…"], ["λmin", "…"], ["tr(H)/N", "…"]]);
+    expect(trustRows({ kappa: [0.5, 0.25], partial: true, lambda_max: 2, lambda_min: null })).toEqual(
+      [["κ(d1)", "0.5"], ["κ(d2)", "0.25"], ["λmax", "2"], ["λmin", "n/a"], ["tr(H)/N", "…"]]);
+  });
+});

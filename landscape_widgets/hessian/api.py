@@ -69,7 +69,7 @@ def _same_weights(result, private, what):
 
 
 def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
-          progress=True) -> dict:
+          progress=True, callback=None) -> dict:
     spread = isinstance(surface, SeedSpread)
     if not spread and not isinstance(surface, Surface):
         raise TypeError(f"surface must be an lw.Surface (from Landscape.plane) or an lw.SeedSpread (from "
@@ -99,7 +99,8 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
     op = HessianOperator(private, problem.data, problem.objective, cancel=cancel)
     with op.progress("trust panel", _check_bool(progress, "progress")), op.running():
         panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
-                            tol=tol, trace=None if known is None else known["trace"])
+                            tol=tol, trace=None if known is None else known["trace"],
+                            report=None if spread else callback)
     if spectrum is None and known is None:
         _remember_facts(problem, private, seed, tol, trace_samples, panel)
     panel["reused_hessian_facts"] = known is not None

@@ -29,14 +29,19 @@ def hides_saddle(negative_curvature: bool, kappas) -> bool:
     return bool(negative_curvature and all(k > 0 for k in kappas))
 
 
-def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed=0, trace_samples=99, tol=1e-6):
+def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed=0, trace_samples=99, tol=1e-6,
+                report=None):
     """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; stored in ``surface.meta``).
 
     ``spectrum`` (an ``lw.Spectrum`` at the same weights), ``lambdas=(lambda_max, lambda_min)`` and
-    ``trace=(trace, stderr)`` save the eigenvalue and trace computations.
+    ``trace=(trace, stderr)`` save the eigenvalue and trace computations.  ``report(partial)`` receives the panel
+    as it grows, marked ``partial``: the curvatures first, then with the eigenvalues (the trace comes last).
     """
     h0 = op.hvps
+    N = op.num_parameters
     kappas = [curvature(op, d) for d in directions]
+    if report is not None:
+        report({"kappa": [float(k) for k in kappas], "num_parameters": N, "partial": True})
     trace, stderr = trace if trace is not None else (None, None)
     if spectrum is not None:
         lmax, lmin = spectrum.lambda_max, spectrum.lambda_min
@@ -47,9 +52,11 @@ def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed
         rng_top, rng_bottom, _, _ = seed_streams(seed)
         lmax = float(extreme_eigenpairs(op, 1, "LA", rng=rng_top, tol=tol)[0][0])
         lmin = float(extreme_eigenpairs(op, 1, "SA", rng=rng_bottom, tol=tol)[0][0])
+    if report is not None:
+        report({"kappa": [float(k) for k in kappas], "num_parameters": N, "partial": True,
+                "lambda_max": float(lmax), "lambda_min": float(lmin)})
     if trace is None:
         trace, stderr, _ = hutchinson_trace(op, trace_samples, rng=seed_streams(seed)[3])
-    N = op.num_parameters
     negative = lmin < -NEGATIVE_RTOL * abs(lmax)
     hides = hides_saddle(negative, kappas)
     return {"kappa": [float(k) for k in kappas], "lambda_max": float(lmax), "lambda_min": float(lmin),

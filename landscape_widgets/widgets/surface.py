@@ -185,7 +185,7 @@ class SurfaceWidget(RandomDirectionWidget):
                 callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw)
             emit("spread", spread)
             if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
-                emit(*self._trust_panel(spread, cancel))
+                emit(*self._trust_panel(spread, cancel, emit))
             return
         if KINDS[p["directions"]].seeded:  # made again from the seed: cheap
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
@@ -213,14 +213,15 @@ class SurfaceWidget(RandomDirectionWidget):
         """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products."""
         emit("done", surf)
         if self._with_trust:
-            emit(*self._trust_panel(surf, cancel))
+            emit(*self._trust_panel(surf, cancel, emit))
 
-    def _trust_panel(self, surf, cancel):
+    def _trust_panel(self, surf, cancel, emit=None):
         """("trust", panel), or ("trust_error", {error, detail}) when the Hessian-vector products fail: the panel
         is an addition to a plane already drawn, and its failure must not turn that plane into an error."""
         try:
             return "trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL,
-                                           progress=False)
+                                           progress=False,
+                                           callback=None if emit is None else lambda part: emit("trust_partial", part))
         except Cancelled:
             raise
         except Exception as exc:
@@ -304,6 +305,9 @@ class SurfaceWidget(RandomDirectionWidget):
                                 f"{self._describe(p, payload)}" + gaps_note(payload.losses)
                                 + (" · trust panel: computing…" if self._with_trust else ""))
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
+        elif kind == "trust_partial":  # the panel as it grows: the kappas, then the eigenvalues
+            with self.hold_sync():
+                self._trust = finite(payload)
         elif kind == "trust":
             self.trust, self.trust_error = payload, None
             if self.surface is not None:

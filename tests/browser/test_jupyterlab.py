@@ -98,7 +98,7 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         assert cell_errors(page) == []
         page.wait_for_selector(f"{panel} .lw-plot[data-rows='31'][data-state='done'] .gl-container canvas")
         # the widget lives in the side panel, not in the notebook
-        assert page.locator(f".jp-Notebook .lw-widget").count() == 0
+        assert page.locator(".jp-Notebook .lw-widget").count() == 0
         assert_plot_is_kernel_grid(page, panel, 31)
 
         width = lambda: page.evaluate(f"() => document.querySelector(\"{panel} .lw-plot\")._fullLayout.width")
