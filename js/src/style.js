@@ -27,7 +27,8 @@ const CSS = `
 .lw-plot { width: 100%; height: 440px; }
 .lw-widget[data-view="curve"] .lw-plot { height: 360px; }
 .lw-footer { display: flex; align-items: center; gap: 10px; min-height: 20px; margin-top: 4px; color: var(--lw-muted); }
-.lw-status { flex: 1 1 auto; overflow-wrap: anywhere; font-size: 12px; }  /* wraps in a narrow panel */
+.lw-status { flex: 1 1 auto; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; font-size: 12px; }
+.lw-widget[data-narrow="true"] .lw-status { white-space: normal; overflow-wrap: anywhere; }
 .lw-widget[data-state="preview"] .lw-status::before { content: "PREVIEW "; color: var(--lw-accent); font-weight: 600; }
 .lw-widget[data-state="stale"] .lw-plot { opacity: 0.55; transition: opacity 0.2s; }
 .lw-progress { flex: 0 0 160px; height: 10px; accent-color: var(--lw-accent); }

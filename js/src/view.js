@@ -3,6 +3,7 @@ import Plotly from "./plotly.js";
 import { adoptStyles, injectStyle } from "./style.js";
 import { readTheme, watchTheme } from "./theme.js";
 
+const NARROW_WIDGET_PX = 460; // a side panel: the status wraps instead of being cut (style.js)
 const CONFIG = { displaylogo: false, responsive: false, scrollZoom: false,
                  modeBarButtonsToRemove: ["select2d", "lasso2d", "sendDataToCloud"] };
 
@@ -82,6 +83,7 @@ export function createFrame({ model, el, view }) {
     const state = model.get("_state") || "";
     root.dataset.state = state;
     status.textContent = model.get("_status") || "";
+    status.title = status.textContent; // the whole line on hover where it is cut
     const total = model.get("_total") || 0;
     const done = model.get("_done") || 0;
     const running = !offline && (state === "stale" || state === "preview" || state === "partial");
@@ -166,7 +168,7 @@ export function createFrame({ model, el, view }) {
 
   // -- plot lifecycle --------------------------------------------------------------------------------------
   let build = null, created = false, busy = false, again = false, pending = false, deferred = false;
-  let alive = true, renders = 0, afterDraw = null, replotKey;
+  let alive = true, renders = 0, afterDraw = null, replotKey, builtSize = { width: 0, height: 0 };
   let theme = readTheme(root);
   async function flush() {
     pending = false;
@@ -176,7 +178,8 @@ export function createFrame({ model, el, view }) {
     deferred = false;
     busy = true;
     try {
-      const fig = build(theme, { width: plotDiv.clientWidth, height: plotDiv.clientHeight });
+      builtSize = { width: plotDiv.clientWidth, height: plotDiv.clientHeight };
+      const fig = build(theme, builtSize);
       if (!fig) return;
       // fig.replotKey (optional): when it changes, a fresh newPlot instead of react (see figure.js)
       if (!created || (fig.replotKey !== undefined && fig.replotKey !== replotKey)) {
@@ -204,10 +207,15 @@ export function createFrame({ model, el, view }) {
   let resizeTimer = null;
   const ro = new ResizeObserver(() => {
     if (!alive) return;
+    root.dataset.narrow = String(root.clientWidth < NARROW_WIDGET_PX);
     if (deferred || !created) { request(); return; }
     clearTimeout(resizeTimer);
-    // a rebuild, not only Plots.resize: the surface places its colorbar by the plot's size in pixels
-    resizeTimer = setTimeout(() => { if (alive && created && plotDiv.clientWidth > 0) request(); }, 60);
+    // a rebuild when the plot itself changed size (the surface places its colorbar by the plot's size in
+    // pixels); the widget growing around it (a status on two lines) redraws nothing
+    resizeTimer = setTimeout(() => {
+      if (!alive || !created || plotDiv.clientWidth === 0) return;
+      if (plotDiv.clientWidth !== builtSize.width || plotDiv.clientHeight !== builtSize.height) request();
+    }, 60);
   });
   ro.observe(root);
   cleanup(() => { ro.disconnect(); clearTimeout(resizeTimer); });

@@ -101,16 +101,19 @@ def test_the_widget_does_not_shrink_while_it_recomputes(lab, page, artifacts):
         page.wait_for_timeout(300)
         height = page.locator(SURFACE).bounding_box()["height"]
         # sample the widget's height every animation frame from the change until the trust panel is back
-        page.evaluate(f"""() => {{ window.__lwHeights = [];
+        page.evaluate(f"""() => {{ window.__lwHeights = []; window.__lwUpdating = [];
             const el = document.querySelector("{SURFACE}");
+            const trust = el.querySelector(".lw-trust");
+            new MutationObserver(() => window.__lwUpdating.push(trust.dataset.updating))
+              .observe(trust, {{ attributes: true, attributeFilter: ["data-updating"] }});
             const tick = () => {{ window.__lwHeights.push(el.getBoundingClientRect().height);
                                   if (window.__lwHeights.length < 100000) requestAnimationFrame(tick); }};
             requestAnimationFrame(tick); }}""")
         page.locator(f"{SURFACE} .lw-resolution").fill("15")
-        page.wait_for_selector(f"{SURFACE} .lw-trust[data-updating='true']")
-        page.locator(SURFACE).screenshot(path=str(artifacts / "lab-trust-updating.png"))
         page.wait_for_selector(f"{SURFACE} .lw-plot[data-rows='15'][data-state='done']")
         page.wait_for_selector(f"{SURFACE} .lw-trust[data-updating='false']:not([hidden])", timeout=120_000)
+        assert "true" in page.evaluate("() => window.__lwUpdating")  # it said "updating" in its place
+        page.locator(SURFACE).screenshot(path=str(artifacts / "lab-trust-after-update.png"))
         heights = page.evaluate("() => window.__lwHeights")
         assert len(heights) > 5
         assert min(heights) >= height - 1, (height, min(heights))
