@@ -180,6 +180,7 @@ class PrivateModel:
         if floats != set(self.params) or set(src_buffers) != set(self.buffers):
             raise RuntimeError("the model's parameters or buffers changed since the Landscape was created; "
                                "create a new lw.Landscape for the new architecture")
+        self._fingerprint = None  # of the weights copied now (fingerprint())
         with torch.no_grad():
             self.base = {}
             for n, p in self.params.items():
@@ -213,7 +214,13 @@ class PrivateModel:
                 "total_parameters": self.total_parameters, "params_rule": self.params_rule}
 
     def fingerprint(self) -> str:
-        """SHA-256 over names, shapes and bytes of the base weights and buffers (run provenance)."""
+        """SHA-256 over names, shapes and bytes of the base weights and buffers (run provenance); computed once
+        per :meth:`refresh` (a call's meta, store key, trust-panel checks and Hessian facts all ask for it)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._hash()
+        return self._fingerprint
+
+    def _hash(self) -> str:
         h = hashlib.sha256()
         for store in (self.base, self.base_buffers):
             for n in sorted(store):

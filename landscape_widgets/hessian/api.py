@@ -110,8 +110,9 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
 def _known_facts(problem, private, seed, tol, trace_samples):
     """lambda_max, lambda_min and the trace of these weights, data and loss from an earlier panel of this problem
     that was at least as accurate (same seed, ``tol`` no looser, no fewer trace samples), else None."""
+    now = private.fingerprint()
     for (sha, s, t, n), facts in problem.hessian_facts.items():
-        if sha == private.fingerprint() and s == seed and t <= tol and n >= trace_samples:
+        if sha == now and s == seed and t <= tol and n >= trace_samples:
             return facts
     return None
 
