@@ -9,6 +9,15 @@ from helpers import SmallNet, small_data
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def previews_on_all_the_data(monkeypatch):
+    """Tests compare previews with planes on all the data: the "auto" preview subset, sized by a timing, would make
+    them depend on the machine's speed (tests of the subset set PREVIEW_SECONDS themselves)."""
+    from landscape_widgets.widgets import surface
+
+    monkeypatch.setattr(surface, "PREVIEW_SECONDS", float("inf"))
+
+
 @pytest.fixture
 def tune_small_tiles(monkeypatch):
     """Let "auto" tune on the tests' small tiles (tens of points) as it does on a plane's 512-point tiles."""

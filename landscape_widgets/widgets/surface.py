@@ -205,8 +205,8 @@ class SurfaceWidget(RandomDirectionWidget):
             self._ls.loss()
             per_pass = max(time.perf_counter() - t, 1e-6)
             n = self._ls.data.num_samples or 0
-            want = int(n * PREVIEW_SECONDS / (PREVIEW * PREVIEW * per_pass))
-            self._auto_preview = None if want >= n or n == 0 else max(1, want)
+            want = n * PREVIEW_SECONDS / (PREVIEW * PREVIEW * per_pass)
+            self._auto_preview = None if want >= n or n == 0 else max(1, int(want))
         return self._auto_preview
 
     def _done_with_trust(self, surf, emit, cancel):

@@ -237,6 +237,17 @@ def page(browser, request):
         context.close()
 
 
+def small_surface_cell(title: str) -> str:
+    """A code cell with a fast surface widget (untrained digits MLP, 256 samples, 9 x 9) named ``surface``."""
+    return f"""import torch
+import landscape_widgets as lw
+from landscape_widgets import examples
+x, y = examples.digits()
+ls = lw.Landscape(examples.digits_mlp(seed=0), torch.nn.CrossEntropyLoss(), (x[:256], y[:256]), device="cpu")
+surface = lw.SurfaceWidget(ls, resolution=9, span=1.0, title={title!r})
+surface"""
+
+
 # -- JupyterLab helpers -----------------------------------------------------------------------------------------
 _KERNEL_READY_JS = """async () => {
   const app = window.jupyterapp;

@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import cell_errors, close_notebook, kernel_print, open_notebook, run_all, wait_idle_after_run
+from conftest import (cell_errors, close_notebook, kernel_print, open_notebook, run_all, small_surface_cell,
+                      wait_idle_after_run)
 
 pytestmark = pytest.mark.browser
 
@@ -130,13 +131,7 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         close_notebook(page)
 
 
-VIEWS_NB = """import torch
-import landscape_widgets as lw
-from landscape_widgets import examples
-x, y = examples.digits()
-ls = lw.Landscape(examples.digits_mlp(seed=0), torch.nn.CrossEntropyLoss(), (x[:256], y[:256]), device="cpu")
-surface = lw.SurfaceWidget(ls, resolution=9, span=1.0, title="two views of one model")
-surface"""
+VIEWS_NB = small_surface_cell("two views of one model")
 
 
 def small_notebook(lab, name):

@@ -7,19 +7,13 @@ import json
 
 import nbformat
 import pytest
-from conftest import close_notebook, kernel_print, open_notebook, run_all, wait_idle_after_run
+from conftest import close_notebook, kernel_print, open_notebook, run_all, small_surface_cell, wait_idle_after_run
 
 pytestmark = pytest.mark.browser
 
 FIRST_RENDER_MS = 240_000
 SURFACE = ".jp-Notebook .jp-OutputArea .lw-widget[data-view='surface']"
-WIDGET_CELL = """import torch
-import landscape_widgets as lw
-from landscape_widgets import examples
-x, y = examples.digits()
-ls = lw.Landscape(examples.digits_mlp(seed=0), torch.nn.CrossEntropyLoss(), (x[:256], y[:256]), device="cpu")
-surface = lw.SurfaceWidget(ls, resolution=9, span=1.0, title="keyboard")
-surface"""
+WIDGET_CELL = small_surface_cell("keyboard")
 
 
 def keyboard_notebook(lab, name):
@@ -42,14 +36,19 @@ def notebook_state(page):
                 document.querySelectorAll('.jp-Notebook .jp-Cell:not(.lm-mod-hidden)').length]; }""")
 
 
+def open_rendered(page, lab, name):
+    """The keyboard notebook opened, run, its plane and trust panel drawn, the kernel idle."""
+    keyboard_notebook(lab, name)
+    open_notebook(page, lab, name)
+    run_all(page)
+    page.wait_for_selector(f"{SURFACE} .lw-plot[data-rows='9'][data-state='done']", timeout=FIRST_RENDER_MS)
+    page.wait_for_selector(f"{SURFACE} .lw-trust:not([hidden])", timeout=FIRST_RENDER_MS)
+    wait_idle_after_run(page)
+
+
 def test_every_control_takes_its_own_keys(lab, page, artifacts):
-    keyboard_notebook(lab, "keyboard.ipynb")
-    open_notebook(page, lab, "keyboard.ipynb")
     try:
-        run_all(page)
-        page.wait_for_selector(f"{SURFACE} .lw-plot[data-rows='9'][data-state='done']", timeout=FIRST_RENDER_MS)
-        wait_idle_after_run(page)
-        page.wait_for_selector(f"{SURFACE} .lw-trust:not([hidden])", timeout=FIRST_RENDER_MS)
+        open_rendered(page, lab, "keyboard.ipynb")
 
         slider = page.locator(f"{SURFACE} .lw-resolution")
         slider.click()  # mouse focus, as a user does
@@ -91,13 +90,8 @@ def test_every_control_takes_its_own_keys(lab, page, artifacts):
 
 
 def test_the_widget_does_not_shrink_while_it_recomputes(lab, page, artifacts):
-    keyboard_notebook(lab, "layout.ipynb")
-    open_notebook(page, lab, "layout.ipynb")
     try:
-        run_all(page)
-        page.wait_for_selector(f"{SURFACE} .lw-plot[data-rows='9'][data-state='done']", timeout=FIRST_RENDER_MS)
-        page.wait_for_selector(f"{SURFACE} .lw-trust:not([hidden])", timeout=FIRST_RENDER_MS)
-        wait_idle_after_run(page)
+        open_rendered(page, lab, "layout.ipynb")
         page.wait_for_timeout(300)
         height = page.locator(SURFACE).bounding_box()["height"]
         # sample the widget's height every animation frame from the change until the trust panel is back

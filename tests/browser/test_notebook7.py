@@ -7,18 +7,13 @@ import json
 import nbformat
 import numpy as np
 import pytest
-from conftest import cell_errors, close_notebook, kernel_print, open_notebook, run_all, wait_idle_after_run
+from conftest import (cell_errors, close_notebook, kernel_print, open_notebook, run_all, small_surface_cell,
+                      wait_idle_after_run)
 
 pytestmark = pytest.mark.browser
 
 SURFACE = ".jp-Notebook .jp-OutputArea .lw-widget[data-view='surface']"
-CELL = """import torch
-import landscape_widgets as lw
-from landscape_widgets import examples
-x, y = examples.digits()
-ls = lw.Landscape(examples.digits_mlp(seed=0), torch.nn.CrossEntropyLoss(), (x[:256], y[:256]), device="cpu")
-surface = lw.SurfaceWidget(ls, resolution=9, title="Notebook 7")
-surface"""
+CELL = small_surface_cell("Notebook 7")
 
 
 def test_notebook7_renders_and_recomputes(notebook7, page, artifacts):

@@ -46,6 +46,15 @@ def test_spectrum_and_trust_equal_dense_hessian(name):
         spec = ls.spectrum(k=3, bottom=2, density=False, trace=True, **_trace_kwargs(len(H)))
         surf = ls.plane(resolution=(3, 3), ignore=None, progress=False, evaluator="loop")
         panel = ls.trust(surf)
+        # another plane at the same weights: the Hessian facts are reused, only its two curvatures are computed
+        surf2 = ls.plane(resolution=(3, 3), ignore=None, seed=1, progress=False, evaluator="loop")
+        panel2 = ls.trust(surf2)
+    assert panel2["reused_hessian_facts"] and panel2["hvps"] == 2
+    for key in ("lambda_max", "lambda_min", "trace", "trace_stderr"):
+        assert panel2[key] == panel[key], key
+    for d, kappa in zip(surf2.directions, panel2["kappa"]):
+        v = Reference.flat(normalize_dict(d, ref.model), moved)
+        assert kappa == pytest.approx(v @ H @ v / (v @ v), rel=1e-3, abs=1e-5 * scale)
     assert spec.meta["moved_parameters"] == len(H)
     np.testing.assert_allclose(spec.top_eigenvalues, ev[::-1][:3], rtol=1e-3, atol=1e-4 * scale)
     np.testing.assert_allclose(spec.bottom_eigenvalues, ev[:2], rtol=1e-3, atol=1e-4 * scale)
