@@ -44,6 +44,19 @@ function axis(theme, title, extra = {}) {
            color: theme.foreground, ...extra };
 }
 
+/** Ticks of the 3-D z axis: about ``n`` round values, none in the lowest sixth of the range, where plotly puts
+ *  the z axis's foot next to the α axis's end label and their labels overlapped. */
+export function zTicks(rows, n = 5) {
+  let lo = Infinity, hi = -Infinity;
+  for (const row of rows) for (const v of row) if (v != null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  if (!(hi > lo)) return {};
+  const raw = (hi - lo) / n, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((f) => f * mag).find((s) => s >= raw);
+  const floor = lo + (hi - lo) / 6, tickvals = [];
+  for (let k = Math.ceil(floor / step); k * step <= hi + 1e-9 * step; k++) tickvals.push(+(k * step).toPrecision(12));
+  return tickvals.length >= 2 ? { tickmode: "array", tickvals } : {};
+}
+
 const COLORBAR_PX = 90; // the colorbar with its tick labels and title
 const NARROW_PX = 460;  // below this width (a side panel) the colorbar goes under the plot
 
@@ -100,7 +113,7 @@ export function surfaceFigure(s, theme, size) {
     data = [{ type: "surface", x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE,
               connectgaps: false, colorbar: { title: { text: zLabel }, thickness: 14 } }];
     layout.scene = { uirevision: UIREVISION, bgcolor: theme.background,
-                     xaxis: axis(theme, "α"), yaxis: axis(theme, "β"), zaxis: axis(theme, zLabel),
+                     xaxis: axis(theme, "α"), yaxis: axis(theme, "β"), zaxis: axis(theme, zLabel, zTicks(z)),
                      aspectmode: "manual", aspectratio: { x: 1, y: 1, z: 0.6 },
                      camera: { eye: { x: 1.45, y: -1.45, z: 0.95 } } }; // initial only: uirevision keeps the user's
     layout.margin = { l: 0, r: 0, t: layout.margin.t, b: 0 };

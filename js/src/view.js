@@ -34,6 +34,7 @@ function fillPanelHeight(el, root, plotDiv, cleanup) {
   };
   const ro = new ResizeObserver(fit);
   ro.observe(panel);
+  ro.observe(root);  // the trust panel or a warning arriving later takes height from the plot, not from view
   cleanup(() => ro.disconnect());
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { curveFigure, escapeForPlotly, logTicks, placeBesideColorbar, surfaceFigure, UIREVISION, withAlpha } from "../src/figure.js";
+import { curveFigure, escapeForPlotly, logTicks, placeBesideColorbar, surfaceFigure, UIREVISION, withAlpha, zTicks } from "../src/figure.js";
 
 const THEME = { background: "rgb(255, 255, 255)", foreground: "rgb(0, 0, 0)", muted: "rgb(9, 9, 9)",
                 grid: "rgb(200, 200, 200)", fontFamily: "sans-serif" };
@@ -176,5 +176,23 @@ describe("narrow views", () => {
     const fig = surfaceFigure(s, THEME, { width: 300, height: 400 });
     expect(fig.data[0].colorbar.orientation).toBe("h");
     expect(surfaceFigure(s, THEME, { width: 900, height: 400 }).data[0].colorbar.orientation).toBeUndefined();
+  });
+});
+
+describe("zTicks", () => {
+  it("gives round ticks inside the range, none in its lowest sixth (where the alpha axis label sits)", () => {
+    const { tickmode, tickvals } = zTicks([[-2.6, -1], [0.3, 1.05], [NaN, null]]);
+    expect(tickmode).toBe("array");
+    expect(tickvals).toEqual([-1, 0, 1]);
+    const lo = -2.6, hi = 1.05;
+    for (const v of tickvals) { expect(v).toBeGreaterThanOrEqual(lo + (hi - lo) / 6); expect(v).toBeLessThanOrEqual(hi); }
+  });
+  it("leaves plotly's ticks when the data are flat or empty", () => {
+    expect(zTicks([[1, 1]])).toEqual({});
+    expect(zTicks([[NaN]])).toEqual({});
+  });
+  it("is what the 3-D view's z axis uses", () => {
+    const { layout } = surfaceFigure(surfaceState({ view: "surface" }), THEME, { width: 800, height: 500 });
+    expect(layout.scene.zaxis.tickvals).toEqual(zTicks([[0, 1], [1, 2], [2, NaN]]).tickvals);
   });
 });
