@@ -107,7 +107,9 @@ export function surfaceFigure(s, theme, size) {
   const zLabel = s.logScale ? "log10 loss" : "loss";
   const hovertemplate = "α %{x:.3f}<br>β %{y:.3f}<br>loss %{text}<extra></extra>";
   const layout = baseLayout(theme);
-  const fig = { data: null, layout, replotKey: "surface" };
+  // entering or leaving a narrow panel draws the 3-D scene afresh with the camera made for that shape
+  const narrow3d = s.view === "surface" && size && size.width < NARROW_PX;
+  const fig = { data: null, layout, replotKey: narrow3d ? "surface-narrow" : "surface" };
   let data;
   if (s.view === "surface") {
     data = [{ type: "surface", x: xs, y: ys, z, text, hovertemplate, colorscale: COLORSCALE,
@@ -149,7 +151,18 @@ export function surfaceFigure(s, theme, size) {
                   hovertemplate: "step %{customdata[0]}<br>α %{x:.3f}, β %{y:.3f}<br>recorded loss %{customdata[1]}<extra>path</extra>",
                   showlegend: false });
     }
-    if (xs.length && xs[0] <= 0 && xs[xs.length - 1] >= 0 && ys[0] <= 0 && ys[ys.length - 1] >= 0) {
+    const marks = Array.isArray(s.marks) ? s.marks : [];
+    if (marks.length) {
+      // other models on a plane through models: labelled markers at their coordinates, their loss on hover
+      data.push({ type: "scatter", mode: "markers+text", name: "models",
+                  x: marks.map((m) => m.alpha), y: marks.map((m) => m.beta),
+                  text: marks.map((m) => escapeForPlotly(m.label)), textposition: "top center",
+                  textfont: { color: theme.foreground },
+                  customdata: marks.map((m) => formatLoss(m.loss == null ? NaN : m.loss)),
+                  marker: { symbol: "circle", size: 9, color: theme.background, line: { width: 2, color: theme.foreground } },
+                  hovertemplate: "%{text}<br>α %{x:.3f}, β %{y:.3f}<br>loss %{customdata}<extra>model</extra>",
+                  showlegend: false });
+    } else if (xs.length && xs[0] <= 0 && xs[xs.length - 1] >= 0 && ys[0] <= 0 && ys[ys.length - 1] >= 0) {
       data.push({ type: "scatter", mode: "markers", x: [0], y: [0], name: "model",
                   marker: { symbol: "x", size: 9, color: theme.foreground, line: { width: 1 } },
                   hovertemplate: "the model's weights<extra></extra>", showlegend: false });

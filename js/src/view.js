@@ -179,11 +179,18 @@ export function createFrame({ model, el, view }) {
     deferred = false;
     busy = true;
     try {
-      builtSize = { width: plotDiv.clientWidth, height: plotDiv.clientHeight };
+      const size = { width: plotDiv.clientWidth, height: plotDiv.clientHeight };
+      const resized = size.width !== builtSize.width || size.height !== builtSize.height;
+      builtSize = size;
       const fig = build(theme, builtSize);
       if (!fig) return;
+      // a 3-D scene that changed size is drawn afresh, with the user's camera: after Plotly.react its WebGL
+      // scene kept the old viewport and drew tiny or cut after a side panel was resized
+      const rekeyed = fig.replotKey !== undefined && fig.replotKey !== replotKey;
+      const camera = fig.layout.scene && created && resized && !rekeyed ? plotDiv._fullLayout?.scene?.camera : null;
+      if (camera) fig.layout.scene.camera = JSON.parse(JSON.stringify(camera));
       // fig.replotKey (optional): when it changes, a fresh newPlot instead of react (see figure.js)
-      if (!created || (fig.replotKey !== undefined && fig.replotKey !== replotKey)) {
+      if (!created || camera || rekeyed) {
         await Plotly.newPlot(plotDiv, fig.data, fig.layout, CONFIG);
         created = true;
       } else await Plotly.react(plotDiv, fig.data, fig.layout, CONFIG);

@@ -101,6 +101,8 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         # the widget lives in the side panel, not in the notebook
         assert page.locator(".jp-Notebook .lw-widget").count() == 0
         assert_plot_is_kernel_grid(page, panel, 31)
+        page.wait_for_selector(f"{panel} .lw-trust .lw-trust-item")
+        assert clipped(page, panel) == []  # at 1280 x 900: controls, plot, trust line and status all in view
 
         width = lambda: page.evaluate(f"() => document.querySelector(\"{panel} .lw-plot\")._fullLayout.width")
         grown = f"""w => {{
@@ -125,10 +127,80 @@ def test_sidecar_panel_renders_and_resizes(lab, page, artifacts):
         height = page.evaluate(f"() => document.querySelector(\"{panel} .lw-plot\")._fullLayout.height")
         assert height > 0.6 * page.viewport_size["height"]
         page.wait_for_timeout(300)
+        page.wait_for_function(f"() => ({SCENE_FITS})(document.querySelector(\"{panel} .lw-plot\"))", timeout=10_000)
+        assert_scene_drawn_whole(page, panel)
         page.screenshot(path=str(artifacts / "lab-sidepanel.png"))
+        # the user drags the split until the panel is 300 px wide: the widget fits what it is given
+        box = handle.bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        right = page.evaluate("() => document.querySelector('#jp-main-dock-panel').getBoundingClientRect().right")
+        page.mouse.move(right - 300 - box["width"] / 2, box["y"] + box["height"] / 2, steps=10)
+        page.mouse.up()
+        page.wait_for_function(f"""() => {{
+          const gd = document.querySelector("{panel} .lw-plot");
+          return gd._fullLayout.width < 320 && Math.abs(gd._fullLayout.width - gd.clientWidth) < 4
+                 && gd._fullData[0].colorbar.orientation === "h";
+        }}""")
+        page.wait_for_timeout(300)
+        dock = page.evaluate(f"() => document.querySelector(\"{panel}\").closest('.lm-DockPanel-widget')"
+                             ".getBoundingClientRect().width")
+        assert 290 <= dock <= 310, dock
+        assert clipped(page, panel) == []
+        page.wait_for_function(f"() => ({SCENE_FITS})(document.querySelector(\"{panel} .lw-plot\"))", timeout=10_000)
+        assert_scene_drawn_whole(page, panel)
+        page.screenshot(path=str(artifacts / "lab-sidepanel-300px.png"))
         assert page.recorder.errors == []
     finally:
         close_notebook(page)
+
+
+# the 3-D scene's WebGL canvas covers the plot area (_size: after plotly's automargin)
+SCENE_FITS = """gd => {
+  const area = gd._fullLayout._size, c = gd.querySelector(".gl-container canvas");
+  return !!c && Math.abs(c.clientHeight - area.h) <= 2 && Math.abs(c.clientWidth - area.w) <= 2;
+}"""
+
+
+def assert_scene_drawn_whole(page, widget):
+    """The coloured surface fills a good part of the 3-D plot area and is not cut at its sides (after a resize
+    the scene once drew tiny in a corner, or cut at the left, with its canvas the right size)."""
+    import io
+
+    from PIL import Image
+    plot = page.locator(f"{widget} .lw-plot")
+    area = plot.evaluate("gd => gd._fullLayout._size")
+    img = np.asarray(Image.open(io.BytesIO(plot.screenshot())).convert("RGB")).astype(int)
+    scene = img[int(area["t"]):int(area["t"] + area["h"]), int(area["l"]):int(area["l"] + area["w"])]
+    coloured = (scene.max(axis=2) - scene.min(axis=2)) > 60  # the viridis surface; axes and text are grey
+    cols, rows = np.flatnonzero(coloured.any(axis=0)), np.flatnonzero(coloured.any(axis=1))
+    assert cols.size and rows.size, "no surface drawn"
+    width, height = cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1
+    assert width >= 0.35 * area["w"] and height >= 0.25 * area["h"], (width, height, area)
+    assert cols[0] > 2 and cols[-1] < scene.shape[1] - 3, (cols[0], cols[-1], scene.shape)
+
+
+def clipped(page, widget):
+    """The parts of ``widget`` (controls, plot, trust panel, status) that are cut: wider than their box, or not
+    inside the visible area of the panel that holds the widget."""
+    return page.evaluate("""sel => {
+      const root = document.querySelector(sel);
+      let view = root.parentElement;  // the nearest ancestor that clips: the panel (or the window)
+      while (view && getComputedStyle(view).overflow === "visible") view = view.parentElement;
+      const vb = (view || document.documentElement).getBoundingClientRect();
+      const out = [];
+      for (const el of root.querySelectorAll(".lw-controls, .lw-plot, .lw-trust, .lw-status")) {
+        const b = el.getBoundingClientRect();
+        // a one-line status may end in an ellipsis when its whole text is its tooltip (wide widgets only)
+        const ellipsized = el.classList.contains("lw-status") && el.title === el.textContent
+                           && getComputedStyle(el).textOverflow === "ellipsis";
+        if (!ellipsized && el.scrollWidth > el.clientWidth + 1) out.push(`${el.className}: content ${el.scrollWidth} > ${el.clientWidth} px`);
+        if (b.left < vb.left - 1 || b.right > vb.right + 1 || b.top < vb.top - 1 || b.bottom > vb.bottom + 1)
+          out.push(`${el.className}: [${b.left}, ${b.right}] x [${b.top}, ${b.bottom}] outside the panel's `
+                   + `[${vb.left}, ${vb.right}] x [${vb.top}, ${vb.bottom}]`);
+      }
+      return out;
+    }""", widget)
 
 
 VIEWS_NB = small_surface_cell("two views of one model")
