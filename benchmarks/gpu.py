@@ -41,7 +41,7 @@ def _import_core():
     missing on a bare GPU machine: the modules used here need only torch and numpy."""
     sys.path.insert(0, ROOT)
     try:
-        import landscape_widgets  # noqa: F401
+        __import__("landscape_widgets")  # the package with all its imports, or the fallback below
     except ImportError as exc:
         print(f"(landscape_widgets' package imports need {exc.name}; loading the core modules directly)",
               file=sys.stderr)

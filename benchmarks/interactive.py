@@ -11,6 +11,7 @@ Models (2 CPU threads by default; CUDA when ``--device cuda``): the digits MLP a
 on 2,000 synthetic 32x32 images.
 
     .venv/bin/python benchmarks/interactive.py [--threads 2] [--resolution 21] [--models mlp,cnn,gpt2,resnet20]
+        [--device cuda] [--resnet-images 10000]
 """
 from __future__ import annotations
 
@@ -46,14 +47,17 @@ def gpt2_case():
     return model, next_token_loss, (x, x)
 
 
+RESNET_IMAGES = 2000
+
+
 def resnet_case():
     from gpu import CifarResNet, synthetic_images
-    x, y = synthetic_images(2000)
+    x, y = synthetic_images(RESNET_IMAGES)
     return CifarResNet(n=3).eval(), nn.CrossEntropyLoss(), (x, y)
 
 
 CASES = {"mlp": ("digits MLP", lambda: digits_case(False)), "cnn": ("digits CNN", lambda: digits_case(True)),
-         "gpt2": ("GPT-2, 4 layers (64 x 64 tokens)", gpt2_case), "resnet20": ("ResNet-20 (2,000 images)", resnet_case)}
+         "gpt2": ("GPT-2, 4 layers (64 x 64 tokens)", gpt2_case), "resnet20": ("ResNet-20", resnet_case)}
 
 
 def run(name, build, resolution, device):
@@ -96,12 +100,14 @@ def main(argv=None):
     p.add_argument("--resolution", type=int, default=21)
     p.add_argument("--models", default="mlp,cnn,gpt2,resnet20")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--resnet-images", type=int, default=RESNET_IMAGES, help="synthetic 32x32 images of the ResNet-20")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    globals()["RESNET_IMAGES"] = args.resnet_images
     t0 = time.perf_counter()
     results = [run(CASES[m][0], CASES[m][1], args.resolution, args.device) for m in args.models.split(",")]
     lines = [f"`.venv/bin/python benchmarks/interactive.py --threads {args.threads} --resolution {args.resolution} "
-             f"--models {args.models} --device {args.device}` — {platform.machine()}, torch {torch.__version__}, "
+             f"--models {args.models} --device {args.device} --resnet-images {args.resnet_images}` — {platform.machine()}, torch {torch.__version__}, "
              f"{args.threads} threads, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"| model | params | samples (preview) | `plane` {args.resolution}x{args.resolution} | move | first "
              "picture | full grid | trust panel complete | its products |", "|---|---|---|---|---|---|---|---|---|"]
