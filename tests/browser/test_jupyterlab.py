@@ -84,6 +84,16 @@ def test_quickstart_slider_recomputes_in_the_kernel(lab, page, artifacts):
         page.locator(CELL_SURFACE).screenshot(path=str(artifacts / "lab-quickstart-surface.png"))
         page.locator(CELL_CURVE).screenshot(path=str(artifacts / "lab-quickstart-curve.png"))
 
+        # saved with its widget state, the quickstart keeps the front-end bundle once
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !window.__lwNotebook.context.model.dirty")
+        saved = lab.root / "quickstart.ipynb"
+        state = json.loads(saved.read_text())["metadata"]["widgets"][
+            "application/vnd.jupyter.widget-state+json"]["state"]
+        assert sum(len(json.dumps(m["state"])) > 1_000_000 for m in state.values()) == 1
+        assert saved.stat().st_size < 2.2e6, saved.stat().st_size
+        (artifacts / "saved-quickstart-size.txt").write_text(f"{saved.stat().st_size} bytes\n")
+
         assert page.recorder.errors == []
         assert page.recorder.external([lab.url]) == []  # no CDN, ever
     finally:
