@@ -115,7 +115,8 @@ class VmapEvaluator:
         return out
 
     def _chunk_losses(self, c: torch.Tensor, x, y) -> torch.Tensor:
-        """Mean loss over the batch ``(x, y)`` at each of the ``len(c)`` points, float64 on the device."""
+        """Mean loss (and metrics) over the batch ``(x, y)`` at each of the ``len(c)`` points: ``[len(c),
+        objective.width]``, float64 on the device."""
         module, fixed, objective = self.private.module, self._fixed, self.objective
 
         def forward(moving):
@@ -123,7 +124,8 @@ class VmapEvaluator:
 
         stacked = self._stacked(c)
         if not stacked:  # nothing moves (e.g. the loss at the model itself)
-            return objective.reduce(forward({}), y).double().reshape(1).expand(len(c))
+            width = objective.width
+            return objective.values(forward({}), x, y).double().reshape(1, width).expand(len(c), width)
         if self.rule in ("affine", "triton"):
             if self._points is None:
                 self._points = AffinePoints(self._moving)
@@ -135,16 +137,19 @@ class VmapEvaluator:
                 with points.mode(moving, ci, per_point):
                     return forward(moving)
 
-            return self._vmapped_losses(forward_at, stacked, c, y)
+            return self._vmapped_losses(forward_at, stacked, c, x, y)
         with batched_convs(module) if self.rule == "im2col" else contextlib.nullcontext():
-            return self._vmapped_losses(lambda mv, _ci: forward(mv), stacked, c, y)
+            return self._vmapped_losses(lambda mv, _ci: forward(mv), stacked, c, x, y)
 
-    def _vmapped_losses(self, forward, stacked, c, y):
-        """The loss under vmap too when it can run there (once it cannot, per point on vmap's outputs)."""
+    def _vmapped_losses(self, forward, stacked, c, x, y):
+        """The loss (and the metrics, on the same outputs) under vmap too when they can run there (once they
+        cannot, e.g. a metric that calls ``.item()``, per point on vmap's outputs): ``[len(c), width]``."""
         traced = False
+        shape = (len(c), self.objective.width)
         if self._loss_in_vmap:
             try:
-                return vmap(lambda mv, ci: self.objective.reduce(forward(mv, ci), y))(stacked, c).double()
+                return vmap(lambda mv, ci: self.objective.values(forward(mv, ci), x, y))(stacked, c).double() \
+                    .reshape(shape)
             except Exception as exc:  # noqa: BLE001 -- any loss that vmap cannot trace falls back below
                 if is_oom(exc) or not self.objective.splits:  # batch_loss is one call: nothing to take out
                     raise
@@ -152,8 +157,9 @@ class VmapEvaluator:
         outputs = vmap(forward)(stacked, c)  # a forward that fails (a rule autotune then leaves out) raises here
         if traced:  # the forward ran: it was the loss that vmap could not trace
             self._loss_in_vmap = False
-        return torch.stack([self.objective.reduce(tree_map(lambda t, i=i: t[i] if isinstance(t, torch.Tensor)
-                                                           else t, outputs), y).double() for i in range(len(c))])
+        return torch.stack([self.objective.values(tree_map(lambda t, i=i: t[i] if isinstance(t, torch.Tensor)
+                                                           else t, outputs), x, y).double()
+                            for i in range(len(c))]).reshape(shape)
 
     # -- chunk size -------------------------------------------------------------------------------------------
     def _auto_chunk(self, coords: torch.Tensor, x, y) -> int:
@@ -223,9 +229,10 @@ class VmapEvaluator:
                          chunks=list(self._chunks), fallbacks=dict(self._kernels.failures) or None)
 
     def run(self, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
-        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile)."""
+        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile); with
+        metrics ``[points, 1 + M]`` (:func:`~landscape_widgets.driver.run_tiles`)."""
         return run_points(self, coords, tile_size=tile_size, on_tile=on_tile, cancel=cancel, progress=progress,
-                          desc=desc)
+                          desc=desc, metrics=self.objective.metric_names)
 
     def _eval_tile(self, coords):
         if self.mode is None:
@@ -263,7 +270,7 @@ class VmapEvaluator:
         """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path; for a
         model with convolutions or linear layers the tile is split between the rules that apply."""
         k = AUTO_PROBE
-        out = np.empty(len(coords))
+        out = np.empty((len(coords), self.objective.width))
         variants = self._rules
         per_point, chunks, failed, pending = {}, {}, {}, []
         start, share = k, (len(coords) - k) // len(variants)
@@ -309,7 +316,7 @@ class VmapEvaluator:
 
     def _vmap_tile(self, coords):
         c = torch.as_tensor(np.asarray(coords), dtype=torch.float64, device=self.private.device)
-        acc = torch.zeros(len(coords), dtype=torch.float64, device=self.private.device)
+        acc = torch.zeros((len(coords), self.objective.width), dtype=torch.float64, device=self.private.device)
         total = 0
         # batches outside, points inside: a DataLoader is streamed once per tile, as in the loop
         for x, y, n in self.data.batches(self.private.device):

@@ -3,11 +3,11 @@
 ``ls.plane(..., client=client)`` sends one *job* to every worker (``client.scatter(..., broadcast=True)``): the
 model, loss and data (or a user factory that builds them on the worker, for DataLoaders that cannot be pickled),
 the directions and the evaluator setting.  Each worker builds its private model and evaluator once per job and
-keeps it in a process-level cache; tiles are then small tasks (a block of coordinates in, losses out) that stream
-back through ``as_completed``, so ``callback``, the progress bar, ``cancel`` and ``store`` work as locally.  A tile
-is split into several tasks when there are fewer than ``TASKS_PER_WORKER`` per worker thread, so that the last
-tasks do not leave workers idle (a 21x21 plane is 7 tiles: on 2 workers, 4 against 3); the tile, as the store keeps
-it, is handed on when all its parts are back.
+keeps it in a process-level cache; tiles are then small tasks (a block of coordinates in, losses and metrics out)
+that stream back through ``as_completed``, so ``callback``, the progress bar, ``cancel`` and ``store`` work as
+locally.  A tile is split into several tasks when there are fewer than ``TASKS_PER_WORKER`` per worker thread, so
+that the last tasks do not leave workers idle (a 21x21 plane is 7 tiles: on 2 workers, 4 against 3); the tile, as
+the store keeps it, is handed on when all its parts are back.
 
 A worker that dies is replaced by its nanny and Dask reschedules its running tiles; a tile whose worker died
 ``distributed.scheduler.allowed-failures`` times (``KilledWorker``), or whose job copy was lost, is submitted
@@ -125,7 +125,7 @@ def _build(job):
     else:
         model, loss_fn, data = job.model, job.loss_fn, job.data
     check_model(model)
-    objective = Objective(loss_fn, job.batch_loss)
+    objective = Objective(loss_fn, job.batch_loss, job.metrics)
     problem = Problem(model, objective, DataSource(data, pairs=objective.mode == "loss_fn"), job.params,
                       resolve_device(job.device))
     private = problem.private()
@@ -192,7 +192,8 @@ class DaskExecutor:
         else:
             shipped = {"model": None, "loss_fn": None, "data": None}
         self.job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device,
-                        batch_loss=problem.batch_loss, params=problem.params, kind=plan.kind,
+                        batch_loss=problem.batch_loss, metrics=problem.objective.metrics, params=problem.params,
+                        kind=plan.kind,
                         fingerprint=plan.private.fingerprint(), evaluator=plan.evaluator, buffers=plan.buffers,
                         dirs=[{n: _cpu(t) for n, t in d.items()} for d in plan.dirs],
                         buffer_dirs=None if plan.buffer_dirs is None else

@@ -4,10 +4,13 @@ An executor is anything with ``tiles(coords, todo)``: a generator that gets the 
 yields ``(start, stop, values)`` in any order (the per-point loop, vmap-batched chunks, Dask futures as they
 complete).  The driver loads finished tiles from a store, writes new ones to it as they arrive, reports each tile to
 the callback and the progress bar, and checks the cancel flag between tiles; executors do none of that.
+
+With metrics (``Landscape(metrics=...)``) a point's values are ``[loss, m_1, ..., m_M]``: the driver carries
+``[points, 1 + M]``; without them the flat losses.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -18,12 +21,14 @@ class Cancelled(Exception):
 
 @dataclass
 class Tile:
-    """A finished block of points: flat indices ``[start, stop)`` of the grid in C order, and their losses."""
+    """A finished block of points: flat indices ``[start, stop)`` of the grid in C order, their losses
+    (``values``) and their metrics (name -> values, in the order given; empty without metrics)."""
     start: int
     stop: int
     values: np.ndarray
     done: int
     total: int
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,14 +73,18 @@ def tiles_of(total: int, tile_size: int) -> list:
 
 
 def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=False, desc="landscape",
-              store=None) -> np.ndarray:
+              store=None, metrics=()) -> np.ndarray:
     """Values at ``total`` points: finished tiles from ``store`` (a :class:`~landscape_widgets.store.TileStore`),
     the others from ``compute(todo)``, which yields ``(start, stop, values)`` for the missing tiles in any order.
 
-    Each new tile is saved before the callback sees it (a kill there loses nothing); ``cancel`` is checked before
-    the first tile and after each one, and raises :class:`Cancelled`.
+    ``metrics``: the metric names; then a point's values are ``[loss, m_1, ..., m_M]`` and the result is
+    ``[total, 1 + M]``, else the flat ``[total]`` losses.  Each new tile is saved before the callback sees it (a
+    kill there loses nothing); ``cancel`` is checked before the first tile and after each one, and raises
+    :class:`Cancelled`.
     """
-    values = np.full(total, np.nan)
+    metrics = tuple(metrics)
+    tail = (1 + len(metrics),) if metrics else ()
+    values = np.full((total,) + tail, np.nan)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -89,7 +98,12 @@ def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=
         if bar is not None:
             bar.update(stop - start)
         if on_tile is not None:
-            on_tile(Tile(start, stop, values[start:stop].copy(), done, total))
+            block = values[start:stop]
+            if metrics:
+                on_tile(Tile(start, stop, block[:, 0].copy(), done, total,
+                             {name: block[:, 1 + k].copy() for k, name in enumerate(metrics)}))
+            else:
+                on_tile(Tile(start, stop, block.copy(), done, total))
 
     try:
         todo = []
@@ -106,6 +120,7 @@ def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=
             results = compute(todo)
             try:
                 for start, stop, vals in results:
+                    vals = np.reshape(np.asarray(vals, dtype=np.float64), (stop - start,) + tail)
                     if store is not None:
                         store.save(start, stop, vals)
                         store.computed.append((start, stop))
@@ -122,8 +137,10 @@ def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=
     return values
 
 
-def run_points(executor, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
-    """Losses at ``coords`` through ``executor.tiles``, in tiles of ``tile_size`` points (default: one tile)."""
+def run_points(executor, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape",
+               metrics=()):
+    """Losses at ``coords`` through ``executor.tiles``, in tiles of ``tile_size`` points (default: one tile); with
+    ``metrics`` (names) ``[points, 1 + M]`` as :func:`run_tiles`."""
     coords = np.asarray(coords, dtype=np.float64)
     return run_tiles(len(coords), tile_size or max(1, len(coords)), lambda todo: executor.tiles(coords, todo),
-                     on_tile=on_tile, cancel=cancel, progress=progress, desc=desc)
+                     on_tile=on_tile, cancel=cancel, progress=progress, desc=desc, metrics=metrics)

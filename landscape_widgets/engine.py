@@ -2,6 +2,9 @@
 
     model, loss, data (:class:`Problem`) -> directions -> :class:`Plan` -> executor -> driver -> losses + record
 
+With metrics (``Objective.metrics``) every executor computes ``[loss, m_1, ..., m_M]`` per point from one forward
+pass and :func:`execute` returns ``[points, 1 + M]``; :func:`split_values` parts the losses from the metrics.
+
 Executors: the per-point loop (:class:`~landscape_widgets.evaluator.PointEvaluator`), vmap-batched points
 (:class:`~landscape_widgets.batched.VmapEvaluator`) and Dask workers
 (:class:`~landscape_widgets.distributed.DaskExecutor`); each has ``tiles(coords, todo)`` and ``record()``, which
@@ -81,7 +84,7 @@ class Problem:
                 "python": platform.python_version(), "device": str(self.device),
                 "num_parameters": private.num_parameters, **private.describe_params(),
                 "model_sha256": private.fingerprint(), "model_class": type(unwrap(self.model)).__name__,
-                "loss": self.objective.mode}
+                "loss": self.objective.mode, "metrics": list(self.objective.metric_names)}
         meta.update(extra)
         meta["data"] = self.data.describe()
         return meta
@@ -134,8 +137,8 @@ def local_executor(problem: Problem, plan: Plan):
 def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cancel=None, progress=False, desc=None,
             store=None):
     """Run ``plan``'s tiles through ``executor`` (default :func:`local_executor`), resumably through the store
-    directory ``store``; returns the losses (flat, in ``plan.coords`` order) and the
-    :class:`~landscape_widgets.driver.Execution`."""
+    directory ``store``; returns the losses (flat, in ``plan.coords`` order; with metrics ``[points, 1 + M]``, see
+    :func:`split_values`) and the :class:`~landscape_widgets.driver.Execution`."""
     tiles = None
     if store is not None:
         tiles = open_store(store, run_settings(plan.kind, plan.private, problem.data, problem.objective, plan.dirs,
@@ -143,12 +146,23 @@ def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cance
                                                buffers=plan.buffers))
     if executor is None:
         executor = local_executor(problem, plan)
-    losses = run_tiles(len(plan.coords), plan.tile_size, lambda todo: executor.tiles(plan.coords, todo),
-                       on_tile=callback, cancel=cancel, progress=progress, desc=desc or plan.kind, store=tiles)
+    values = run_tiles(len(plan.coords), plan.tile_size, lambda todo: executor.tiles(plan.coords, todo),
+                       on_tile=callback, cancel=cancel, progress=progress, desc=desc or plan.kind, store=tiles,
+                       metrics=problem.objective.metric_names)
     done = executor.record(plan.evaluator if plan.evaluator != "auto" else plan.executor)
     if tiles is not None:
         done.store = tiles.info()
-    return losses, done
+    return values, done
+
+
+def split_values(values, names) -> tuple:
+    """``(losses, {name: values})`` from what :func:`execute` returns: ``[points]`` losses without metrics,
+    ``[points, 1 + M]`` with the metrics ``names`` after the loss."""
+    values = np.asarray(values, dtype=np.float64)
+    if not names:
+        return values, {}
+    return (np.ascontiguousarray(values[:, 0]),
+            {n: np.ascontiguousarray(values[:, 1 + k]) for k, n in enumerate(names)})
 
 
 def bn_recompute_hook(private, data, objective):

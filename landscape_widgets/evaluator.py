@@ -16,7 +16,8 @@ matmuls lose to one large GEMM per point (measured in ``benchmarks/plane.py``). 
 
 With a DataLoader the data are streamed once per tile of points, not once per point.  Points are grouped in tiles:
 after each tile a callback receives the finished values and a cooperative cancel flag is checked, which is what
-the widgets build on.
+the widgets build on.  A tile's values are ``[points, objective.width]``: the loss and any metrics of the same
+forward pass (:meth:`~landscape_widgets.objective.Objective.evaluate`), each a sample-weighted mean over batches.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ class Moving:
 
 
 class PointEvaluator:
-    """Loss at points given by coordinates ``coords[P, K]`` along ``K`` directions."""
+    """Loss (and metrics: ``objective.width`` values a point) at points given by coordinates ``coords[P, K]``
+    along ``K`` directions."""
 
     def __init__(self, private, data, objective, moving: list, *, point_hook=None, accelerate=True):
         self.private = private
@@ -124,19 +126,22 @@ class PointEvaluator:
         if self.point_hook is not None:
             self.point_hook()
 
-    def _loss_once(self, x, y):
-        return self.objective(self.private.module, x, y)
+    def _values_once(self, x, y):
+        return self.objective.evaluate(self.private.module, x, y)
 
     def _eval_tile(self, coords):
-        out = np.empty(len(coords), dtype=np.float64)
+        """``[len(coords), objective.width]``: the loss and the metrics at each point."""
+        width = self.objective.width
+        out = np.empty((len(coords), width), dtype=np.float64)
         if self._micro is not None:  # chunks outside, points inside: each chunk's data stays in the cache
-            parts = torch.empty((len(self._micro), len(coords)), dtype=torch.float64, device=self.private.device)
+            parts = torch.empty((len(self._micro), len(coords), width), dtype=torch.float64,
+                                device=self.private.device)
             for k, (x, y, _n) in enumerate(self._micro):
                 for p, c in enumerate(coords):
                     self._write(c)
-                    parts[k, p] = self._loss_once(x, y)
+                    parts[k, p] = self._values_once(x, y)
             weights = torch.tensor([n for _x, _y, n in self._micro], dtype=torch.float64, device=parts.device)
-            out[:] = ((parts * weights[:, None]).sum(0) / weights.sum()).cpu().numpy()
+            out[:] = ((parts * weights[:, None, None]).sum(0) / weights.sum()).cpu().numpy()
             return out
         if self.data.single is not None:
             (x, y, _n), = self.data.batches(self.private.device)
@@ -144,11 +149,11 @@ class PointEvaluator:
             # copied into one preallocated tensor, not kept as one small tensor per point: those stayed alive
             # inside the heap's freed activation blocks, glibc could no longer reuse them and grew the heap by one
             # activation per point (page faults: 1240 instead of 1800 points/s on the digits MLP)
-            vals = torch.empty(len(coords), dtype=torch.float64, device=self.private.device)
+            vals = torch.empty((len(coords), width), dtype=torch.float64, device=self.private.device)
             with self._shortcuts(x):
                 for p, c in enumerate(coords):
                     self._write(c)
-                    vals[p] = self._loss_once(x, y)
+                    vals[p] = self._values_once(x, y)
             out[:] = vals.cpu().numpy()
             return out
         if self.point_hook is not None:  # the hook needs the whole data per point: no interleaving
@@ -156,18 +161,18 @@ class PointEvaluator:
                 self._write(c)
                 acc, total = 0.0, 0
                 for x, y, n in self.data.batches(self.private.device):
-                    acc = acc + self._loss_once(x, y).detach().double() * n
+                    acc = acc + self._values_once(x, y).detach().double() * n
                     total += n
-                out[p] = float(acc / total)
+                out[p] = (acc / total).cpu().numpy()
             return out
-        acc = torch.zeros(len(coords), dtype=torch.float64, device=self.private.device)
+        acc = torch.zeros((len(coords), width), dtype=torch.float64, device=self.private.device)
         total = 0
         for x, y, n in self.data.batches(self.private.device):
             x = self._layout_input(x)
             with self._shortcuts(x):
                 for p, c in enumerate(coords):
                     self._write(c)
-                    acc[p] += self._loss_once(x, y).detach().double() * n
+                    acc[p] += self._values_once(x, y).detach().double() * n
             total += n
         out[:] = (acc / total).cpu().numpy()
         return out
@@ -195,9 +200,10 @@ class PointEvaluator:
         return Execution("loop", requested)
 
     def run(self, coords: np.ndarray, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
-        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile)."""
+        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile); with
+        metrics ``[points, 1 + M]`` (:func:`~landscape_widgets.driver.run_tiles`)."""
         return run_points(self, coords, tile_size=tile_size, on_tile=on_tile, cancel=cancel, progress=progress,
-                          desc=desc)
+                          desc=desc, metrics=self.objective.metric_names)
 
     # -- exact accelerations ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -277,7 +283,7 @@ class PointEvaluator:
 
     def _plan_micro_batches(self):
         (x, y, n), = self.data.batches(self.private.device)
-        return plan_micro_batches(self.private.module, self.objective, self._layout_input(x), y, n)
+        return plan_micro_batches(self.private.module, self.objective, self._layout_input(x), y, n, with_metrics=True)
 
     @contextlib.contextmanager
     def _layout(self):
@@ -309,12 +315,13 @@ class PointEvaluator:
         return x
 
 
-def plan_micro_batches(module, objective, x, y, n, *, min_samples=None):
+def plan_micro_batches(module, objective, x, y, n, *, min_samples=None, with_metrics=False):
     """``[(x_i, y_i, n_i)]``: the one in-memory batch cut into chunks whose largest activation is about
     ``MICRO_BYTES``, or None where that does not pay (small activations) or is not exact.  Exact means: at the
     module's current weights the sample-weighted mean of the chunk losses equals the full-batch loss (a model or
-    loss that couples the samples of a batch, or takes only the whole batch, keeps it).  Runs forward passes only;
-    the caller's grad mode applies."""
+    loss that couples the samples of a batch, or takes only the whole batch, keeps it); ``with_metrics``: the
+    objective's metrics too (a metric that is no mean over samples keeps the batch whole).  Runs forward passes
+    only; the caller's grad mode applies."""
     objective = as_objective(objective)
     if objective.mode != "loss_fn" or not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
                                            and len(x) == len(y) == n):
@@ -330,6 +337,20 @@ def plan_micro_batches(module, objective, x, y, n, *, min_samples=None):
     def loss(a, b):
         return float(objective(module, a, b))
 
+    def values(a, b):
+        return objective.evaluate(module, a, b).double().reshape(-1).cpu().numpy()
+
+    if with_metrics and objective.metrics:
+        full = values(x, y)
+        try:
+            parts = sum(values(a, b) * m for a, b, m in chunks) / n
+        except Exception:  # noqa: BLE001 -- a model, loss or metric that only takes the whole batch keeps it
+            return None
+        # the loss as below; a metric that is NaN on the whole batch and in the mean of the chunks is the same NaN
+        if not math.isclose(full[0], parts[0], rel_tol=MICRO_RTOL, abs_tol=MICRO_RTOL * 1e-3) or not np.allclose(
+                parts[1:], full[1:], rtol=MICRO_RTOL, atol=MICRO_RTOL * 1e-3, equal_nan=True):
+            return None
+        return chunks
     full = loss(x, y)
     try:
         parts = sum(loss(a, b) * m for a, b, m in chunks) / n

@@ -6,9 +6,15 @@
 
 Every evaluator, the Hessian products and the Dask workers compute a batch's loss through :class:`Objective`, so
 the three ways are exact everywhere, not only in the per-point loop.
+
+``metrics`` (accuracy and the like, which Li et al.'s reference code records beside the loss at every point) are
+computed on the outputs of the same forward pass as the loss: :meth:`Objective.evaluate` gives the vector
+``[loss, m_1, ..., m_M]`` of one batch, which every executor averages over batches with the same sample weights as
+the loss.  Nothing differentiates them (the Hessian products use the loss alone).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import torch
@@ -16,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 MODES = ("loss_fn", "output", "batch_loss")
+RESERVED_NAMES = ("loss", "alpha", "beta")  # the loss itself and the grid's axes (results, to_xarray)
 
 
 def call_model(module, inputs):
@@ -45,6 +52,47 @@ def check_loss(value, what="loss_fn") -> torch.Tensor:
         raise ValueError(f"{what} must return a scalar (the mean over the batch), got a tensor of shape "
                          f"{tuple(value.shape)}; reduce it, e.g. with reduction='mean'")
     return value.reshape(())
+
+
+def check_metric(value, name, like) -> torch.Tensor:
+    """A metric's value for one batch as a float64 scalar on ``like``'s device (NaN is a value like any other)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"metric {name!r} must return a scalar (the mean over the batch), got a tensor of shape "
+                             f"{tuple(value.shape)}; reduce it, e.g. with .float().mean()")
+        return value.reshape(()).double()
+    if isinstance(value, numbers.Real):
+        return torch.tensor(float(value), dtype=torch.float64, device=like.device)
+    raise TypeError(f"metric {name!r} must return a scalar tensor or a number (the mean over the batch), got "
+                    f"{type(value).__name__}")
+
+
+def check_metrics(metrics, mode) -> dict:
+    """``metrics`` as an ordered dict name -> callable, validated: None or a mapping of names (str, none of
+    ``RESERVED_NAMES``) to callables; ``batch_loss`` has no outputs to give them."""
+    if metrics is None:
+        return {}
+    signature = "fn(outputs, batch)" if mode == "output" else "fn(outputs, targets)"
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict name -> {signature} -> scalar (e.g. {{'accuracy': fn}}), got "
+                        f"{type(metrics).__name__}")
+    if metrics and mode == "batch_loss":
+        raise ValueError("metrics= needs the model's outputs, which batch_loss(model, batch) keeps to itself; "
+                         "compute the loss from the outputs instead: pass loss_fn(outputs, targets), or loss_fn=None "
+                         "with a model (or a wrapper module around it) whose output carries the loss next to what the "
+                         "metrics read (e.g. {'loss': ..., 'logits': ...}), so that each metric gets the outputs of "
+                         "the loss's own forward pass")
+    out = {}
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"metric names must be non-empty strings, got {name!r}")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"metric name {name!r} is taken ({', '.join(map(repr, RESERVED_NAMES))} name the loss "
+                             "and the grid's axes); pass another name")
+        if not callable(fn):
+            raise TypeError(f"metric {name!r} must be callable as {signature} -> scalar, got {type(fn).__name__}")
+        out[name] = fn
+    return out
 
 
 def output_loss(out) -> torch.Tensor:
@@ -82,9 +130,13 @@ class _BoundLoss(nn.Module):
 
 class Objective:
     """The loss of one batch: ``objective(module, x, y)`` with ``(x, y)`` as :class:`~landscape_widgets.data.
-    DataSource` yields them (``y`` is None unless ``mode == "loss_fn"``: the whole batch is ``x`` then)."""
+    DataSource` yields them (``y`` is None unless ``mode == "loss_fn"``: the whole batch is ``x`` then).
 
-    def __init__(self, loss_fn=None, batch_loss=None):
+    ``metrics``: name -> ``fn(outputs, targets)`` (with ``loss_fn``) or ``fn(outputs, batch)`` (the model's own
+    loss), each a scalar: the mean over the batch, as the loss.  :meth:`evaluate` gives the loss and the metrics of
+    one forward pass; ``width`` is their count, ``1 + len(metrics)``."""
+
+    def __init__(self, loss_fn=None, batch_loss=None, metrics=None):
         if loss_fn is not None and batch_loss is not None:
             raise ValueError("pass either loss_fn(outputs, targets) or batch_loss(model, batch), not both: "
                              "batch_loss computes the whole loss itself")
@@ -97,6 +149,9 @@ class Objective:
         self.loss_fn = loss_fn
         self.batch_loss = batch_loss
         self.mode = "loss_fn" if loss_fn is not None else "batch_loss" if batch_loss is not None else "output"
+        self.metrics = check_metrics(metrics, self.mode)
+        self.metric_names = tuple(self.metrics)
+        self.width = 1 + len(self.metrics)
 
     @property
     def fn(self):
@@ -124,6 +179,20 @@ class Objective:
     def __call__(self, module, x, y) -> torch.Tensor:
         return self.reduce(self.forward(module, x), y)
 
+    def values(self, out, x, y) -> torch.Tensor:
+        """The loss of the outputs ``out`` (a scalar, as :meth:`reduce`) without metrics; with them the float64
+        vector ``[loss, m_1, ..., m_M]``, every metric on the same ``out``."""
+        loss = self.reduce(out, y)
+        if not self.metrics:
+            return loss
+        arg = y if self.mode == "loss_fn" else x
+        return torch.stack([loss.double()] + [check_metric(fn(out, arg), name, loss)
+                                              for name, fn in self.metrics.items()])
+
+    def evaluate(self, module, x, y) -> torch.Tensor:
+        """:meth:`values` of one forward pass of ``module`` on the batch."""
+        return self.values(self.forward(module, x), x, y)
+
     def functional_forward(self, module, params: dict, x):
         """``forward`` with ``params`` (name -> tensor, the model's own names) in place of the module's tensors."""
         if self.mode == "batch_loss":
@@ -145,4 +214,5 @@ def as_objective(obj) -> Objective:
     return obj if isinstance(obj, Objective) else Objective(loss_fn=obj)
 
 
-__all__ = ["MODES", "Objective", "as_objective", "call_args", "call_model", "check_loss", "output_loss"]
+__all__ = ["MODES", "RESERVED_NAMES", "Objective", "as_objective", "call_args", "call_model", "check_loss",
+           "check_metric", "check_metrics", "output_loss"]

@@ -2,14 +2,16 @@
 
 Layout of ``store=path``::
 
-    path/run.json                      the settings that define the run (model, data, loss, directions, grid)
-    path/tiles/<start>-<stop>.npz      one finished tile: its losses, the run key and a SHA-256 of the losses
+    path/run.json                      the settings that define the run (model, data, loss, metrics, directions, grid)
+    path/tiles/<start>-<stop>.npz      one finished tile: its values, the run key and a SHA-256 of the values
 
 A tile file is written to a temporary name, flushed to disk and renamed (``os.replace`` is atomic on POSIX), so a
 run killed at any moment (SIGKILL, power loss) leaves only whole tiles behind.  A restart with the same store
 loads the finished tiles and computes only the missing ones.  A store made with other settings gives a
 ``ValueError`` naming what differs; a file that cannot be read back or whose checksum fails is reported with a
-warning, deleted and recomputed.
+warning, deleted and recomputed.  A run with metrics keeps ``[points, 1 + M]`` values a tile (loss first), one
+without them the flat losses; the metrics' names and functions are part of the settings, so runs with other
+metrics (or none) never share tiles.
 """
 from __future__ import annotations
 
@@ -56,14 +58,25 @@ def _data_settings(data) -> dict:
 
 
 def _loss_settings(objective) -> dict:
-    """A loss is identified by how it is computed (``objective.mode``) and the user's callable: its function's name
-    and bytecode, or its class, repr, plain attributes (``reduction``, ``label_smoothing``, ..., which nn losses
-    leave out of their repr) and tensors (class weights).  No memory addresses: the same loss in another process
-    must compare equal."""
+    """A loss is identified by how it is computed (``objective.mode``) and the user's callable (:func:`_callable`)."""
     out = {"mode": objective.mode}
     fn = objective.fn
     if fn is None:
         return out
+    out.update(_callable(fn))
+    return out
+
+
+def _metric_settings(objective) -> list:
+    """Each metric by its name and its callable (:func:`_callable`), in order."""
+    return [{"name": name, **_callable(fn)} for name, fn in objective.metrics.items()]
+
+
+def _callable(fn) -> dict:
+    """A callable by its function's name and bytecode, or its class, repr, plain attributes (``reduction``,
+    ``label_smoothing``, ..., which nn losses leave out of their repr) and tensors (class weights).  No memory
+    addresses: the same callable in another process must compare equal."""
+    out = {}
     code = getattr(fn, "__code__", None)
     if code is not None:
         out.update({"function": f"{fn.__module__}.{fn.__qualname__}",
@@ -99,6 +112,8 @@ def run_settings(kind, private, data, objective, dirs, coords, tile_size, *, buf
         "coords_sha256": _sha(np.asarray(coords, dtype=np.float64)),
         "tile_size": int(tile_size),
     }
+    if objective.metrics:  # only then: a store made without metrics keeps its key
+        settings["metrics"] = _metric_settings(objective)
     settings.update(extra)
     return json.loads(json.dumps(settings))  # plain JSON types, so a reloaded copy compares equal
 
@@ -131,6 +146,8 @@ class TileStore:
         self.path = os.fspath(path)
         self.settings = settings
         self.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        metrics = settings.get("metrics") or []
+        self.tail = (1 + len(metrics),) if metrics else ()  # a point's values: [loss, metrics...] or the loss
         self.tiles_dir = os.path.join(self.path, "tiles")
         self.loaded, self.computed, self.recovered = [], [], []
 
@@ -139,8 +156,9 @@ class TileStore:
 
     def save(self, start: int, stop: int, values) -> None:
         values = np.asarray(values, dtype=np.float64)
-        if values.shape != (stop - start,):
-            raise ValueError(f"tile [{start}, {stop}) needs {stop - start} values, got shape {values.shape}")
+        if values.shape != (stop - start,) + self.tail:
+            raise ValueError(f"tile [{start}, {stop}) needs values of shape {(stop - start,) + self.tail}, got "
+                             f"shape {values.shape}")
         payload = {"values": values, "key": np.array(self.key), "start": np.array(start), "stop": np.array(stop),
                    "sha256": np.array(_sha(values))}
         _atomic_write(self._tile_path(start, stop), lambda fh: np.savez(fh, **payload))
@@ -154,7 +172,7 @@ class TileStore:
             with np.load(path, allow_pickle=False) as z:
                 values, key = np.array(z["values"]), str(z["key"])
                 span, digest = (int(z["start"]), int(z["stop"])), str(z["sha256"])
-            ok = values.dtype == np.float64 and values.shape == (stop - start,) and span == (start, stop) \
+            ok = values.dtype == np.float64 and values.shape == (stop - start,) + self.tail and span == (start, stop) \
                 and digest == _sha(values)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             ok, key, why = False, self.key, f"{type(exc).__name__}: {exc}"
