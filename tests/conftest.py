@@ -53,3 +53,15 @@ def mlp_case():
     x, y = classification_data(model)
     H = dense_hessian(model, nn.CrossEntropyLoss(), x, y)
     return model, x, y, H, np.linalg.eigvalsh(H)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread (on a loaded 2-core machine a second OpenMP thread turns microsecond kernels
+    into milliseconds, see tests/zoo/conftest.py), restored after each test.  Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -90,3 +90,32 @@ def loop_evaluator(ls, private, dirs):
     from landscape_widgets.engine import Plan, local_executor
     return local_executor(ls.problem, Plan("test", private, list(dirs), [[0.0] * len(dirs)], tile_size=1,
                                            evaluator="loop"))
+
+
+def force_micro_batches(monkeypatch, evaluator_module, samples, also=()):
+    """Micro-batches forced on in ``evaluator_module`` (any activation is 'large', chunks of ``samples``; the
+    modules in ``also`` get the same planner); returns the list of every plan made (the chunks' sample counts, or
+    None where a batch stayed whole)."""
+    monkeypatch.setattr(evaluator_module, "MICRO_MIN_BYTES", 0)
+    monkeypatch.setattr(evaluator_module, "MICRO_BYTES", 1)
+    monkeypatch.setattr(evaluator_module, "MICRO_MIN_SAMPLES", samples)
+    plans = []
+    real = evaluator_module.plan_micro_batches
+
+    def spy(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        plans.append(None if plan is None else [n for _x, _y, n in plan])
+        return plan
+
+    monkeypatch.setattr(evaluator_module, "plan_micro_batches", spy)
+    for module in also:
+        if hasattr(module, "plan_micro_batches"):
+            monkeypatch.setattr(module, "plan_micro_batches", spy)
+    return plans
+
+
+def f32(buf, shape=None):
+    """A widget's float32 bytes as a numpy array (shaped when ``shape`` is given)."""
+    import numpy as np
+    a = np.frombuffer(bytes(buf), dtype="<f4")
+    return a if shape is None else a.reshape(shape)

@@ -14,16 +14,11 @@ import torch
 from torch import nn
 
 import landscape_widgets as lw
-from helpers import assert_same, direct_loss, snapshot
+from helpers import assert_same, direct_loss, f32, snapshot
 from landscape_widgets import export
 from landscape_widgets.widgets import _base, curve as curve_mod, surface as surface_mod
 
 CE = nn.CrossEntropyLoss()
-
-
-def f32(buf, shape=None):
-    a = np.frombuffer(bytes(buf), dtype="<f4")
-    return a if shape is None else a.reshape(shape)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from landscape_widgets import batched, chooser, evaluator as E
 from landscape_widgets.gpu import affine as al
 import landscape_widgets.engine as engine
 
+from helpers import force_micro_batches
 from zoo import models as Z
 from zoo.checks import assert_close, check_moved, untouched, use_evaluator
 from zoo.reference import Reference, interpolation_buffers, interpolation_point, normalize_dict, point
@@ -116,22 +117,8 @@ def test_affine_vmap_rule_on_shared_and_tied_weights(name, monkeypatch):
 @pytest.fixture
 def micro(monkeypatch):
     """Micro-batches forced on: any activation is 'large', chunks of 4 samples; every plan made is recorded."""
-    monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
-    monkeypatch.setattr(E, "MICRO_BYTES", 1)
-    monkeypatch.setattr(E, "MICRO_MIN_SAMPLES", 4)
-    plans = []
-    real = E.plan_micro_batches
-
-    def spy(*args, **kwargs):
-        plan = real(*args, **kwargs)
-        plans.append(None if plan is None else [n for _x, _y, n in plan])
-        return plan
-
-    monkeypatch.setattr(E, "plan_micro_batches", spy)
     import landscape_widgets.hessian.hvp as hvp
-    if hasattr(hvp, "plan_micro_batches"):
-        monkeypatch.setattr(hvp, "plan_micro_batches", spy)
-    return plans
+    return force_micro_batches(monkeypatch, E, 4, also=(hvp,))
 
 
 @pytest.mark.parametrize("name", ["batchnorm", "shared_linear", "tied_autoencoder", "parametrized", "compiled"])
