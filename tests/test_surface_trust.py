@@ -154,3 +154,47 @@ def test_the_first_panel_arrives_as_it_grows(case):
         assert grown[0]["kappa"] == grown[2]["kappa"] and grown[1]["lambda_max"] == grown[2]["lambda_max"]
     finally:
         w.close()
+
+
+def test_new_weights_start_lanczos_from_the_last_eigenvectors(case):
+    """After the weights move (a training step), the next panel's Lanczos starts from the previous panel's
+    eigenvectors: the same eigenvalues as a cold start (both equal the dense Hessian's), in fewer products."""
+    import copy
+
+    from _hessian_cases import dense_hessian
+    model, x, y, _ = case
+    model = copy.deepcopy(model)
+    ls = lw.Landscape(model, CE, (x, y))
+    first = ls.trust(ls.plane(resolution=3, seed=0, progress=False), trace_samples=4, progress=False)
+    assert not first["warm_start"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.002)
+    snap = snapshot(model)
+    surf = ls.plane(resolution=3, seed=0, progress=False)
+    warm = ls.trust(surf, trace_samples=4, progress=False)
+    cold = lw.Landscape(model, CE, (x, y)).trust(surf, trace_samples=4, progress=False)
+    assert warm["warm_start"] and not warm["reused_hessian_facts"] and not cold["warm_start"]
+    eig = np.linalg.eigvalsh(dense_hessian(model, CE, x, y))
+    for panel in (warm, cold):
+        assert panel["lambda_max"] == pytest.approx(eig[-1], rel=1e-5)
+        assert panel["lambda_min"] == pytest.approx(eig[0], rel=1e-5, abs=1e-5 * abs(eig[-1]))
+    assert warm["hvps"] < cold["hvps"], (warm["hvps"], cold["hvps"])
+    assert_same(model, snap)
+
+
+def test_a_warm_start_must_be_a_vector_of_the_parameters():
+    from landscape_widgets.hessian.lanczos import extreme_eigenpairs
+
+    class Diagonal:  # H = diag(1..40): a Lanczos operator without a model
+        num_parameters, hvps, device = 40, 0, torch.device("cpu")
+
+        def matvec(self, v):
+            self.hvps += 1
+            return torch.arange(1, 41, dtype=torch.float64) * v
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="v0 must be a finite, nonzero vector of the 40 parameters"):
+        extreme_eigenpairs(Diagonal(), 1, "LA", rng=rng, v0=np.zeros(40))
+    with pytest.raises(ValueError, match="v0 must be"):
+        extreme_eigenpairs(Diagonal(), 1, "LA", rng=rng, v0=np.ones(39))

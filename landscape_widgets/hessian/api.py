@@ -97,12 +97,15 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
     if known is not None and lambdas is None:
         lambdas = known["lambdas"]
     op = HessianOperator(private, problem.data, problem.objective, cancel=cancel)
+    vectors = {}
+    warm = None if lambdas is not None or spectrum is not None else _warm_start(problem, op.num_parameters)
     with op.progress("trust panel", _check_bool(progress, "progress")), op.running():
         panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
                             tol=tol, trace=None if known is None else known["trace"],
-                            report=None if spread else callback)
+                            report=None if spread else callback, warm=warm, vectors=vectors)
+    panel["warm_start"] = warm is not None
     if spectrum is None and known is None:
-        _remember_facts(problem, private, seed, tol, trace_samples, panel)
+        _remember_facts(problem, private, seed, tol, trace_samples, panel, vectors)
     panel["reused_hessian_facts"] = known is not None
     return spread_panel(panel, [int(s) for s in surface.seeds]) if spread else panel
 
@@ -117,13 +120,26 @@ def _known_facts(problem, private, seed, tol, trace_samples):
     return None
 
 
-def _remember_facts(problem, private, seed, tol, trace_samples, panel):
+def _remember_facts(problem, private, seed, tol, trace_samples, panel, vectors):
     facts = problem.hessian_facts
     if len(facts) > 32:  # weights of a training run come and go: keep the newest
         facts.pop(next(iter(facts)))
+    for older in facts.values():  # eigenvectors are as large as the model: only the newest are kept
+        older.pop("vectors", None)
     facts[(private.fingerprint(), seed, tol, trace_samples)] = {
         "lambdas": (panel["lambda_max"], panel["lambda_min"]),
-        "trace": (panel["trace"], panel["trace_stderr"])}
+        "trace": (panel["trace"], panel["trace_stderr"]),
+        "vectors": (vectors["max"], vectors["min"]) if vectors else None}
+
+
+def _warm_start(problem, num_parameters):
+    """The eigenvectors of lambda_max and lambda_min of the newest earlier panel (other weights of the same model:
+    a training run moves them a little), for Lanczos to start from; None when there are none."""
+    for facts in reversed(list(problem.hessian_facts.values())):
+        vectors = facts.get("vectors")
+        if vectors is not None and all(len(v) == num_parameters for v in vectors):
+            return vectors
+    return None
 
 
 def _spread_directions(spread, private):

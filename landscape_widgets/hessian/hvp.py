@@ -42,13 +42,16 @@ class HessianOperator:
     Vectors are flat over ``private.names`` in ``named_parameters()`` order (``flatten``/``unflatten`` convert).
     ``matmat_torch(V)`` takes ``V[m, P]`` in the parameters' dtype; ``matvec``/``matmat`` take float64 numpy and
     return float64 (what scipy's Lanczos works in).  ``hvps`` counts products; ``cancel`` (Event or callable) is
-    checked before every pass and raises :class:`~landscape_widgets.Cancelled`.
+    checked before every pass and raises :class:`~landscape_widgets.Cancelled`.  ``weights`` (name -> tensor for
+    every moved parameter) takes ``H`` at that point instead (a curvature map's grid point): the point's tensors
+    enter the functional call, so nothing is written to the private copy.
     """
 
-    def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None):
+    def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None, weights=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not known; pass one of {', '.join(map(repr, BACKENDS))}")
         self.private = private
+        self.at = None if weights is None else {n: weights[n] for n in private.names}
         self.data = data
         self.objective = as_objective(objective)  # or a plain loss_fn(outputs, targets)
         self.backend = backend
@@ -61,7 +64,7 @@ class HessianOperator:
         self.dtype = private.base[self.names[0]].dtype
         self.device = private.device
         self.hvps = 0
-        self.loss = None  # the full-data loss at the base weights, known after the first pass
+        self.loss = None  # the full-data loss at ``weights``, known after the first pass
         self._graph = None  # [(first-order graph, weight n_i / n)] of the one in-memory batch
         warm_allocator(self.device)  # each product allocates activation-sized gradients: keep them off mmap
 
@@ -72,9 +75,14 @@ class HessianOperator:
     def unflatten(self, v: torch.Tensor) -> dict:
         return {n: t.view(s) for n, t, s in zip(self.names, torch.split(v, self.sizes), self.shapes)}
 
+    @property
+    def weights(self) -> dict:
+        """The point ``H`` is taken at: ``weights`` as given, else the private copy's base weights as they are now."""
+        return self.private.base if self.at is None else self.at
+
     # -- products --------------------------------------------------------------------------------------------
     def _leaves(self):
-        return [self.private.base[n].detach().requires_grad_(True) for n in self.names]
+        return [self.weights[n].detach().requires_grad_(True) for n in self.names]
 
     def _batch_loss(self, leaves, x, y):
         params = dict(zip(self.names, leaves))
@@ -123,7 +131,7 @@ class HessianOperator:
         return out
 
     def _apply_func(self, x, y, V):
-        base = {n: self.private.base[n].detach() for n in self.names}
+        base = {n: self.weights[n].detach() for n in self.names}
         module, objective = self.private.module, self.objective
 
         def loss_of(params):

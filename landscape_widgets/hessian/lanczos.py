@@ -44,7 +44,7 @@ def dense_hessian(op) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
-def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, ncv=None):
+def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, ncv=None, min_steps=1, v0=None):
     """The ``k`` algebraically largest (``which="LA"``, descending) or smallest (``"SA"``, ascending) eigenpairs.
 
     Returns ``(values[k], vectors[P, k], info)``; ``info`` has the method (``"lanczos"``, ``"arpack"`` when the
@@ -52,6 +52,11 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
     ``k`` is close to ``P`` a Krylov method cannot run, so the dense Hessian is assembled from ``P`` products.
     When ARPACK too stops unconverged (``maxiter`` restarts, default ``MAX_RESTARTS``), the best ``k`` estimates
     are returned with ``converged=False``: never fewer values than asked for, and never an endless run.
+    ``min_steps``: Lanczos does not stop before this many steps (ARPACK first tests after its ``ncv``-vector basis):
+    with a loose ``tol`` a test after a few steps may accept a Ritz value that converged to an inner eigenvalue.
+    ``v0`` (``[P]``): a warm start, e.g. the eigenvector of nearby weights.  The answer is held to the same
+    convergence test as from a random start (only the number of products changes); 1 % of a random vector from
+    ``rng`` is added so that the start never lies exactly in an invariant subspace that misses the wanted pair.
     """
     if which not in ("LA", "SA"):
         raise ValueError(f"which={which!r}; pass 'LA' (largest) or 'SA' (smallest)")
@@ -63,12 +68,19 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
         w, V = np.linalg.eigh(dense_hessian(op))
         sel = np.arange(P - 1, P - 1 - k, -1) if which == "LA" else np.arange(k)
         return w[sel], _fix_sign(V[:, sel]), {"method": "dense", "hvps": op.hvps - start, "converged": True}
-    v0 = rng.standard_normal(P)
+    random = rng.standard_normal(P)
+    if v0 is None:
+        v0 = random
+    else:
+        v0 = np.asarray(v0, dtype=np.float64).reshape(-1)
+        if v0.shape != (P,) or not np.isfinite(v0).all() or not np.any(v0):
+            raise ValueError(f"v0 must be a finite, nonzero vector of the {P} parameters, got shape {v0.shape}")
+        v0 = v0 / np.linalg.norm(v0) + 1e-2 * random / np.linalg.norm(random)
     tol_eff = tol if tol > 0 else np.finfo(np.float64).eps
     steps = min(P - 1, max(MIN_STEPS, 3 * k, ncv or 0), MEMORY_BUDGET // (8 * P))
     best = None
     if steps > k:
-        w, V, converged = _lanczos(op, k, which, v0, tol_eff, steps)
+        w, V, converged = _lanczos(op, k, which, v0, tol_eff, steps, min(max(1, min_steps), steps))
         if converged:
             return w, _fix_sign(V), {"method": "lanczos", "hvps": op.hvps - start, "converged": True, "tol": tol}
         best = (w, V) if len(w) == k else None
@@ -108,8 +120,9 @@ def lanczos_residual(w, Q, j, a, b_prev):
     return after
 
 
-def _lanczos(op, k, which, v0, tol, steps):
-    """At most ``steps`` Lanczos steps from ``v0``; ``(values, vectors, converged)`` of the wanted Ritz pairs."""
+def _lanczos(op, k, which, v0, tol, steps, min_steps=1):
+    """At most ``steps`` Lanczos steps from ``v0``, at least ``min_steps`` unless the Krylov space is exhausted;
+    ``(values, vectors, converged)`` of the wanted Ritz pairs."""
     P = op.num_parameters
     Q = torch.empty((min(steps + 1, BLOCK), P), dtype=torch.float64, device=op.device)
     q = torch.from_numpy(np.asarray(v0, dtype=np.float64)).to(op.device)
@@ -125,7 +138,8 @@ def _lanczos(op, k, which, v0, tol, steps):
         scale = max(np.abs(theta).max(), 1e-300)
         invariant = b <= max(1e-10, 100 * torch.finfo(op.dtype).eps) * scale  # Krylov space exhausted: exact
         residual = b * np.abs(S[-1, sel])
-        done = len(sel) == k and (invariant or bool(np.all(residual <= tol * np.maximum(EPS23, np.abs(theta[sel])))))
+        done = len(sel) == k and (invariant or (j + 1 >= min_steps and bool(
+            np.all(residual <= tol * np.maximum(EPS23, np.abs(theta[sel]))))))
         if done or invariant or j == steps - 1:
             vectors = (Q[:j + 1].T @ torch.from_numpy(S[:, sel]).to(Q)).cpu().numpy()
             return theta[sel], vectors, done

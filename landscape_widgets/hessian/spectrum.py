@@ -53,6 +53,12 @@ class Spectrum(Result):
             return float(self.bottom_eigenvalues[0])
         return float(self.top_eigenvalues[-1])
 
+    def plot(self, ax=None, **options):
+        """A static matplotlib figure: the SLQ density on a log axis, the eigenvalues marked
+        (:func:`landscape_widgets.plot.plot_spectrum`); returns the Axes."""
+        from ..plot import plot_spectrum
+        return plot_spectrum(self, ax=ax, **options)
+
 
 def _padded(rows):
     width = max(len(r) for r in rows)

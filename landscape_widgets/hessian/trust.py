@@ -30,12 +30,14 @@ def hides_saddle(negative_curvature: bool, kappas) -> bool:
 
 
 def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed=0, trace_samples=99, tol=1e-6,
-                report=None):
+                report=None, warm=None, vectors=None):
     """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; stored in ``surface.meta``).
 
     ``spectrum`` (an ``lw.Spectrum`` at the same weights), ``lambdas=(lambda_max, lambda_min)`` and
     ``trace=(trace, stderr)`` save the eigenvalue and trace computations.  ``report(partial)`` receives the panel
     as it grows, marked ``partial``: the curvatures first, then with the eigenvalues (the trace comes last).
+    ``warm=(v_max, v_min)``: Lanczos starts from these vectors (the eigenvectors of earlier, nearby weights), held
+    to the same convergence test; ``vectors`` (a dict) receives this panel's eigenvectors as ``"max"``/``"min"``.
     """
     h0 = op.hvps
     N = op.num_parameters
@@ -50,8 +52,12 @@ def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed
         lmax, lmin = (float(v) for v in lambdas)
     else:
         rng_top, rng_bottom, _, _ = seed_streams(seed)
-        lmax = float(extreme_eigenpairs(op, 1, "LA", rng=rng_top, tol=tol)[0][0])
-        lmin = float(extreme_eigenpairs(op, 1, "SA", rng=rng_bottom, tol=tol)[0][0])
+        w_max, w_min = warm if warm is not None else (None, None)
+        top, v_max, _ = extreme_eigenpairs(op, 1, "LA", rng=rng_top, tol=tol, v0=w_max)
+        bottom, v_min, _ = extreme_eigenpairs(op, 1, "SA", rng=rng_bottom, tol=tol, v0=w_min)
+        lmax, lmin = float(top[0]), float(bottom[0])
+        if vectors is not None:
+            vectors.update(max=v_max[:, 0], min=v_min[:, 0])
     if report is not None:
         report({"kappa": [float(k) for k in kappas], "num_parameters": N, "partial": True,
                 "lambda_max": float(lmax), "lambda_min": float(lmin)})

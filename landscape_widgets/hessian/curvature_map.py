@@ -1,0 +1,246 @@
+"""The curvature map: ``|lambda_min / lambda_max|`` of the Hessian at every point of a plane.
+
+Li et al. 2018 (arXiv 1712.09913, §6 "Measuring the level of convexity"; their ``plot_hessian_eigen.py``) compute,
+at each point ``theta + a d1 + b d2`` of a plotted plane, the two extreme eigenvalues of the Hessian of the loss and
+map ``|lambda_min / lambda_max|``: near 0 (blue in their figures) the landscape is locally convex, large values show
+strong negative curvature, which the 2-D slice may hide.  Here the Hessian is that of the loss over all the data, in
+eval mode, over the moved parameters (``params=``), taken at the point's weights through
+:class:`~landscape_widgets.hessian.hvp.HessianOperator` (``weights=``): the point enters the functional call, so
+neither the user's model nor the private copy is written.
+
+Eigen-solves, beside Li et al.'s (``hess_vec_prod.min_max_hessian_eigs``):
+
+- theirs: ``eigsh(H, k=1, tol=1e-2)`` with ARPACK's default ``which="LM"`` (the eigenvalue of largest *magnitude*),
+  then ``eigsh(H - 0.51 lambda I, k=1, tol=1e-2) + 0.51 lambda`` for the other end (the two swapped when the first
+  was negative); weights of dimension > 1 only (biases and BatchNorm's affine parameters stay fixed); ARPACK's own
+  random start vector.
+- ours: ``lambda_max``, the algebraically largest eigenvalue, by :func:`~.lanczos.extreme_eigenpairs` (Lanczos with
+  full reorthogonalization, ARPACK's test ``residual <= tol |theta|`` after every product from the 20th on, ARPACK's
+  ``eigsh`` when 200 steps do not suffice); ``lambda_min = lambda_max + mu`` with ``mu`` the smallest eigenvalue of
+  the shifted ``H - lambda_max I`` by the same solver.  ARPACK tests first after its default ``ncv = 20`` vectors;
+  a test after every step from the first, at ``tol = 1e-2``, accepted Ritz values converged to inner eigenvalues
+  after a few steps on tiny models (lambda_max 4.5 % low, lambda_min off by 3 % of ``lambda_max - lambda_min``),
+  hence ``MIN_STEPS``.
+  The shift leaves the Krylov spaces, and so what Lanczos finds, unchanged; it changes the test: relative to
+  ``lambda_max - lambda_min >= |lambda_max|`` (when ``lambda_min <= 0``), i.e. ``lambda_min`` to
+  ``tol (lambda_max - lambda_min)`` absolute, the accuracy the ratio needs (a test relative to a ``lambda_min`` near
+  0 would spend many products on digits the map does not show).  ``tol = 1e-2`` by default, as theirs; the
+  parameters are the moved set; the start vectors come from ``np.random.SeedSequence(seed)``, two per point.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+from .._checks import axis, check_resolution
+from ..directions.gaussian import check_seed
+from ..driver import Cancelled, is_cancelled
+from ..evaluator import Timer
+from ..results import CurvatureMap, Surface, eig_ratio
+from .hvp import HessianOperator
+from .lanczos import extreme_eigenpairs
+
+DEFAULT_RESOLUTION = 11  # per axis, at most: every point costs two eigen-solves
+MIN_STEPS = 20  # scipy's eigsh default ncv for k=1: Li et al.'s solves tested no earlier
+EIGENSOLVER = ("lambda_max: Lanczos (full reorthogonalization; ARPACK's test residual <= tol |theta| after every "
+               "product from the 20th on; ARPACK eigsh beyond 200 steps), which='LA'; lambda_min: lambda_max + the "
+               "smallest eigenvalue of H - lambda_max I, same solver, which='SA'")
+LI_ET_AL_SETTINGS = ("Li et al. 2018, hess_vec_prod.min_max_hessian_eigs: scipy eigsh(H, k=1, tol=1e-2, which='LM'), "
+                     "then eigsh(H - 0.51 lambda I, k=1, tol=1e-2) + 0.51 lambda; parameters of dimension > 1 only")
+
+
+class NonFinite(ArithmeticError):
+    """The loss or a Hessian-vector product at a point is NaN or infinite: that cell of the map is NaN."""
+
+
+class ShiftedOperator:
+    """``H - shift I`` of a :class:`~.hvp.HessianOperator`, with the interface :func:`~.lanczos.extreme_eigenpairs`
+    uses; a non-finite loss or product raises :class:`NonFinite` at once instead of feeding NaN to the solver."""
+
+    def __init__(self, op: HessianOperator, shift: float = 0.0):
+        self.op = op
+        self.shift = float(shift)
+        self.num_parameters = op.num_parameters
+        self.device = op.device
+        self.dtype = op.dtype
+
+    @property
+    def hvps(self) -> int:
+        return self.op.hvps
+
+    def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
+        out = self.op.matmat_torch(V).double()
+        loss = self.op.loss
+        if (loss is not None and not math.isfinite(loss)) or not bool(torch.isfinite(out).all()):
+            raise NonFinite(f"the loss ({loss}) or a Hessian-vector product is not finite")
+        if self.shift:
+            out -= self.shift * V.to(device=out.device, dtype=torch.float64)
+        return out
+
+    def matvec_torch(self, v: torch.Tensor) -> torch.Tensor:
+        return self.matmat_torch(v.reshape(1, -1))[0]
+
+    def matvec(self, v) -> np.ndarray:
+        v = torch.from_numpy(np.ascontiguousarray(np.asarray(v, dtype=np.float64).reshape(-1)))
+        return self.matvec_torch(v).cpu().numpy()
+
+    def matmat(self, V) -> np.ndarray:
+        """float64 numpy ``V[P, m]`` -> ``(H - shift I) V`` as ``[P, m]``."""
+        V = torch.from_numpy(np.ascontiguousarray(np.asarray(V, dtype=np.float64).T))
+        return self.matmat_torch(V).cpu().numpy().T
+
+    def linear_operator(self):
+        from scipy.sparse.linalg import LinearOperator
+
+        P = self.num_parameters
+        return LinearOperator((P, P), matvec=self.matvec, matmat=self.matmat, rmatvec=self.matvec,
+                              dtype=np.float64)
+
+
+def extreme_eigenvalues(op: HessianOperator, *, tol: float, rngs) -> tuple:
+    """``(lambda_max, lambda_min, info)`` of ``op``'s Hessian (see the module docstring for the solves);
+    ``rngs``: the two start-vector generators.  Raises :class:`NonFinite` where the loss or a product is not finite."""
+    top, _, info_top = extreme_eigenpairs(ShiftedOperator(op), 1, "LA", rng=rngs[0], tol=tol, min_steps=MIN_STEPS)
+    lmax = float(top[0])
+    low, _, info_low = extreme_eigenpairs(ShiftedOperator(op, lmax), 1, "SA", rng=rngs[1], tol=tol,
+                                          min_steps=MIN_STEPS)
+    lmin = min(lmax + float(low[0]), lmax)  # rounding of the shift must not put lambda_min above lambda_max
+    if not (math.isfinite(lmax) and math.isfinite(lmin)):
+        raise NonFinite(f"eigenvalues {lmax}, {lmin}")
+    return lmax, lmin, {"top": info_top, "bottom": info_low}
+
+
+def check_tol(tol) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 <= float(tol) < 1:
+        raise ValueError(f"tol={tol!r} must be a number in [0, 1) (the eigenvalues' relative accuracy, 1e-2 as Li et "
+                         "al.; 0 = machine precision)")
+    return float(tol)
+
+
+def _grid(surface, resolution):
+    if resolution is None:
+        nx, ny = (min(len(surface.alphas), DEFAULT_RESOLUTION), min(len(surface.betas), DEFAULT_RESOLUTION))
+    else:
+        nx, ny = check_resolution(resolution)
+    (a0, a1), (b0, b1) = surface.span
+    return axis((a0, a1), nx), axis((b0, b1), ny)
+
+
+def _directions(surface, private) -> list:
+    """The surface's two directions under the private copy's names, dtypes and device; clear errors where they are
+    not this Landscape's plane."""
+    if not isinstance(surface, Surface):
+        raise TypeError(f"surface must be an lw.Surface (from Landscape.plane), got {type(surface).__name__}")
+    if not surface.directions or len(surface.directions) != 2:
+        raise ValueError("surface has no directions (loaded from a file saved without them?); the curvature map "
+                         "needs the plane's d1 and d2: recompute it with Landscape.plane")
+    if surface.span is None or len(surface.alphas) < 2 or len(surface.betas) < 2:
+        raise ValueError("surface has no grid (alphas and betas with at least 2 points each); pass a surface from "
+                         "Landscape.plane")
+    sha = surface.meta.get("model_sha256")
+    if sha is not None and sha != private.fingerprint():
+        raise ValueError("surface was computed at other weights than the model's current ones; its plane is "
+                         "theta + a d1 + b d2 around those weights: recompute it with Landscape.plane")
+    dirs = []
+    for k, d in enumerate(surface.directions):
+        d = private.canonical(d, f"surface.directions[{k}]")
+        missing = [n for n in private.names if n not in d]
+        extra = [n for n in d if n not in private.names]
+        if missing or extra:
+            raise ValueError(f"surface.directions[{k}] moves other parameters than this Landscape (missing "
+                             f"{missing[:3]}, not moved here {extra[:3]}); compute the surface with this Landscape "
+                             "(the same params=)")
+        out = {}
+        for n in private.names:
+            ref = private.base[n]
+            if tuple(d[n].shape) != tuple(ref.shape):
+                raise ValueError(f"surface.directions[{k}][{n!r}] has shape {tuple(d[n].shape)}, the parameter's "
+                                 f"is {tuple(ref.shape)}; compute the surface with this Landscape")
+            out[n] = d[n].detach().to(device=ref.device, dtype=ref.dtype)
+        dirs.append(out)
+    return dirs
+
+
+def point_weights(private, dirs, a: float, b: float) -> dict:
+    """``theta + a d1 + b d2`` over the moved parameters, in their dtype, with the plane evaluator's arithmetic
+    (base, then ``+ a d1``, then ``+ b d2``; a zero coefficient adds nothing): the plane's own points."""
+    out = {}
+    for n in private.names:
+        w = private.base[n].clone()
+        for c, d in zip((a, b), dirs):
+            if c != 0.0:
+                w.add_(d[n], alpha=float(c))
+        out[n] = w
+    return out
+
+
+def curvature_map(problem, surface, *, resolution=None, tol=1e-2, seed=0, progress=True, callback=None,
+                  cancel=None) -> CurvatureMap:
+    """``Landscape.curvature_map``: the map on ``surface``'s plane (see the module docstring)."""
+    private = problem.private()
+    dirs = _directions(surface, private)
+    alphas, betas = _grid(surface, resolution)
+    tol = check_tol(tol)
+    seed = check_seed(seed)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable receiving a dict per finished point, or None; got "
+                        f"{type(callback).__name__}")
+    timer = Timer()
+    nx, ny = len(alphas), len(betas)
+    total = nx * ny
+    lmax, lmin, losses = (np.full((nx, ny), np.nan) for _ in range(3))
+    hvps = np.zeros((nx, ny), dtype=np.int64)
+    unconverged, non_finite = [], []
+    # one child stream per point, two start vectors each: a cell does not depend on the order of the others
+    streams = np.random.SeedSequence(seed).spawn(total)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc="curvature map", unit="pt", leave=False)
+    try:
+        for k in range(total):
+            if is_cancelled(cancel):
+                raise Cancelled(f"cancelled after {k} of {total} points")
+            i, j = divmod(k, ny)
+            op = HessianOperator(private, problem.data, problem.objective, cancel=cancel,
+                                 weights=point_weights(private, dirs, alphas[i], betas[j]))
+            with op.running():
+                try:
+                    hi, lo, info = extreme_eigenvalues(
+                        op, tol=tol, rngs=[np.random.default_rng(s) for s in streams[k].spawn(2)])
+                except NonFinite:
+                    non_finite.append([i, j])
+                else:
+                    lmax[i, j], lmin[i, j] = hi, lo
+                    if not (info["top"]["converged"] and info["bottom"]["converged"]):
+                        unconverged.append([i, j])
+            losses[i, j] = np.nan if op.loss is None else op.loss
+            hvps[i, j] = op.hvps
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{int(hvps.sum())} HVPs")
+            if callback is not None:
+                callback({"i": i, "j": j, "alpha": float(alphas[i]), "beta": float(betas[j]),
+                          "lambda_max": float(lmax[i, j]), "lambda_min": float(lmin[i, j]),
+                          "ratio": float(eig_ratio(lmax[i, j], lmin[i, j])),
+                          "loss": float(losses[i, j]), "hvps": int(hvps[i, j]), "done": k + 1, "total": total})
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = timer()
+    meta = problem.describe(
+        private, kind="curvature_map", resolution=[nx, ny], tol=tol, seed=seed, eigensolver=EIGENSOLVER,
+        reference_settings=LI_ET_AL_SETTINGS, direction_kind=surface.meta.get("direction_kind"),
+        surface_resolution=[len(surface.alphas), len(surface.betas)], hvps=int(hvps.sum()),
+        hvps_per_point=hvps.tolist(), non_finite=non_finite, unconverged=unconverged,
+        timings={"total_s": round(elapsed, 6), "per_point_s": round(elapsed / total, 6),
+                 "hvps_per_s": round(float(hvps.sum()) / max(elapsed, 1e-12), 3)})
+    return CurvatureMap(alphas, betas, lmax, lmin, losses, meta)
+
+
+__all__ = ["CurvatureMap", "NonFinite", "ShiftedOperator", "curvature_map", "extreme_eigenvalues"]
