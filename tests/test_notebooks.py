@@ -128,3 +128,36 @@ def test_sidepanel_runs_with_the_widget_in_a_sidecar(tmp_path, monkeypatch):
     # (which widget the panel shows is checked in a real JupyterLab, tests/browser/test_jupyterlab.py: nbclient
     # captures only OutputModel, not the sidecar's own model)
     assert "(31, 31)" in outputs_text(nb)
+
+
+def test_mode_connectivity_runs_and_its_curve_removes_the_barrier(tmp_path, monkeypatch):
+    import landscape_widgets as lw
+    from landscape_widgets import examples
+
+    nb = execute("mode_connectivity.ipynb", tmp_path, monkeypatch)
+    (surface,) = widgets(nb, "SurfaceWidget")
+    assert surface["_state"] == "done" and surface["error"] == "" and surface["_shape"] == [13, 13]
+    plane, line, curve = (lw.load(tmp_path / f) for f in ("plane.npz", "line.npz", "connect.npz"))
+    assert [m["label"] for m in surface["_marks"]] == plane.meta["models"]["labels"] == ["model", "model_b", "model_c"]
+    np.testing.assert_allclose([m["loss"] for m in surface["_marks"]], plane.meta["models"]["losses"], rtol=1e-12)
+
+    # the notebook's models as it saved them (training again here would round differently), in plain torch
+    x, y = examples.digits(flat=False)
+    saved = torch.load(tmp_path / "digits-cnns.pt")
+    sa, sb = saved[0], saved[1]
+    model = examples.digits_cnn(seed=0).eval()  # plain_loss runs it as it is: BatchNorm with its statistics
+    own = [plain_loss(model, s, x, y) for s in (sa, sb)]
+    np.testing.assert_allclose(line.meta["barrier_ends"], own, rtol=1e-4)
+    np.testing.assert_allclose(plane.meta["models"]["losses"][:2], own, rtol=1e-4)
+    # the line theta_a + a (theta_b - theta_a), BatchNorm statistics moved along (num_batches_tracked is not used)
+    for i in (0, 5, 10, 20):
+        a = line.alphas[i]
+        state = {k: sa[k] + a * (sb[k] - sa[k]) if sa[k].is_floating_point() else sa[k] for k in sa}
+        np.testing.assert_allclose(line.losses[i], plain_loss(model, state, x, y), rtol=2e-4, atol=1e-6)
+    seg = (line.alphas >= 0) & (line.alphas <= 1)
+    assert line.meta["barrier"] == pytest.approx(line.losses[seg].max() - np.mean(own), rel=1e-3)
+    straight = np.array(curve.meta["line_losses"])
+    assert curve.meta["line_barrier"] == pytest.approx(straight.max() - straight[[0, -1]].mean(), rel=1e-9)
+    assert curve.meta["barrier"] == pytest.approx(curve.losses.max() - curve.losses[[0, -1]].mean(), rel=1e-9)
+    assert line.meta["barrier"] > 0.3 and curve.meta["barrier"] < curve.meta["line_barrier"] / 3
+    assert "barrier on the straight line" in outputs_text(nb)

@@ -2,6 +2,10 @@
 
 A new kind is one module with a ``DirectionKind`` subclass (what it needs, its defaults and controls, ``make`` and
 ``describe``), registered here or with :func:`register`; nothing else in the library names it.
+
+Besides the named kinds, ``directions=`` may be the directions themselves (``EXPLICIT``: dicts ``{parameter name:
+tensor}``) or other models (``MODELS``: modules, or dicts as ``module.state_dict()`` returns them, which carry its
+``_metadata``; :mod:`.models` says the rule): :func:`kind_of` tells which.
 """
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from .explicit import ExplicitKind, check_direction, explicit_directions
 from .gaussian import RandomKind, random_directions
 from .hessian import HessianKind, hessian_directions
 from .kind import CONTROLS, NEEDS, DirectionKind, FunctionKind, Made
+from .models import ModelsKind, check_not_weights, given_models, line_axis, model_directions
 from .normalization import NORMALIZATIONS, check_ignore, check_normalization, cosine, normalize
 from .pca import PCAKind, pca_directions
 
 KINDS = {k.name: k for k in (RandomKind(), HessianKind(), PCAKind())}
 EXPLICIT = ExplicitKind()
+MODELS = ModelsKind()
 
 
 def register(kind, fn=None, **declarations):
@@ -33,13 +39,21 @@ def register(kind, fn=None, **declarations):
 
 
 def kind_of(spec, argname="directions") -> DirectionKind:
-    """The kind of a ``directions=`` argument: a registered name, or explicit dicts (or a surface's own)."""
+    """The kind of a ``directions=`` argument: a registered name, other models (``MODELS``: modules or their
+    ``state_dict()``, see :mod:`.models`), or explicit dicts (or a surface's own)."""
     if isinstance(spec, str):
         if spec not in KINDS:
             raise ValueError(f"{argname}={spec!r} is not a known direction kind; pass one of "
-                             f"{', '.join(repr(k) for k in KINDS)} or explicit direction dict(s)")
+                             f"{', '.join(repr(k) for k in KINDS)}, explicit direction dict(s) or other models")
         return KINDS[spec]
+    if given_models(spec, argname) is not None:
+        return MODELS
     return EXPLICIT
+
+
+def kind_named(name) -> DirectionKind:
+    """The kind a result's ``direction_kind`` names: a registered one, ``MODELS`` or ``EXPLICIT``; None if unknown."""
+    return KINDS.get(name) or {MODELS.name: MODELS, EXPLICIT.name: EXPLICIT}.get(name)
 
 
 def make_directions(spec, private, count, *, argname, **options) -> Made:
@@ -49,6 +63,8 @@ def make_directions(spec, private, count, *, argname, **options) -> Made:
     if isinstance(spec, Surface):
         return _same_as(spec, private, count, argname)
     kind = kind_of(spec, argname)
+    if kind is MODELS:
+        return MODELS.make(private, count, given=given_models(spec, argname), argname=argname, **options)
     if kind is not EXPLICIT:
         if kind.max_count is not None and count > kind.max_count:
             raise ValueError(f"the {kind.name!r} kind gives at most {kind.max_count} directions, {count} were asked "
@@ -58,6 +74,7 @@ def make_directions(spec, private, count, *, argname, **options) -> Made:
     if given is None or len(given) != count:
         want = "a dict {parameter name: tensor}" if count == 1 else "a pair (d1, d2) of dicts {parameter name: tensor}"
         raise TypeError(f"{argname} must be a kind name ({', '.join(repr(k) for k in KINDS)}) or {want}")
+    check_not_weights(given, private, argname)
     return EXPLICIT.make(private, count, given=given, argname=argname, **options)
 
 
@@ -73,6 +90,6 @@ def _same_as(surface, private, count, argname) -> Made:
     return Made(dirs, meta, span=surface.span, path=surface.path)
 
 
-__all__ = ["CONTROLS", "EXPLICIT", "KINDS", "NEEDS", "NORMALIZATIONS", "DirectionKind", "FunctionKind", "Made",
-           "cosine", "explicit_directions", "hessian_directions", "kind_of", "make_directions", "normalize",
-           "pca_directions", "random_directions", "register"]
+__all__ = ["CONTROLS", "EXPLICIT", "KINDS", "MODELS", "NEEDS", "NORMALIZATIONS", "DirectionKind", "FunctionKind",
+           "Made", "cosine", "explicit_directions", "hessian_directions", "kind_named", "kind_of", "line_axis",
+           "make_directions", "model_directions", "normalize", "pca_directions", "random_directions", "register"]

@@ -14,12 +14,14 @@ CONTROLS = ("seed", "normalization", "seeds")  # the surface widget's controls a
 @dataclass
 class Made:
     """The directions of one call: ``dirs`` (one ``{name: tensor}`` per axis), ``meta`` (facts the result keeps),
-    the kind's default ``span`` (one ``(lo, hi)`` per axis; None: -1..1) and a ``path`` ``[n, count]`` drawn on
-    the plane (None: no path)."""
+    the kind's default ``span`` (one ``(lo, hi)`` per axis; None: -1..1), a ``path`` ``[n, count]`` drawn on
+    the plane (None: no path) and, for kinds that move buffers (``DirectionKind.moves_buffers``), ``buffer_dirs``
+    ``{buffer name: [one tensor per axis]}`` (BatchNorm statistics moved with the same coordinates)."""
     dirs: list
     meta: dict
     span: tuple = None
     path: np.ndarray = None
+    buffer_dirs: dict = None
 
 
 class DirectionKind:
@@ -29,7 +31,8 @@ class DirectionKind:
     the surface widget controls that change its directions (:data:`CONTROLS`); ``seeded``: the directions are a
     function of ``(seed, normalization, ignore)`` alone, so a seed spread can make them again; ``chooses_span``: its
     directions come with their own grid (:attr:`Made.span`) unless the caller gives a span; ``max_count``: the
-    most directions it gives (None: any number)."""
+    most directions it gives (None: any number); ``moves_buffers``: it also gives buffer directions
+    (:attr:`Made.buffer_dirs`), so ``buffers="interpolate"`` applies, and :meth:`make` gets ``buffers=``."""
 
     name = ""
     needs = ()
@@ -38,6 +41,7 @@ class DirectionKind:
     seeded = False
     chooses_span = False
     max_count = None
+    moves_buffers = False
     preparing = ""  # what a view says while the directions are made, when that takes a while
 
     def make(self, private, count, *, seed=0, normalization=None, ignore="biasbn", **needs) -> Made:
