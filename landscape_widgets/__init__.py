@@ -10,10 +10,11 @@ from .landscape import Landscape  # noqa: E402
 from .results import Curve, Surface, load  # noqa: E402
 from .hessian import Spectrum  # noqa: E402
 from .results import SeedSpread  # noqa: E402
+from .results import CurvatureMap  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
 
-__all__ = ["SeedSpread", "Spectrum",
+__all__ = ["CurvatureMap", "SeedSpread", "Spectrum",
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 # imported on first use: anywidget/ipywidgets stay out of the import

@@ -16,12 +16,14 @@ from ._model import check_model, resolve_device, select_params, state_from, unwr
 from .batched import TILE_POINTS
 from .chooser import check_evaluator
 from .data import DataSource
-from .directions import KINDS, cosine, kind_of, make_directions
-from .engine import Plan, Problem, execute
+from .connect import connect as connect_models, loss_barrier, segment_ends
+from .directions import KINDS, cosine, kind_of, line_axis, make_directions
+from .engine import Plan, Problem, execute, split_values
 from .evaluator import Timer, grid_tile_size
 from .hessian import Spectrum, api as hessian_api
+from .hessian.curvature_map import curvature_map as compute_curvature_map
 from .objective import Objective
-from .results import Curve, SeedSpread, Surface
+from .results import Curve, CurvatureMap, SeedSpread, Surface
 
 BUFFER_MODES = ("interpolate", "model", "recompute")
 
@@ -44,6 +46,12 @@ class Landscape:
     count is the first dimension of its targets (with ``loss_fn``) or of its first tensor.  Computed in eval mode
     without gradients on ``device`` (None: CUDA when available, else CPU).
 
+    ``metrics``: name -> callable, computed in the same forward passes as the loss and averaged over batches with
+    the same sample weights (Li et al. 2018 record the accuracy beside the loss at every point): ``fn(outputs,
+    targets) -> scalar`` with ``loss_fn``, ``fn(outputs, batch) -> scalar`` with the model's own loss (e.g.
+    ``(out.logits.argmax(-1) == batch["labels"]).float().mean()``); not with ``batch_loss``, which keeps the outputs
+    to itself.  Results carry them as ``.metrics`` (name -> array shaped like ``.losses``, in the order given).
+
     ``params``: which parameters move: None (default) those with ``requires_grad=True``, ``"all"``, an iterable of
     names, or a callable ``(name, tensor) -> bool``; every direction, the interpolation and every Hessian use this
     set, the others keep the model's values.  A parameter shared by several modules (tied weights) moves once and
@@ -51,9 +59,11 @@ class Landscape:
     The model itself is never modified.
     """
 
-    def __init__(self, model: nn.Module, loss_fn=None, data=None, *, batch_loss=None, params=None, device=None):
+    def __init__(self, model: nn.Module, loss_fn=None, data=None, *, batch_loss=None, params=None, device=None,
+                 metrics=None):
         check_model(model)
-        self.objective = Objective(loss_fn, batch_loss)
+        self.objective = Objective(loss_fn, batch_loss, metrics)
+        self.metrics = dict(self.objective.metrics)
         select_params(unwrap(model), params)  # a bad selection fails here, not at the first computation
         self.model = model
         self.loss_fn = loss_fn
@@ -64,16 +74,17 @@ class Landscape:
         self.problem = Problem(model, self.objective, self.data, params, self.device)
 
     def _run(self, plan, *, callback, cancel, progress, desc, client=None, store=None, problem=None):
-        """Evaluate ``plan`` here or on Dask workers (``client``), resumably through ``store``: the losses and
-        the executor's record as meta entries."""
+        """Evaluate ``plan`` here or on Dask workers (``client``), resumably through ``store``: the losses, the
+        metrics (name -> values) and the executor's record."""
         problem = problem or self.problem
         executor = None
         if client is not None:
             from .distributed import DaskExecutor
             executor = DaskExecutor(client, problem, plan)
-        losses, done = execute(problem, plan, executor=executor, callback=callback, cancel=cancel,
+        values, done = execute(problem, plan, executor=executor, callback=callback, cancel=cancel,
                                progress=progress, desc=desc, store=store)
-        return losses, done
+        losses, metrics = split_values(values, problem.objective.metric_names)
+        return losses, metrics, done
 
     def _on_samples(self, samples):
         """The problem on a fixed subset of ``samples`` samples (made once per size), or on all the data."""
@@ -90,7 +101,8 @@ class Landscape:
     def loss(self) -> float:
         """The loss at the model's own weights."""
         plan = Plan("loss", self.problem.private(), [], np.zeros((1, 0)), tile_size=1, evaluator="loop")
-        return float(execute(self.problem, plan)[0][0])
+        losses, _metrics = split_values(execute(self.problem, plan)[0], self.objective.metric_names)
+        return float(losses[0])
 
     def interpolate(self, start, *, steps=51, span=(-0.5, 1.5), buffers="interpolate", progress=True,
                     callback=None, cancel=None, client=None, store=None, evaluator="auto") -> Curve:
@@ -118,40 +130,70 @@ class Landscape:
         t_dir = timer()
         plan = Plan("interpolation", private, [d], (alphas - 1.0)[:, None], tile_size=max(1, -(-steps // 8)),
                     buffer_dirs=buffer_dirs, buffers=buffers, evaluator=evaluator)
-        losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="interpolate",
-                                 client=client, store=store)
+        losses, metrics, done = self._run(plan, callback=callback, cancel=cancel, progress=progress,
+                                          desc="interpolate", client=client, store=store)
         dist = float(sum((v.double() ** 2).sum() for v in d.values()) ** 0.5)
         meta = self.problem.describe(private, kind="interpolation", buffers=buffers, distance=dist,
                                      timings=_timings(t_dir, timer(), steps), **done.meta())
-        return Curve(alphas, losses, meta, execution=done)
+        # the loss barrier between the two models (a = 0 and a = 1), with the ends evaluated where the grid lacks them
+        ends = segment_ends(alphas, losses, lambda at: self._points(private, [d], [[a - 1.0] for a in at],
+                                                                    buffer_dirs, buffers))
+        meta.update(models={"labels": ["start", "model"], "coords": [0.0, 1.0], "losses": ends},
+                    **loss_barrier(alphas, losses, ends))
+        return Curve(alphas, losses, meta, execution=done, metrics=metrics)
 
-    def line(self, *, direction="random", normalization=None, ignore="biasbn", seed=0, steps=51, span=1.0,
-             progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto") -> Curve:
-        """Loss along theta + a d for one direction d (random Gaussian, filter-normalized by default).
+    def line(self, *, direction="random", normalization=None, ignore="biasbn", seed=0, steps=51, span=None,
+             buffers=None, progress=True, callback=None, cancel=None, client=None, store=None,
+             evaluator="auto") -> Curve:
+        """Loss along theta + a d for one direction d (random Gaussian, filter-normalized by default; ``span=None``:
+        -1..1).
 
+        ``direction`` may be another model (a module or its ``state_dict()``): the line theta + a (theta_b - theta)
+        in raw units (:mod:`~landscape_widgets.directions.models`), by default on ``steps`` points from about -0.25
+        to 1.25 that include a = 0 (the model) and a = 1 (theta_b) exactly.  ``meta["models"]`` marks both with
+        their losses, and ``meta["barrier"]`` is the loss barrier between them
+        (:func:`~landscape_widgets.connect.loss_barrier`: the largest loss on the segment minus the mean of its
+        ends; ``meta["barrier_alphas"]`` the points used).  ``buffers``: as in :meth:`plane`.
         ``client``, ``store`` and ``evaluator``: as in :meth:`plane`."""
         steps = check_int(steps, "steps", low=2)
         check_evaluator(evaluator)
-        (a0, a1), = check_span(span, "span", axes=1)
+        spans = None if span is None else check_span(span, "span", axes=1)
         timer = Timer()
         private = self.problem.private()
+        kind = kind_of(direction, "direction")
+        buffers, plan_buffers = _buffer_mode(buffers, kind)
         made = make_directions(direction, private, 1, argname="direction", seed=seed, normalization=normalization,
-                               ignore=ignore, **self._needs(kind_of(direction, "direction"), None, cancel, progress))
+                               ignore=ignore, **self._needs(kind, None, cancel, progress),
+                               **({"buffers": buffers} if kind.moves_buffers else {}))
         (d1,), dmeta = made.dirs, made.meta
-        alphas = axis((a0, a1), steps)
+        marks = dmeta.get("models")
+        if spans is None and marks is not None:
+            alphas = line_axis(steps)  # a = 0 and a = 1, the two models, are grid points
+        else:
+            (a0, a1), = spans or check_span(1.0, "span", axes=1)
+            alphas = axis((a0, a1), steps)
+        bdirs = made.buffer_dirs if buffers == "interpolate" else None
         t_dir = timer()
-        plan = Plan("line", private, [d1], alphas[:, None], tile_size=max(1, -(-steps // 8)), evaluator=evaluator)
-        losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="line",
-                                 client=client, store=store)
+        plan = Plan("line", private, [d1], alphas[:, None], tile_size=max(1, -(-steps // 8)), buffer_dirs=bdirs,
+                    buffers=plan_buffers, evaluator=evaluator)
+        losses, metrics, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="line",
+                                          client=client, store=store)
         meta = self.problem.describe(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps),
                                      **done.meta())
-        curve = Curve(alphas, losses, meta, execution=done)
+        if buffers is not None:
+            meta["buffers"] = buffers
+        if marks is not None:
+            ends = segment_ends(alphas, losses, lambda at: self._points(private, [d1], [[a] for a in at], bdirs,
+                                                                        plan_buffers))
+            meta["models"] = dict(marks, losses=ends)
+            meta.update(loss_barrier(alphas, losses, ends))
+        curve = Curve(alphas, losses, meta, execution=done, metrics=metrics)
         curve.direction = {n: t.detach().cpu() for n, t in d1.items()}
         return curve
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
               progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
-              trajectory=None, trust=False, samples=None) -> Surface:
+              trajectory=None, trust=False, samples=None, buffers=None) -> Surface:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
@@ -166,6 +208,17 @@ class Landscape:
         ``directions`` may also be an earlier :class:`~landscape_widgets.Surface`: its directions, their kind's
         record, its grid (unless ``span`` is given) and its path, reused as they are (no eigen-solve or PCA again).
         ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.meta["trust"]``.
+
+        ``directions=(model_b, model_c)`` (modules or their ``state_dict()``) is the plane through the model and
+        two others, in raw units (:mod:`~landscape_widgets.directions.models`: d1 = theta_b - theta, d2 the part of
+        theta_c - theta orthogonal to d1): the model at (0, 0), theta_b at (1, 0), theta_c at (a_c, 1).
+        ``surf.meta["models"]`` holds their ``labels``, ``coords`` and ``losses`` (each evaluated at its mark);
+        ``span=None`` covers the three with a margin of a quarter of their extent.  ``buffers`` says where
+        BatchNorm statistics come from: "interpolate" (the default for planes through models) moves floating
+        buffers with the same combination of the three models as the weights, so each model has its own at its
+        mark; "model" keeps the model's (the default of every other kind, which has no buffer directions, so
+        "interpolate" is an error there); "recompute" re-estimates them at every point with a train-mode pass over
+        the data (as ``interpolate``).
 
         ``samples``: the loss on a fixed random subset of that many samples instead of all the data (a quick
         preview of a large data set; the same subset at every point and every call, drawn by a private generator;
@@ -184,31 +237,59 @@ class Landscape:
         timer = Timer()
         private = self.problem.private()
         kind = kind_of(directions)
+        buffers, plan_buffers = _buffer_mode(buffers, kind)
         if trajectory is not None and "trajectory" not in kind.needs:
             users = [k.name for k in KINDS.values() if "trajectory" in k.needs]
             raise ValueError(f"trajectory= is only used by direction kinds that follow a path ({', '.join(users)}); "
                              f"pass directions={users[0]!r} or leave trajectory out")
         made = make_directions(directions, private, 2, argname="directions", seed=seed, normalization=normalization,
-                               ignore=ignore, **self._needs(kind, trajectory, cancel, progress))
+                               ignore=ignore, **self._needs(kind, trajectory, cancel, progress),
+                               **({"buffers": buffers} if kind.moves_buffers else {}))
         (d1, d2), dmeta = made.dirs, made.meta
+        bdirs = made.buffer_dirs if buffers == "interpolate" else None
         (a0, a1), (b0, b1) = spans or made.span or check_span(1.0, "span", axes=2)
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
         t_dir = timer()
-        plan = Plan("plane", private, [d1, d2], coords, tile_size=1, evaluator=evaluator)
+        plan = Plan("plane", private, [d1, d2], coords, tile_size=1, buffer_dirs=bdirs, buffers=plan_buffers,
+                    evaluator=evaluator)
         plan.tile_size = grid_tile_size(ny, len(coords), TILE_POINTS if plan.executor == "vmap" else 64)
-        losses, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="plane",
-                                 client=client, store=store, problem=problem)
+        losses, metrics, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="plane",
+                                          client=client, store=store, problem=problem)
         losses = losses.reshape(nx, ny)
+        metrics = {n: v.reshape(nx, ny) for n, v in metrics.items()}
         meta = problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
                                      timings=_timings(t_dir, timer(), nx * ny), **done.meta())
+        if buffers is not None or dmeta.get("models") is not None:  # (a models surface reused: its marks, "model")
+            meta["buffers"] = buffers or "model"
+        if dmeta.get("models") is not None:  # the loss at each model's mark, which the grid need not contain
+            marks = dmeta["models"]
+            meta["models"] = dict(marks, losses=[float(v) for v in self._points(
+                private, [d1, d2], marks["coords"], bdirs, plan_buffers, problem=problem)])
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
         surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done,
-                          direction_meta=made.meta)
+                          direction_meta=made.meta, metrics=metrics)
         if trust:
             surface.meta["trust"] = self.trust(surface, cancel=cancel, progress=progress)
         return surface
+
+    def connect(self, model_b, *, bend=None, steps=31, buffers=None, epochs=10, lr=0.05, optimizer="sgd",
+                momentum=0.9, batch_size=64, seed=0, progress=True, cancel=None, evaluator="auto") -> Curve:
+        """The loss along Garipov et al.'s quadratic Bézier curve (arXiv 1802.10026, Eq. 2) from the model (t = 0)
+        to ``model_b`` (t = 1), beside the straight line, with both loss barriers; ``bend=None`` trains the bend on
+        this Landscape's data (Eq. 3).  ``curve.bend`` is the bend; see :func:`landscape_widgets.connect.connect`
+        for every option."""
+        return connect_models(self.problem, model_b, bend=bend, steps=steps, buffers=buffers, epochs=epochs, lr=lr,
+                              optimizer=optimizer, momentum=momentum, batch_size=batch_size, seed=seed,
+                              progress=progress, cancel=cancel, evaluator=evaluator)
+
+    def _points(self, private, dirs, coords, buffer_dirs=None, buffers=None, problem=None):
+        """The losses at a few ``coords`` on ``dirs`` (the marks of models, a segment's ends), by the per-point loop."""
+        problem = problem or self.problem
+        plan = Plan("points", private, dirs, coords, tile_size=len(coords), buffer_dirs=buffer_dirs, buffers=buffers,
+                    evaluator="loop")
+        return [float(v) for v in split_values(execute(problem, plan)[0], problem.objective.metric_names)[0]]
 
     def spectrum(self, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
                  trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None,
@@ -238,6 +319,24 @@ class Landscape:
         """
         return hessian_api.trust(self.problem, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples,
                                  tol=tol, cancel=cancel, progress=progress, callback=callback)
+
+    def curvature_map(self, surface, *, resolution=None, tol=1e-2, seed=0, progress=True, callback=None,
+                      cancel=None) -> CurvatureMap:
+        """``|lambda_min / lambda_max|`` of the Hessian at every point of ``surface``'s plane (Li et al. 2018,
+        arXiv 1712.09913, §6; their ``plot_hessian_eigen.py``): near 0 the landscape is locally convex.
+
+        At ``theta + alphas[i] d1 + betas[j] d2`` (``surface``'s directions around the model's current weights, on
+        the rectangle ``surface.span``) the largest and the smallest eigenvalue of the Hessian of the loss over all
+        the data (eval mode, the moved parameters), each to relative accuracy ``tol`` (1e-2 as Li et al.;
+        ``lambda_min`` relative to ``lambda_max - lambda_min``, see :mod:`landscape_widgets.hessian.curvature_map`).
+        ``resolution``: points per axis, an int or ``(nx, ny)`` (None: the surface's, at most 11; each point costs
+        two eigen-solves).  ``seed`` draws the start vectors; ``callback(dict(i, j, alpha, beta, lambda_max,
+        lambda_min, ratio, loss, hvps, done, total))`` follows every finished point; ``cancel`` (Event or callable)
+        is checked before every Hessian-vector product and raises :class:`~landscape_widgets.Cancelled`;
+        ``progress`` shows a ``tqdm`` bar of the points.  A point whose loss or Hessian is not finite is NaN.
+        """
+        return compute_curvature_map(self.problem, surface, resolution=resolution, tol=tol, seed=seed,
+                                     progress=progress, callback=callback, cancel=cancel)
 
     def seed_spread(self, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
         """The same plane for ``seeds`` (a count or a list): per-cell ``median`` and ``iqr`` and one ``sharpness``
@@ -271,7 +370,9 @@ class Landscape:
                     sharpness_definition="100 * (max over the grid of L - L0) / (1 + L0) (Keskar et al. 2017, "
                                          "arXiv 1609.04836, Metric 2.1, box replaced by the plotted grid)",
                     total_s=round(timer(), 6))
-        return SeedSpread(first.alphas, first.betas, seeds, np.stack([s.losses for s in surfaces]), meta)
+        metrics = {n: np.stack([s.metrics[n] for s in surfaces]) for n in self.objective.metric_names}
+        return SeedSpread(first.alphas, first.betas, seeds, np.stack([s.losses for s in surfaces]), meta,
+                          metrics=metrics)
 
     @property
     def moved(self) -> list:
@@ -296,6 +397,21 @@ class Landscape:
     def __repr__(self):
         return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "
                 f"data={self.data.describe()})")
+
+
+def _buffer_mode(buffers, kind):
+    """``buffers=`` for a direction kind: the mode (None: "interpolate" for kinds with buffer directions, else
+    nothing recorded) and what the :class:`~landscape_widgets.engine.Plan` gets ("model" is the plan's default)."""
+    if buffers is None:
+        buffers = "interpolate" if kind.moves_buffers else None
+    elif buffers not in BUFFER_MODES:
+        raise ValueError(f"buffers={buffers!r} is not known; pass one of {', '.join(map(repr, BUFFER_MODES))}")
+    elif buffers == "interpolate" and not kind.moves_buffers:
+        raise ValueError(f"buffers='interpolate' needs buffer directions, which only lines and planes through other "
+                         f"models have (directions=(model_b, model_c)); {kind.name!r} directions (and an earlier "
+                         "surface's, reused) move no buffers: pass buffers='model' (their default) or 'recompute', or "
+                         "the models themselves")
+    return buffers, (None if buffers in (None, "model") else buffers)
 
 
 def _timings(t_setup, t_total, points):

@@ -1,13 +1,15 @@
 """Result objects: plain attributes (arrays and a ``meta`` dict), saved with their provenance.
 
 Files are ``.npz`` archives without pickles: arrays under their names, direction tensors under ``d1/<param>``,
-and the meta dict as JSON, so a result written today loads anywhere numpy does.
+metrics under ``metrics/<name>`` (their order in ``meta["metrics"]``), and the meta dict as JSON, so a result
+written today loads anywhere numpy does; a file without metrics loads with ``metrics == {}``.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import types
 import warnings
 
 import numpy as np
@@ -39,10 +41,24 @@ def _jsonable(obj):
     return str(obj)
 
 
+def _metrics(metrics, losses) -> dict:
+    """``metrics`` (name -> values) as float64 arrays shaped like ``losses``, in the order given."""
+    out = {}
+    for name, values in (metrics or {}).items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != losses.shape:
+            raise ValueError(f"metric {name!r} has shape {values.shape}; it needs the shape of the losses, "
+                             f"{losses.shape}")
+        out[str(name)] = values
+    return out
+
+
 class Result:
-    """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``."""
+    """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``;
+    ``metrics`` (name -> array shaped like ``losses``, Li et al.'s accuracy beside the loss) is saved with them."""
 
     execution = None  # set on results the engine computed in this process
+    metrics = types.MappingProxyType({})  # results without metrics; read-only, so no instance shares a dict
     _arrays: tuple = ()
     _optional: tuple = ()
     _direction_sets: tuple = ()
@@ -59,6 +75,8 @@ class Result:
             value = getattr(self, name, None)
             if value is not None:
                 payload[name] = np.asarray(value)
+        for name, value in (self.metrics or {}).items():
+            payload[f"metrics/{name}"] = np.asarray(value)
         for attr in self._direction_sets:
             dirs = getattr(self, attr, None)
             if dirs is None:
@@ -88,6 +106,9 @@ class Result:
                 dirs.append({k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
                              if k.startswith(prefix)})
             setattr(obj, attr, tuple(dirs))
+        stored = {k[len("metrics/"):]: np.asarray(v) for k, v in arrays.items() if k.startswith("metrics/")}
+        order = [n for n in meta.get("metrics") or [] if n in stored]
+        obj.metrics = {n: stored[n] for n in order + [n for n in stored if n not in order]}
         obj.meta = meta
         return obj
 
@@ -127,18 +148,32 @@ def _attrs(meta):
     return out
 
 
+def _to_xarray(result, coords, dims):
+    """The losses as a DataArray named "loss"; with metrics a Dataset of "loss" and every metric (same dims)."""
+    xr = _xarray()
+    loss = xr.DataArray(result.losses, coords=coords, dims=dims, name="loss", attrs=_attrs(result.meta))
+    if not result.metrics:
+        return loss
+    variables = {"loss": loss}
+    variables.update({name: xr.DataArray(values, coords=coords, dims=dims, name=name)
+                      for name, values in result.metrics.items()})
+    return xr.Dataset(variables, attrs=_attrs(result.meta))
+
+
 @register_result
 class Curve(Result):
     """A 1-D loss profile: ``losses[i] = L(theta(alphas[i]))``.  ``execution``: what evaluated it
-    (:class:`~landscape_widgets.engine.Execution`; None for a loaded file, whose ``meta`` keeps the same facts)."""
+    (:class:`~landscape_widgets.engine.Execution`; None for a loaded file, whose ``meta`` keeps the same facts).
+    ``metrics``: name -> values at the same points (``Landscape(metrics=...)``), ``{}`` without them."""
 
     _arrays = ("alphas", "losses")
 
-    def __init__(self, alphas, losses, meta=None, execution=None):
+    def __init__(self, alphas, losses, meta=None, execution=None, metrics=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.meta = dict(meta or {})
         self.execution = execution
+        self.metrics = _metrics(metrics, self.losses)
 
     @property
     def span(self) -> tuple:
@@ -146,9 +181,13 @@ class Curve(Result):
         return (float(self.alphas[0]), float(self.alphas[-1])) if len(self.alphas) else None
 
     def to_xarray(self):
-        xr = _xarray()
-        return xr.DataArray(self.losses, coords={"alpha": self.alphas}, dims=("alpha",), name="loss",
-                            attrs=_attrs(self.meta))
+        """A DataArray "loss" over "alpha"; with metrics a Dataset of "loss" and every metric."""
+        return _to_xarray(self, {"alpha": self.alphas}, ("alpha",))
+
+    def plot(self, ax=None, **options):
+        """A static matplotlib figure (:func:`landscape_widgets.plot.plot_curve`); returns the Axes."""
+        from .plot import plot_curve
+        return plot_curve(self, ax=ax, **options)
 
 
 @register_result
@@ -157,17 +196,19 @@ class Surface(Result):
 
     ``path`` [n, 2]: a trajectory projected on the plane (PCA directions), else None; ``execution`` as in
     :class:`Curve`; ``direction_meta``: what the direction kind recorded about ``directions`` (also in ``meta``),
-    so that ``plane(directions=surface)`` draws the same plane again without recomputing them."""
+    so that ``plane(directions=surface)`` draws the same plane again without recomputing them; ``metrics``:
+    name -> ``[len(alphas), len(betas)]`` values at the same points, ``{}`` without them."""
 
     _arrays = ("alphas", "betas", "losses")
     _optional = ("path",)
     _direction_sets = ("directions",)
 
     def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None, execution=None,
-                 direction_meta=None):
+                 direction_meta=None, metrics=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
+        self.metrics = _metrics(metrics, self.losses)
         self.directions = directions
         self.meta = dict(meta or {})
         self.path = path
@@ -191,28 +232,90 @@ class Surface(Result):
         return (float(self.alphas[0]), float(self.alphas[-1])), (float(self.betas[0]), float(self.betas[-1]))
 
     def to_xarray(self):
-        xr = _xarray()
-        return xr.DataArray(self.losses, coords={"alpha": self.alphas, "beta": self.betas},
-                            dims=("alpha", "beta"), name="loss", attrs=_attrs(self.meta))
+        """A DataArray "loss" over ("alpha", "beta"); with metrics a Dataset of "loss" and every metric."""
+        return _to_xarray(self, {"alpha": self.alphas, "beta": self.betas}, ("alpha", "beta"))
+
+    def plot(self, ax=None, **options):
+        """A static matplotlib figure, contours or 3-D (:func:`landscape_widgets.plot.plot_surface`); returns the
+        Axes."""
+        from .plot import plot_surface
+        return plot_surface(self, ax=ax, **options)
+
+    def to_vtp(self, path, *, log=False, zmax=None, values="loss", **options) -> str:
+        """Write a VTK PolyData file for ParaView, as Li et al.'s ``h52vtp.py``
+        (:func:`landscape_widgets.vtk.write_vtp`); returns its path."""
+        from .vtk import write_vtp
+        return write_vtp(self, path, log=log, zmax=zmax, values=values, **options)
 
 
 @register_result
 class SeedSpread(Result):
     """The same plane for several seeds (``Landscape.seed_spread``): ``losses[k, i, j]`` for ``seeds[k]``, the
     per-cell ``median`` and ``iqr``
-    (75th minus 25th percentile, NaN-aware), and ``sharpness[k]`` (Keskar et al. 2017 Metric 2.1 on the grid)."""
+    (75th minus 25th percentile, NaN-aware), and ``sharpness[k]`` (Keskar et al. 2017 Metric 2.1 on the grid).
+    ``metrics``: name -> ``[k, i, j]`` values per seed, as ``losses``; ``{}`` without them."""
 
     _arrays = ("alphas", "betas", "seeds", "losses", "median", "iqr", "sharpness")
 
-    def __init__(self, alphas, betas, seeds, losses, meta=None):
+    def __init__(self, alphas, betas, seeds, losses, meta=None, metrics=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.seeds = np.asarray(seeds, dtype=np.int64)
         self.losses = np.asarray(losses, dtype=np.float64)
+        self.metrics = _metrics(metrics, self.losses)
         self.meta = dict(meta or {})
         center = self.meta.get("center_loss")
         self.median, self.iqr = spread(self.losses)
         self.sharpness = np.array([sharpness(s, center) for s in self.losses])
+
+    def plot(self, ax=None, **options):
+        """A static matplotlib figure: median or IQR contours, or a slice with the 25-75 % band
+        (:func:`landscape_widgets.plot.plot_seed_spread`); returns the Axes."""
+        from .plot import plot_seed_spread
+        return plot_seed_spread(self, ax=ax, **options)
+
+
+@register_result
+class CurvatureMap(Result):
+    """The Hessian's extreme eigenvalues on a plane (``Landscape.curvature_map``; Li et al. 2018, arXiv 1712.09913,
+    §6).
+
+    ``lambda_max[i, j]`` and ``lambda_min[i, j]``: the largest and the smallest eigenvalue of the Hessian of the loss
+    at ``theta + alphas[i] d1 + betas[j] d2`` (numpy "ij" layout, as ``Surface.losses``); ``ratio = |lambda_min /
+    lambda_max|`` (Li et al.'s map: near 0 the landscape is locally convex, larger values show more negative
+    curvature; NaN where the loss is not finite, inf where ``lambda_max = 0``); ``losses``: the loss at each point;
+    ``meta``: the eigen-solver's settings, the Hessian-vector products per point, timings."""
+
+    _arrays = ("alphas", "betas", "lambda_max", "lambda_min", "ratio", "losses")
+
+    def __init__(self, alphas, betas, lambda_max, lambda_min, losses, meta=None):
+        self.alphas = np.asarray(alphas, dtype=np.float64)
+        self.betas = np.asarray(betas, dtype=np.float64)
+        self.lambda_max = np.asarray(lambda_max, dtype=np.float64)
+        self.lambda_min = np.asarray(lambda_min, dtype=np.float64)
+        self.ratio = eig_ratio(self.lambda_max, self.lambda_min)
+        self.losses = np.asarray(losses, dtype=np.float64)
+        self.meta = dict(meta or {})
+
+    @property
+    def span(self) -> tuple:
+        """``((alphas[0], alphas[-1]), (betas[0], betas[-1]))``: the rectangle the grid covers."""
+        return (float(self.alphas[0]), float(self.alphas[-1])), (float(self.betas[0]), float(self.betas[-1]))
+
+    def to_xarray(self):
+        """A Dataset of lambda_max, lambda_min, ratio and losses over ("alpha", "beta")."""
+        xr = _xarray()
+        dims = ("alpha", "beta")
+        return xr.Dataset({name: (dims, getattr(self, name)) for name in ("lambda_max", "lambda_min", "ratio",
+                                                                          "losses")},
+                          coords={"alpha": self.alphas, "beta": self.betas}, attrs=_attrs(self.meta))
+
+
+def eig_ratio(lambda_max, lambda_min):
+    """``|lambda_min / lambda_max|`` per cell, as Li et al.'s ``plot_2d_eig_ratio`` (``np.divide``: inf where
+    ``lambda_max = 0 != lambda_min``, NaN for 0/0 and where either is NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.abs(np.asarray(lambda_min, dtype=np.float64) / np.asarray(lambda_max, dtype=np.float64))
 
 
 def spread(losses):
