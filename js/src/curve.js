@@ -24,18 +24,21 @@ export function renderCurve({ model, el }) {
              [["filter", "filter"], ["layer", "layer"], ["model", "model"], ["none", "none"]]);
   }
   f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
+  const quantities = model.get("_quantities") || ["loss"];
+  if (quantities.length > 1) f.select("show", "lw-show", "show", quantities.map((q) => [q, q]), { kernel: false });
 
   let drawn = null;
   f.setBuild((theme) => {
     const curves = model.get("_curves") || [];
     if (!curves.length) return null;
     drawn = { curves, state: model.get("_state") };
-    return curveFigure({ curves, logScale: !!model.get("log_scale"), title: model.get("title") }, theme);
+    return curveFigure({ curves, logScale: !!model.get("log_scale"), title: model.get("title"),
+                         show: model.get("show") }, theme);
   }, (plotDiv) => {
     plotDiv.dataset.rows = String(drawn.curves.length);
     plotDiv.dataset.cols = String(drawn.curves[0].losses.byteLength / 4);
     plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
   });
-  for (const k of ["_curves", "_state", "log_scale", "title"]) f.listen(`change:${k}`, f.request);
+  for (const k of ["_curves", "_state", "log_scale", "title", "show"]) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

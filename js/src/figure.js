@@ -104,8 +104,9 @@ export function surfaceFigure(s, theme, size) {
     }
     text[j] = row;
   }
-  const zLabel = s.logScale ? "log10 loss" : "loss";
-  const hovertemplate = "α %{x:.3f}<br>β %{y:.3f}<br>loss %{text}<extra></extra>";
+  // s.label: a metric or the curvature map drawn instead of the loss (linear, its own name)
+  const zLabel = s.label ? escapeForPlotly(s.label) : s.logScale ? "log10 loss" : "loss";
+  const hovertemplate = `α %{x:.3f}<br>β %{y:.3f}<br>${s.label ? escapeForPlotly(s.label) : "loss"} %{text}<extra></extra>`;
   const layout = baseLayout(theme);
   // entering or leaving a narrow panel draws the 3-D scene afresh with the camera made for that shape
   const narrow3d = s.view === "surface" && size && size.width < NARROW_PX;
@@ -188,22 +189,27 @@ const CURVE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8
 
 /** Curve state -> {data, layout}.  s: {curves: [{label, alphas, losses, kind}], logScale, title}. */
 export function curveFigure(s, theme) {
-  const data = s.curves.map((c, k) => {
+  // s.show: a metric drawn instead of the loss (linear, under its own name), for the curves that have it
+  const metric = s.show && s.show !== "loss" ? s.show : null;
+  const name = metric ? escapeForPlotly(metric) : "loss";
+  const logScale = s.logScale && !metric;
+  const shown = metric ? s.curves.filter((c) => c.metrics && c.metrics[metric]) : s.curves;
+  const data = shown.map((c) => {
     const xs = Array.from(toFloat32(c.alphas));
-    const raw = toFloat32(c.losses);
+    const raw = toFloat32(metric ? c.metrics[metric] : c.losses);
     const ys = Array.from(raw, (v) => transform(v, false) ?? null);
     return { type: "scatter", mode: xs.length <= 21 ? "lines+markers" : "lines", name: escapeForPlotly(c.label),
-             x: xs, y: s.logScale ? ys.map((v) => (v != null && v > 0 ? v : null)) : ys, connectgaps: false,
-             line: { color: CURVE_COLORS[k % CURVE_COLORS.length], width: 2 },
+             x: xs, y: logScale ? ys.map((v) => (v != null && v > 0 ? v : null)) : ys, connectgaps: false,
+             line: { color: CURVE_COLORS[s.curves.indexOf(c) % CURVE_COLORS.length], width: 2 },
              text: Array.from(raw, formatLoss),
-             hovertemplate: "α %{x:.3f}<br>loss %{text}<extra>%{fullData.name}</extra>" };
+             hovertemplate: `α %{x:.3f}<br>${name} %{text}<extra>%{fullData.name}</extra>` };
   });
   const layout = baseLayout(theme);
   const interp = s.curves.length > 0 && s.curves.every((c) => c.kind === "interpolation");
   layout.xaxis = axis(theme, interp ? "α  (0 = start, 1 = model)" : "α  (distance along the direction)");
-  layout.yaxis = axis(theme, "loss", s.logScale ? { type: "log", ...logTicks(data.flatMap((t) => t.y)) }
-                                                : { type: "linear" });
-  layout.showlegend = s.curves.length > 1;
+  layout.yaxis = axis(theme, name, logScale ? { type: "log", ...logTicks(data.flatMap((t) => t.y)) }
+                                           : { type: "linear" });
+  layout.showlegend = shown.length > 1;
   layout.legend = { bgcolor: "rgba(0,0,0,0)" };
   return { data, layout };
 }

@@ -1,6 +1,6 @@
 // SurfaceWidget view: controls for the plane and a contour / heatmap / 3-D surface of the loss.
 import { surfaceFigure } from "./figure.js";
-import { surfaceControls } from "./controls.js";
+import { showOptions, shownQuantity, surfaceControls } from "./controls.js";
 import { fillTrustBox, injectTrustStyle } from "./trust.js";
 import { createFrame, markGrid } from "./view.js";
 
@@ -19,6 +19,9 @@ export function renderSurface({ model, el }) {
   f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
   f.select("view", "lw-view-select", "view", [["contour", "contour"], ["heatmap", "heatmap"], ["surface", "3-D surface"]],
            { kernel: false });
+  // loss, the Landscape's metrics (same passes), the curvature map (computed in the kernel when first shown)
+  const quantities = showOptions(c.quantities, { offline: f.offline, hasCurvature: !!(model.get("_curvature") || {}).ratio });
+  if (quantities.length > 1) f.select("show", "lw-show", "show", quantities, { kernel: false });
 
   // controls the kind does not offer (a Hessian plane has no seed) stay visible, disabled, with the reason
   const selectors = { seed: [".lw-seed", ".lw-new-seed"], normalization: [".lw-normalization"], seeds: [".lw-seeds"] };
@@ -29,12 +32,13 @@ export function renderSurface({ model, el }) {
       node.title = `not used by ${c.kind.name} directions`;
     }
   }
-  const state = () => ({
+  const state = () => shownQuantity({
     losses: model.get("_losses"), alphas: model.get("_alphas"), betas: model.get("_betas"),
     shape: model.get("_shape") || [0, 0], done: model.get("_done"), logScale: !!model.get("log_scale"),
     view: model.get("view"), title: model.get("title"), state: model.get("_state"),
     iqr: model.get("_iqr"), path: model.get("_path"), pathSteps: model.get("_path_steps"), pathLosses: model.get("_path_losses"),
-  });
+    marks: model.get("_marks") || [],
+  }, model.get("show"), model.get("_metrics"), model.get("_curvature"));
   // the trust panel under the plot: filled once the kernel has the curvatures of this plane (SurfaceWidget(trust=True))
   injectTrustStyle();
   const trust = f.h("div", { class: "lw-trust", "aria-label": "trust panel" });
@@ -61,6 +65,6 @@ export function renderSurface({ model, el }) {
     drawn = s;
     return surfaceFigure(s, theme, size);
   }, (plotDiv) => markGrid(plotDiv, drawn, f.offline));
-  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr"]) f.listen(`change:${k}`, f.request);
+  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr", "_marks", "show", "_metrics", "_curvature"]) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

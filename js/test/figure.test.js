@@ -123,6 +123,28 @@ describe("surfaceFigure path overlay", () => {
   });
 });
 
+describe("surfaceFigure model marks", () => {
+  it("marks the models of a plane through models, labelled, with their loss on hover", () => {
+    const marks = [{ label: "model", alpha: 0, beta: 0, loss: 0.5 }, { label: "model_b", alpha: 1, beta: 0, loss: 2.5 },
+                   { label: "a<b", alpha: 0.25, beta: 1, loss: null }];
+    const { data } = surfaceFigure(surfaceState({ marks }), THEME);
+    const m = data.find((t) => t.name === "models");
+    expect(m.x).toEqual([0, 1, 0.25]);
+    expect(m.y).toEqual([0, 0, 1]);
+    expect(m.text).toEqual(["model", "model_b", "a&lt;b"]);
+    expect(m.mode).toBe("markers+text");
+    expect(m.customdata).toEqual(["0.5", "2.5", "nan"]);
+    expect(m.hovertemplate).toContain("loss %{customdata}");
+    expect(data.some((t) => t.name === "model")).toBe(false); // the model is one of the marks
+  });
+  it("draws no marks without them, and none in the 3-D view", () => {
+    expect(surfaceFigure(surfaceState({ marks: [] }), THEME).data.some((t) => t.name === "models")).toBe(false);
+    const marks = [{ label: "model", alpha: 0, beta: 0, loss: 1 }];
+    expect(surfaceFigure(surfaceState({ view: "surface", marks }), THEME).data.some((t) => t.name === "models"))
+      .toBe(false);
+  });
+});
+
 describe("surfaceFigure seed spread", () => {
   it("shows the median with the IQR on hover", () => {
     const { data } = surfaceFigure(surfaceState({ iqr: bytes([0.5, 1, 1, 2, 2, 3]) }), THEME);
@@ -194,5 +216,26 @@ describe("zTicks", () => {
   it("is what the 3-D view's z axis uses", () => {
     const { layout } = surfaceFigure(surfaceState({ view: "surface" }), THEME, { width: 800, height: 500 });
     expect(layout.scene.zaxis.tickvals).toEqual(zTicks([[0, 1], [1, 2], [2, NaN]]).tickvals);
+  });
+});
+
+describe("curveFigure with a metric", () => {
+  const bytes = (values) => new DataView(new Float32Array(values).buffer);
+  const curves = [
+    { label: "a", kind: "line", alphas: bytes([0, 1]), losses: bytes([1, 2]), metrics: { accuracy: bytes([0.9, 0.5]) } },
+    { label: "b", kind: "line", alphas: bytes([0, 1]), losses: bytes([3, 4]), metrics: {} },
+  ];
+  it("draws the metric of the curves that have it, linearly, under its name", () => {
+    const { data, layout } = curveFigure({ curves, logScale: true, show: "accuracy" }, THEME);
+    expect(data.map((t) => t.name)).toEqual(["a"]);
+    expect(data[0].y[0]).toBeCloseTo(0.9, 6);
+    expect(layout.yaxis.type).toBe("linear");
+    expect(layout.yaxis.title.text).toBe("accuracy");
+    expect(data[0].hovertemplate).toContain("accuracy %{text}");
+  });
+  it("draws the loss of every curve otherwise", () => {
+    const { data, layout } = curveFigure({ curves, logScale: true, show: "loss" }, THEME);
+    expect(data.map((t) => t.y)).toEqual([[1, 2], [3, 4]]);
+    expect(layout.yaxis.type).toBe("log");
   });
 });

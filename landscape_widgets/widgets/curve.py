@@ -10,7 +10,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int, check_range
-from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_int,
+from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_choice, browser_int,
                     check_normalization_choice, engine_note, f32, gaps_note, private_landscape)
 
 STEPS = (3, 401)
@@ -28,29 +28,35 @@ def _span_pair(value, name="span"):
 class CurveWidget(RandomDirectionWidget):
     """Live loss curves.  ``start`` (a state_dict or a model) gives the interpolation from ``start`` to the model;
     ``None`` a random line through the model (seed and normalization controls appear).  ``w.curve`` is the
-    latest full :class:`~landscape_widgets.Curve` of the first curve, ``w.curves`` all of them."""
+    latest full :class:`~landscape_widgets.Curve` of the first curve, ``w.curves`` all of them.  ``show``: "loss" or
+    the name of a metric of the Landscape (``Landscape(metrics=...)``, computed in the same passes), drawn for every
+    curve whose Landscape has it."""
 
     _view = t.Unicode("curve").tag(sync=True)
     steps = t.Int(51).tag(sync=True)
     span = t.List(t.Float(), [-0.5, 1.5], minlen=2, maxlen=2).tag(sync=True)
     _random = t.Bool(False).tag(sync=True)
-    _curves = t.List().tag(sync=True)  # [{label, kind, alphas: f32 bytes, losses: f32 bytes}]
+    _curves = t.List().tag(sync=True)  # [{label, kind, alphas: f32 bytes, losses: f32 bytes, metrics: {name: bytes}}]
+    show = t.Unicode("loss").tag(sync=True)  # "loss" or a metric's name
+    _quantities = t.List(t.Unicode(), ["loss"]).tag(sync=True)
 
     _compute_traits = ("steps", "span", "seed", "normalization")
-    _display_traits = RandomDirectionWidget._display_traits + ("_curves",)
+    _display_traits = RandomDirectionWidget._display_traits + ("_curves", "show")
 
     def __init__(self, ls, start=None, *, steps=51, span=(-0.5, 1.5), title=None, label=None, seed=0,
-                 normalization=None, compute=None):
+                 normalization=None, compute=None, show="loss"):
         self._compute_kw = check_compute(compute)
         self._specs = []
         self.curves = []
         self._partial = None
         self._grid = None
         self._grid_k = None
+        self._mgrid = None
         self._last_send = 0.0
         super().__init__(steps=steps, span=list(span) if isinstance(span, (tuple, list)) else span, seed=seed,
                          normalization=check_normalization_choice(normalization), title="" if title is None else title)
         self._add_spec(ls, start, label)
+        self.show = show
         self._schedule()
 
     @property
@@ -69,8 +75,11 @@ class CurveWidget(RandomDirectionWidget):
         k = len(self._specs) + 1
         if label is None:
             label = ("random line" if start is None else "interpolation") + ("" if k == 1 else f" {k}")
-        self._specs.append({"ls": private_landscape(ls), "start": start, "label": label})
+        spec = {"ls": private_landscape(ls), "start": start, "label": label}
+        self._specs.append(spec)
         self._random = self._random or start is None
+        names = list(self._quantities) + [n for n in spec["ls"].objective.metric_names if n not in self._quantities]
+        self._quantities = names
 
     # -- checks ------------------------------------------------------------------------------------------------
     @t.validate("steps")
@@ -81,9 +90,19 @@ class CurveWidget(RandomDirectionWidget):
     def _v_span(self, proposal):
         return _span_pair(proposal["value"])
 
+    @t.validate("show")
+    def _v_show(self, proposal):
+        if proposal["value"] not in self._quantities:
+            raise ValueError(f"show={proposal['value']!r} is not known; pass one of "
+                             f"{', '.join(map(repr, self._quantities))} (metrics are those given to "
+                             "lw.Landscape(metrics=...))")
+        return proposal["value"]
+
     def _browser_check(self, name, value):
         if name == "steps":
             return browser_int(value, name, *STEPS)
+        if name == "show":
+            return browser_choice(value, name, list(self._quantities))
         if name == "span":
             try:
                 return _span_pair(value), None
@@ -118,14 +137,16 @@ class CurveWidget(RandomDirectionWidget):
             emit("curve", (k, done[-1]))
         emit("done", done)
 
-    def _entry(self, spec, curve_alphas, losses, kind):
-        return {"label": spec["label"], "kind": kind, "alphas": f32(curve_alphas), "losses": f32(losses)}
+    def _entry(self, spec, curve_alphas, losses, kind, metrics=None):
+        return {"label": spec["label"], "kind": kind, "alphas": f32(curve_alphas), "losses": f32(losses),
+                "metrics": {k: f32(v) for k, v in (metrics or {}).items()}}
 
     def _apply(self, kind, payload, p, t0):
         specs, steps = p["specs"], p["steps"]
         total = steps * len(specs)
         if kind == "preview":
-            self._partial = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]
+            self._partial = [self._entry(s, c.alphas, c.losses, c.meta["kind"], c.metrics)
+                             for s, c in zip(specs, payload)]
             with self.hold_sync():  # the arrays last: an observer of _curves sees the state that goes with them
                 self._done, self._total = 0, total
                 self._state = "preview"
@@ -137,7 +158,10 @@ class CurveWidget(RandomDirectionWidget):
                 self._partial = [None] * len(specs)
             if self._grid is None or self._grid_k != k:
                 self._grid_k, self._grid = k, np.full(steps, np.nan, dtype=np.float32)
+                self._mgrid = {n: np.full(steps, np.nan, dtype=np.float32) for n in tile.metrics}
             self._grid[tile.start:tile.stop] = tile.values
+            for n, v in tile.metrics.items():
+                self._mgrid[n][tile.start:tile.stop] = v
             done = k * steps + tile.done
             now = time.perf_counter()
             with self.hold_sync():
@@ -147,14 +171,16 @@ class CurveWidget(RandomDirectionWidget):
                     self._last_send = now
                     a0, a1 = p["span"]
                     kind_k = "line" if specs[k]["start"] is None else "interpolation"
-                    self._partial[k] = self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k)
+                    self._partial[k] = self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k,
+                                                   self._mgrid)
                     self._state = "partial"
                     self._curves = [e for e in self._partial if e is not None]
         elif kind == "curve":
             k, curve = payload
             if self._partial is None:
                 self._partial = [None] * len(specs)
-            self._partial[k] = self._entry(specs[k], curve.alphas, curve.losses, curve.meta["kind"])
+            self._partial[k] = self._entry(specs[k], curve.alphas, curve.losses, curve.meta["kind"],
+                                           curve.metrics)
             self._grid = None
         elif kind == "done":
             self.curves = payload
@@ -166,4 +192,5 @@ class CurveWidget(RandomDirectionWidget):
                 self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
                                 f"{time.perf_counter() - t0:.2f} s" + engine_note(payload[0])
                                 + gaps_note(np.concatenate([c.losses for c in payload])))
-                self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"]) for s, c in zip(specs, payload)]
+                self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"], c.metrics)
+                                for s, c in zip(specs, payload)]

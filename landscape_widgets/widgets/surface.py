@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import time
 
 import numpy as np
 import traitlets as t
 
 from .._checks import check_int
-from ..directions import KINDS, NORMALIZATIONS
+from ..directions import KINDS, MODELS, NORMALIZATIONS, kind_named, kind_of, make_directions
 from ..driver import Cancelled
 from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
                     check_normalization_choice, engine_note, f32, failure_panel, finite, gaps_note, private_landscape)
@@ -26,6 +27,8 @@ PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 PREVIEW_SECONDS = 0.8  # ... on a fixed random subset small enough for the preview to take about this long
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
+CURVATURE = "curvature"  # ``show`` value of the curvature map layer
+CURVATURE_RESOLUTION = 7  # the curvature map's grid: two eigen-solves per point (about 40 products each)
 
 
 def _span(value):
@@ -56,7 +59,14 @@ class SurfaceWidget(RandomDirectionWidget):
     ``directions``: "random" (Li et al. §4), "pca" with ``trajectory=`` (Li et al. §7: the projected path is drawn
     over the contour with its steps and losses on hover) or "hessian" (Böttcher & Wheeler 2022).  For "pca" and
     "hessian" the directions are computed once per setting (by the preview) and reused for the full grid, and the
-    kind's default grid is used until the span is changed.
+    kind's default grid is used until the span is changed.  ``directions=(model_b, model_c)`` (modules or their
+    ``state_dict()``) shows the plane through the model and the two others (``Landscape.plane``'s models plane,
+    BatchNorm statistics interpolated), each model marked and labelled at its coordinates with its loss on hover.
+
+    ``show``: what the plot shows: "loss", the name of a metric of the Landscape (``Landscape(metrics=...)``,
+    computed in the same passes as the loss) or "curvature": Li et al.'s map of ``|lambda_min / lambda_max|`` (§6,
+    :meth:`Landscape.curvature_map`) on a coarse 7x7 grid of the plane, computed in the kernel when first asked
+    for and after each new plane while shown (``w.curvature_map``).
 
     ``trust=True`` (default) puts the trust panel of each finished plane under it (Böttcher & Wheeler 2022,
     arXiv 2208.13219): the curvature ``kappa(d) = d^T H d / ||d||^2`` along both plotted directions next to
@@ -84,20 +94,32 @@ class SurfaceWidget(RandomDirectionWidget):
     _path = t.Bytes(b"").tag(sync=True)  # float32 [n, 2]: the trajectory projected on the plane ("pca")
     _path_steps = t.List(t.Int(), []).tag(sync=True)
     _path_losses = t.Bytes(b"").tag(sync=True)
+    _marks = t.List(t.Dict(), []).tag(sync=True)  # models at their marks: [{label, alpha, beta, loss}]
+    show = t.Unicode("loss").tag(sync=True)  # "loss", a metric's name or "curvature"
+    _metrics = t.Dict().tag(sync=True)  # metric name -> float32 bytes shaped like _losses
+    _curvature = t.Dict().tag(sync=True)  # the curvature map shown: {alphas, betas, shape, ratio, lambda_max, ...}
     _controls = t.Dict().tag(sync=True)  # what the front end may offer: controls_spec()
     _trust = t.Dict().tag(sync=True)  # the trust panel of the plane shown, {} while it is computed or off,
     # {"error": reason, "detail": whole message} when it could not be computed
 
     _compute_traits = ("resolution", "seed", "normalization", "span", "seeds")
     _display_traits = RandomDirectionWidget._display_traits + ("_alphas", "_betas", "_shape", "_losses", "_path",
-                                                               "_path_steps", "_path_losses", "_iqr", "_trust")
+                                                               "_path_steps", "_path_losses", "_iqr", "_trust",
+                                                               "_marks", "show", "_metrics", "_curvature")
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True,
-                 preview_samples="auto"):
-        if not isinstance(directions, str) or directions not in KINDS:
-            raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))}")
-        kind = KINDS[directions]
+                 preview_samples="auto", show="loss"):
+        self._models = None  # the other models of a plane through models
+        if not isinstance(directions, str):
+            if kind_of(directions) is not MODELS:
+                raise ValueError(f"directions must be a kind name ({', '.join(map(repr, KINDS))}) or two other models "
+                                 f"(model_b, model_c), got {type(directions).__name__}")
+            self._models, directions = directions, MODELS.name
+        elif directions not in KINDS:
+            raise ValueError(f"directions={directions!r} is not known; pass one of {', '.join(map(repr, KINDS))} "
+                             "or two other models (model_b, model_c)")
+        kind = kind_named(directions)
         if ("trajectory" in kind.needs) != (trajectory is not None):
             users = [k.name for k in KINDS.values() if "trajectory" in k.needs]
             raise ValueError(f"directions={users[0]!r} needs trajectory=lw.Trajectory(...), and trajectory= is only "
@@ -109,6 +131,8 @@ class SurfaceWidget(RandomDirectionWidget):
                                         hint=" (samples the coarse preview uses; 'auto' or None: all)")
         self._preview_samples = preview_samples
         self._ls = private_landscape(ls)
+        if self._models is not None:  # bad models fail here, with the plane's own message, not in the worker
+            make_directions(self._models, self._ls.problem.private(), 2, argname="directions")
         self._with_trust = bool(trust)
         self.trust = None  # the latest trust panel (dict), see Landscape.trust
         self.trust_error = None  # why the latest plane has no trust panel ("RuntimeError: ..."), else None
@@ -117,6 +141,12 @@ class SurfaceWidget(RandomDirectionWidget):
         self._span0 = _span(span)  # a kind that chooses its grid keeps it until the span is changed
         self._norm_given = normalization is not None
         self.spread = None  # the latest lw.SeedSpread when seeds > 1
+        self.curvature_map = None  # the latest lw.CurvatureMap (show="curvature")
+        self.curvature_error = None
+        self._curvature_of = None  # the surface self.curvature_map belongs to
+        self._quantities = ("loss", *self._ls.objective.metric_names, CURVATURE)
+        self._surface_params = None  # the settings of self.surface, so the curvature layer can reuse it
+        self._mgrid = self._mfill = None
         self.surface = None
         self.preview = None
         self._grid = None
@@ -124,7 +154,9 @@ class SurfaceWidget(RandomDirectionWidget):
         self._last_send = 0.0
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
                          span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title,
-                         directions=directions, seeds=seeds, _controls=controls_spec(kind))
+                         directions=directions, seeds=seeds, show=show,
+                         _controls=controls_spec(kind, self._quantities))
+        self.observe(self._on_show, names=["show"])
         self._schedule()
 
     # -- Python-side checks: ValueError naming the argument ---------------------------------------------------
@@ -142,6 +174,20 @@ class SurfaceWidget(RandomDirectionWidget):
     def _v_span(self, proposal):
         return _span(proposal["value"])
 
+    @t.validate("show")
+    def _v_show(self, proposal):
+        quantities = getattr(self, "_quantities", ("loss",))
+        if proposal["value"] not in quantities:
+            raise ValueError(f"show={proposal['value']!r} is not known; pass one of {', '.join(map(repr, quantities))}"
+                             " (metrics are those given to lw.Landscape(metrics=...))")
+        return proposal["value"]
+
+    def _on_show(self, change):
+        """The curvature layer is computed when first shown (or shown again for a newer plane); the loss and the
+        metrics are all in the browser already."""
+        if change["new"] == CURVATURE and (self.curvature_map is None or self._curvature_of is not self.surface):
+            self._schedule()
+
     @t.validate("view")
     def _v_view(self, proposal):
         if proposal["value"] not in VIEWS:
@@ -158,21 +204,32 @@ class SurfaceWidget(RandomDirectionWidget):
             return browser_int(value, name, *SEEDS)
         if name == "view":
             return browser_choice(value, name, VIEWS)
+        if name == "show":
+            return browser_choice(value, name, self._quantities)
         return super()._browser_check(name, value)
 
     # -- computation -------------------------------------------------------------------------------------------
     def _params(self):
-        kind = KINDS[self.directions]
+        kind = kind_named(self.directions)
         auto_span = kind.chooses_span and self.span == self._span0
         norm = self.normalization if ("normalization" in kind.controls or self._norm_given) else None
         return {"resolution": self.resolution, "seed": self.seed, "normalization": norm,
                 "span": None if auto_span else self.span, "directions": kind.name,
-                "seeds": self.seeds if "seeds" in kind.controls else 1}
+                "seeds": self.seeds if "seeds" in kind.controls else 1, "curvature": self.show == CURVATURE}
 
     def _job(self, p, emit, cancel):
         kw = {"seed": p["seed"], "normalization": p["normalization"], "span": p["span"], "progress": False,
-              "cancel": cancel, "directions": p["directions"], **self._kind_kw}
+              "cancel": cancel, **self._kind_kw,
+              "directions": p["directions"] if self._models is None else self._models}
         full = {"resolution": p["resolution"], "callback": lambda tile: emit("tile", tile), **self._compute_kw}
+        if p["curvature"] and self.surface is not None and self._surface_params == _plane_params(p):
+            # the curvature layer asked for on the plane shown: that plane, its panel, then the map
+            surf, panel = self.surface, self.trust
+            emit("done", surf)
+            if self._with_trust:
+                emit(*(("trust", panel) if panel is not None else self._trust_panel(surf, cancel, emit)))
+            self._curvature_layer(surf, emit, cancel)
+            return
         if p["resolution"] <= PREVIEW and p["seeds"] == 1:
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
@@ -187,7 +244,7 @@ class SurfaceWidget(RandomDirectionWidget):
             if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
                 emit(*self._trust_panel(spread, cancel, emit))
             return
-        if KINDS[p["directions"]].seeded:  # made again from the seed: cheap
+        if kind_named(p["directions"]).seeded or self._models is not None:  # made again: cheap
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
         # other kinds' directions (Hessian eigenvectors, PCA components) are computed once, by the preview, and
@@ -210,10 +267,26 @@ class SurfaceWidget(RandomDirectionWidget):
         return self._auto_preview
 
     def _done_with_trust(self, surf, emit, cancel):
-        """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products."""
+        """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products; then the
+        curvature map when it is shown."""
         emit("done", surf)
         if self._with_trust:
             emit(*self._trust_panel(surf, cancel, emit))
+        if self.show == CURVATURE:
+            self._curvature_layer(surf, emit, cancel)
+
+    def _curvature_layer(self, surf, emit, cancel):
+        """Li et al.'s |lambda_min / lambda_max| on a coarse grid of the plane; like the trust panel, its failure
+        leaves the plane as it is."""
+        try:
+            cmap = self._ls.curvature_map(surf, resolution=CURVATURE_RESOLUTION, progress=False, cancel=cancel,
+                                          callback=lambda info: emit("curvature_point", info))
+        except Cancelled:
+            raise
+        except Exception as exc:
+            emit("curvature_error", (surf, failure_panel(exc)))
+            return
+        emit("curvature", (surf, cmap))
 
     def _trust_panel(self, surf, cancel, emit=None):
         """("trust", panel), or ("trust_error", {error, detail}) when the Hessian-vector products fail: the panel
@@ -228,7 +301,7 @@ class SurfaceWidget(RandomDirectionWidget):
             return "trust_error", failure_panel(exc)
 
     def _pending_status(self, p):
-        stage = KINDS[p["directions"]].preparing
+        stage = kind_named(p["directions"]).preparing
         grid = f"computing {p['resolution']}×{p['resolution']}…"
         return f"{stage}, then {grid}" if stage else grid
 
@@ -240,7 +313,7 @@ class SurfaceWidget(RandomDirectionWidget):
         meta = dict(surf.meta) if surf is not None else {}
         meta.setdefault("seed", p["seed"])
         meta.setdefault("normalization", p["normalization"])
-        return KINDS[p["directions"]].describe(meta, span=p["span"])
+        return kind_named(p["directions"]).describe(meta, span=p["span"])
 
     def _apply(self, kind, payload, p, t0):
         n = p["resolution"]
@@ -251,10 +324,12 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._state = "preview"
                 self._status = f"coarse {PREVIEW}×{PREVIEW} preview{_on_subset(payload)}; computing {n}×{n}…"
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
-            self._grid = None
+            self._grid = self._mgrid = None
             (a0, a1), (b0, b1) = payload.span
             self._axes = (np.linspace(a0, a1, n), np.linspace(b0, b1, n))
             self._fill = upsample(payload.losses, payload.alphas, payload.betas, *self._axes)
+            self._mfill = {k: upsample(v, payload.alphas, payload.betas, *self._axes)
+                           for k, v in payload.metrics.items()}
         elif kind == "tile":
             if self._grid is None:
                 # rows not computed yet keep showing the preview (hover says "pending"), not an empty plot
@@ -264,6 +339,12 @@ class SurfaceWidget(RandomDirectionWidget):
                     s = p["span"] if p["span"] is not None else 1.0
                     self._axes = (np.linspace(-s, s, n), np.linspace(-s, s, n))
             self._grid[payload.start:payload.stop] = payload.values
+            if self._mgrid is None:
+                fill = self._mfill or {}
+                self._mgrid = {k: (fill[k].astype(np.float32).ravel() if k in fill
+                                   else np.full(n * n, np.nan, dtype=np.float32)) for k in payload.metrics}
+            for k, v in payload.metrics.items():
+                self._mgrid[k][payload.start:payload.stop] = v
             now = time.perf_counter()
             with self.hold_sync():
                 self._done, self._total = payload.done, payload.total
@@ -272,7 +353,8 @@ class SurfaceWidget(RandomDirectionWidget):
                 if now - self._last_send >= SEND_INTERVAL_S and payload.done < payload.total:
                     self._last_send = now
                     self._state = "partial"
-                    self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n))
+                    self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n),
+                               metrics={k: v.reshape(n, n) for k, v in self._mgrid.items()})
         elif kind == "spread_tile":
             k, tile = payload
             with self.hold_sync():
@@ -293,18 +375,44 @@ class SurfaceWidget(RandomDirectionWidget):
                                 f"(Keskar et al. Metric 2.1): {sharp}" + gaps_note(payload.median)
                                 + (" · trust panel: computing…" if self._with_trust else ""))
                 self._iqr = f32(payload.iqr)
-                self._show(payload.alphas, payload.betas, payload.median)
+                self._show(payload.alphas, payload.betas, payload.median,
+                           metrics={k: _nanmedian(v) for k, v in payload.metrics.items()})
+                if p["curvature"]:
+                    self._status += " · curvature map: drawn for a single plane (seeds = 1)"
         elif kind == "done":
             self.surface = payload
+            self._surface_params = _plane_params(p)
             self.trust = self.trust_error = None
-            self._grid = None
+            self._grid = self._mgrid = None
             with self.complete_sync():
                 self._done = self._total = payload.losses.size
                 self._state = "done"
                 self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s{engine_note(payload)} · "
                                 f"{self._describe(p, payload)}" + gaps_note(payload.losses)
-                                + (" · trust panel: computing…" if self._with_trust else ""))
+                                + (" · trust panel: computing…" if self._with_trust else "")
+                                + (" · curvature map: computing…" if p["curvature"] else ""))
                 self._show(payload.alphas, payload.betas, payload.losses, payload)
+        elif kind == "curvature_point":
+            with self.hold_sync():
+                self._status = _without_curvature(self._status) + (
+                    f" · curvature map: {payload['done']} of {payload['total']} points")
+        elif kind == "curvature":
+            surf, cmap = payload
+            self.curvature_map, self._curvature_of, self.curvature_error = cmap, surf, None
+            with self.complete_sync():
+                nx, ny = cmap.ratio.shape
+                self._curvature = {"alphas": f32(cmap.alphas), "betas": f32(cmap.betas), "shape": [nx, ny],
+                                   "ratio": f32(cmap.ratio), "lambda_max": f32(cmap.lambda_max),
+                                   "lambda_min": f32(cmap.lambda_min)}
+                self._status = _without_curvature(self._status) + (
+                    f" · curvature map {nx}×{ny}: |λmin/λmax| {np.nanmin(cmap.ratio):.3g}–{np.nanmax(cmap.ratio):.3g}"
+                    if np.isfinite(cmap.ratio).any() else f" · curvature map {nx}×{ny}: no finite values")
+        elif kind == "curvature_error":
+            surf, panel = payload
+            self.curvature_map, self._curvature_of, self.curvature_error = None, surf, panel["error"]
+            with self.complete_sync():
+                self._curvature = {}
+                self._status = _without_curvature(self._status) + f" · curvature map unavailable: {panel['error']}"
         elif kind == "trust_partial":  # the panel as it grows: the kappas, then the eigenvalues
             with self.hold_sync():
                 self._trust = finite(payload)
@@ -328,12 +436,22 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._status = self._status.replace(" · trust panel: computing…", "") + " · trust panel unavailable"
                 self._trust = payload
 
-    def _show(self, alphas, betas, losses, surf=None):
+    def _show(self, alphas, betas, losses, surf=None, metrics=None):
         self._trust = {}  # whatever is drawn now, the panel shown belonged to an earlier plane
+        if surf is not None and surf is not getattr(self, "_curvature_of", None):
+            self._curvature = {}  # the map belonged to an earlier plane
+        if surf is not None:
+            metrics = getattr(surf, "metrics", None) or {}
+        self._metrics = {k: f32(v) for k, v in (metrics or {}).items()}
         if surf is not None:  # a single plane (preview or done): no seed spread to show
             self._iqr = b""
         path = getattr(surf, "path", None) if surf is not None else None
         if surf is not None:
+            marks = surf.meta.get("models") or {}
+            self._marks = finite([{"label": str(label), "alpha": float(c[0]), "beta": float(c[1]),
+                                   "loss": float(v) if v is not None else None}
+                                  for label, c, v in zip(marks.get("labels", []), marks.get("coords", []),
+                                                         marks.get("losses", []))])
             if path is None:
                 self._path, self._path_steps, self._path_losses = b"", [], b""
             else:
@@ -348,11 +466,29 @@ class SurfaceWidget(RandomDirectionWidget):
         self._losses = f32(losses)
 
 
-def controls_spec(kind) -> dict:
+def controls_spec(kind, quantities=("loss", CURVATURE)) -> dict:
     """The surface view's controls and their limits, for the front end (one source for both sides): the kind's
-    own declaration (which controls change its directions), the limits and the normalizations."""
+    own declaration (which controls change its directions), the limits, the normalizations and what the plot
+    can show (the loss, the Landscape's metrics, the curvature map)."""
     return {"kind": kind.spec(), "limits": {"resolution": list(RESOLUTION), "span": list(SPAN), "seeds": list(SEEDS)},
-            "normalizations": list(NORMALIZATIONS), "views": list(VIEWS)}
+            "normalizations": list(NORMALIZATIONS), "views": list(VIEWS), "quantities": list(quantities)}
+
+
+def _plane_params(p) -> dict:
+    """The settings that make the plane (all but the layers drawn on it)."""
+    return {k: v for k, v in p.items() if k != "curvature"}
+
+
+def _without_curvature(status) -> str:
+    return re.sub(r" · curvature map[^·]*", "", status)
+
+
+def _nanmedian(values):
+    """Per-cell median over the seeds of a spread's metric (all-NaN cells stay NaN)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=0)
 
 
 def _on_subset(surf) -> str:
