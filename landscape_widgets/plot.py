@@ -271,27 +271,38 @@ def _surface3d(alphas, betas, z, ax, *, name, vmin, vmax, log, cmap, colorbar, l
 def plot_curve(curve, ax=None, *, log=False, metric=None, color=None, label=None, title=None):
     """A :class:`~landscape_widgets.Curve`: the loss against alpha (``log=True``: a log y-axis), and with
     ``metric=`` (a name in ``curve.metrics``) that metric on a twin y-axis; dotted marks at the models of
-    ``curve.meta["models"]`` (a line through models) or at the start and the model of an interpolation.
+    ``curve.meta["models"]`` (a line through models) or at the start and the model of an interpolation; a
+    ``Landscape.connect`` curve is drawn beside its straight line (``meta["line_losses"]``).
     Returns the loss's Axes."""
     ax = _axes(ax)
     alphas = np.asarray(curve.alphas, dtype=np.float64)
     losses = np.asarray(curve.losses, dtype=np.float64)
     meta = getattr(curve, "meta", None) or {}
-    ax.plot(alphas, losses, "-", color=color or "C0", lw=1.6, label=label or "loss", gid="loss")
+    bezier = meta.get("kind") == "connect"  # Garipov et al.'s curve, drawn beside the straight line
+    ax.plot(alphas, losses, "-", color=color or "C0", lw=1.6,
+            label=label or ("Bézier curve" if bezier else "loss"), gid="loss")
+    if bezier and meta.get("line_losses") is not None:
+        ax.plot(alphas, np.asarray(meta["line_losses"], dtype=np.float64), "--", color="0.45", lw=1.3,
+                label="straight line", gid="straight-line")
+        ax.legend(frameon=False, fontsize=8)
     if log:
         ax.set_yscale("log")
     interpolation = meta.get("kind") == "interpolation"
     models = meta.get("models") if isinstance(meta.get("models"), dict) else {}
     if models.get("coords") is not None and np.ndim(models["coords"]) == 1:  # a line through models
         marks = list(zip(np.asarray(models["coords"], dtype=np.float64), models.get("labels") or []))
+    elif bezier:  # phi(0) is the model, phi(1) the other one
+        marks = [(0.0, "model"), (1.0, "model_b")]
     else:  # Goodfellow et al. 2015: the start at 0, the model at 1
         marks = [(0.0, "start"), (1.0, "model")] if interpolation else []
     for a, text in marks:
         if alphas[0] <= a <= alphas[-1]:
             ax.axvline(a, color="0.6", lw=0.8, ls=":", zorder=0, gid="model-mark")
-            ax.annotate(str(text), (a, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10),
-                        textcoords="offset points", fontsize=8, color="0.4", gid="model-label")
-    ax.set_xlabel("α  (0: start, 1: model)" if interpolation else "α")
+            right = a > alphas[0] + 0.9 * (alphas[-1] - alphas[0])  # a label at the right edge goes to its left
+            ax.annotate(str(text), (a, 1.0), xycoords=("data", "axes fraction"), xytext=(-2 if right else 2, -10),
+                        textcoords="offset points", fontsize=8, color="0.4", gid="model-label",
+                        ha="right" if right else "left")
+    ax.set_xlabel("α  (0: start, 1: model)" if interpolation else "t  (0: model, 1: model_b)" if bezier else "α")
     ax.set_ylabel("loss" + (" (log scale)" if log else ""))
     ax.set_xlim(alphas[0], alphas[-1])
     if metric is not None:

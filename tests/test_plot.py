@@ -248,6 +248,21 @@ def spread_of(seeds=4):
     return lw.SeedSpread(a, b, list(range(seeds)), losses, meta={"center_loss": 0.3})
 
 
+def test_a_connect_curve_is_drawn_beside_its_straight_line():
+    t = np.linspace(0, 1, 11)
+    bezier, straight = 0.1 + 0.05 * np.sin(np.pi * t), 0.1 + np.sin(np.pi * t)
+    curve = lw.Curve(t, bezier, meta={"kind": "connect", "line_losses": straight.tolist()})
+    ax = curve.plot()
+    (line,) = [ln for ln in ax.lines if ln.get_gid() == "loss"]
+    (other,) = [ln for ln in ax.lines if ln.get_gid() == "straight-line"]
+    np.testing.assert_array_equal(line.get_ydata(), bezier)
+    np.testing.assert_array_equal(other.get_ydata(), straight)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["Bézier curve", "straight line"]
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "model-label"] == ["model", "model_b"]
+    assert ax.get_xlabel() == "t  (0: model, 1: model_b)"
+    save(ax, "connect")
+
+
 def test_seed_spread_median_contour_and_slice_band():
     spread = spread_of()
     median = np.nanmedian(spread.losses, axis=0)  # an independent median, NaN-aware
