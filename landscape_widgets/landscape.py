@@ -330,8 +330,8 @@ class Landscape:
         the data (eval mode, the moved parameters), each to relative accuracy ``tol`` (1e-2 as Li et al.;
         ``lambda_min`` relative to ``lambda_max - lambda_min``, see :mod:`landscape_widgets.hessian.curvature_map`).
         ``resolution``: points per axis, an int or ``(nx, ny)`` (None: the surface's, at most 11; each point costs
-        two eigen-solves).  ``seed`` draws the start vectors; ``callback(dict(i, j, alpha, beta, lambda_max,
-        lambda_min, ratio, loss, hvps, done, total))`` follows every finished point; ``cancel`` (Event or callable)
+        one Lanczos run for both ends).  ``seed`` draws the start vectors; ``callback(dict(i, j, alpha, beta,
+        lambda_max, lambda_min, ratio, loss, hvps, done, total))`` follows every finished point; ``cancel`` (Event or callable)
         is checked before every Hessian-vector product and raises :class:`~landscape_widgets.Cancelled`;
         ``progress`` shows a ``tqdm`` bar of the points.  A point whose loss or Hessian is not finite is NaN.
         """

@@ -61,6 +61,27 @@ def test_stops_when_arpack_would_and_no_later(case):
         assert np.all(np.abs(w_ref - exact) <= tol * np.abs(exact))
 
 
+@pytest.mark.parametrize("tol", [1e-2, 1e-8])
+def test_both_ends_from_one_run_match_the_dense_hessian(case, tol):
+    """which="BE": lambda_min and lambda_max from one Krylov space, lambda_max to tol |lambda_max| and lambda_min
+    to tol (lambda_max - lambda_min); fewer products than the two one-ended solves at the same tolerance."""
+    model, x, y, H = case
+    exact = np.linalg.eigvalsh(H)
+    op = operator(model, x, y)
+    w, V, info = extreme_eigenpairs(op, 1, "BE", rng=np.random.default_rng(0), tol=tol, min_steps=20)
+    assert info["method"] == "lanczos" and info["converged"] and w.shape == (2,) and V.shape[1] == 2
+    spread = exact[-1] - exact[0]
+    assert abs(w[1] - exact[-1]) <= tol * abs(exact[-1]) and abs(w[0] - exact[0]) <= tol * spread
+    if tol < 1e-4:  # converged pairs: the vectors are eigenvectors too
+        assert np.all(residuals(H, w, V) <= 1e-5 * np.abs(H).max())
+    two = operator(model, x, y)
+    extreme_eigenpairs(two, 1, "LA", rng=np.random.default_rng(0), tol=tol, min_steps=20)
+    extreme_eigenpairs(two, 1, "SA", rng=np.random.default_rng(1), tol=tol, min_steps=20)
+    assert op.hvps < two.hvps
+    with pytest.raises(ValueError, match="which='BE' gives one eigenpair at each end: pass k=1"):
+        extreme_eigenpairs(op, 2, "BE", rng=np.random.default_rng(0))
+
+
 def test_falls_back_to_arpack_when_the_basis_is_full(case, monkeypatch):
     model, x, y, H = case
     exact = np.linalg.eigvalsh(H)[::-1][:3]

@@ -14,18 +14,16 @@ Eigen-solves, beside Li et al.'s (``hess_vec_prod.min_max_hessian_eigs``):
   then ``eigsh(H - 0.51 lambda I, k=1, tol=1e-2) + 0.51 lambda`` for the other end (the two swapped when the first
   was negative); weights of dimension > 1 only (biases and BatchNorm's affine parameters stay fixed); ARPACK's own
   random start vector.
-- ours: ``lambda_max``, the algebraically largest eigenvalue, by :func:`~.lanczos.extreme_eigenpairs` (Lanczos with
-  full reorthogonalization, ARPACK's test ``residual <= tol |theta|`` after every product from the 20th on, ARPACK's
-  ``eigsh`` when 200 steps do not suffice); ``lambda_min = lambda_max + mu`` with ``mu`` the smallest eigenvalue of
-  the shifted ``H - lambda_max I`` by the same solver.  ARPACK tests first after its default ``ncv = 20`` vectors;
-  a test after every step from the first, at ``tol = 1e-2``, accepted Ritz values converged to inner eigenvalues
-  after a few steps on tiny models (lambda_max 4.5 % low, lambda_min off by 3 % of ``lambda_max - lambda_min``),
-  hence ``MIN_STEPS``.
-  The shift leaves the Krylov spaces, and so what Lanczos finds, unchanged; it changes the test: relative to
-  ``lambda_max - lambda_min >= |lambda_max|`` (when ``lambda_min <= 0``), i.e. ``lambda_min`` to
+- ours: both extreme eigenvalues from one Lanczos run (:func:`~.lanczos.extreme_eigenpairs` with ``which="BE"``:
+  full reorthogonalization, ARPACK's ``eigsh(which="BE")`` when 200 steps do not suffice), each held to ARPACK's
+  residual test from the 20th product on: ``lambda_max`` to ``tol |lambda_max|``, ``lambda_min`` to
   ``tol (lambda_max - lambda_min)`` absolute, the accuracy the ratio needs (a test relative to a ``lambda_min`` near
-  0 would spend many products on digits the map does not show).  ``tol = 1e-2`` by default, as theirs; the
-  parameters are the moved set; the start vectors come from ``np.random.SeedSequence(seed)``, two per point.
+  0 would spend many products on digits the map does not show; it is the test ``eigsh`` applies on the shifted
+  ``H - lambda_max I``, whose Krylov spaces are the same).  ARPACK tests first after its default ``ncv = 20``
+  vectors; a test after every step from the first, at ``tol = 1e-2``, accepted Ritz values converged to inner
+  eigenvalues after a few steps on tiny models (lambda_max 4.5 % low), hence ``MIN_STEPS``.  One run finds both
+  ends in about half the products of two solves.  ``tol = 1e-2`` by default, as theirs; the parameters are the
+  moved set; the start vector comes from ``np.random.SeedSequence(seed)``, one per point.
 """
 from __future__ import annotations
 
@@ -43,11 +41,11 @@ from ..results import CurvatureMap, Surface, eig_ratio
 from .hvp import HessianOperator
 from .lanczos import extreme_eigenpairs
 
-DEFAULT_RESOLUTION = 11  # per axis, at most: every point costs two eigen-solves
+DEFAULT_RESOLUTION = 11  # per axis, at most: every point costs an eigen-solve for both ends
 MIN_STEPS = 20  # scipy's eigsh default ncv for k=1: Li et al.'s solves tested no earlier
-EIGENSOLVER = ("lambda_max: Lanczos (full reorthogonalization; ARPACK's test residual <= tol |theta| after every "
-               "product from the 20th on; ARPACK eigsh beyond 200 steps), which='LA'; lambda_min: lambda_max + the "
-               "smallest eigenvalue of H - lambda_max I, same solver, which='SA'")
+EIGENSOLVER = ("lambda_max and lambda_min from one Lanczos run (full reorthogonalization, which='BE'; ARPACK's "
+               "residual test after every product from the 20th on: lambda_max to tol |lambda_max|, lambda_min to "
+               "tol (lambda_max - lambda_min); ARPACK eigsh(which='BE') beyond 200 steps)")
 LI_ET_AL_SETTINGS = ("Li et al. 2018, hess_vec_prod.min_max_hessian_eigs: scipy eigsh(H, k=1, tol=1e-2, which='LM'), "
                      "then eigsh(H - 0.51 lambda I, k=1, tol=1e-2) + 0.51 lambda; parameters of dimension > 1 only")
 
@@ -100,17 +98,14 @@ class ShiftedOperator:
                               dtype=np.float64)
 
 
-def extreme_eigenvalues(op: HessianOperator, *, tol: float, rngs) -> tuple:
+def extreme_eigenvalues(op: HessianOperator, *, tol: float, rng) -> tuple:
     """``(lambda_max, lambda_min, info)`` of ``op``'s Hessian (see the module docstring for the solves);
-    ``rngs``: the two start-vector generators.  Raises :class:`NonFinite` where the loss or a product is not finite."""
-    top, _, info_top = extreme_eigenpairs(ShiftedOperator(op), 1, "LA", rng=rngs[0], tol=tol, min_steps=MIN_STEPS)
-    lmax = float(top[0])
-    low, _, info_low = extreme_eigenpairs(ShiftedOperator(op, lmax), 1, "SA", rng=rngs[1], tol=tol,
-                                          min_steps=MIN_STEPS)
-    lmin = min(lmax + float(low[0]), lmax)  # rounding of the shift must not put lambda_min above lambda_max
+    ``rng``: the start vector's generator.  Raises :class:`NonFinite` where the loss or a product is not finite."""
+    ends, _, info = extreme_eigenpairs(ShiftedOperator(op), 1, "BE", rng=rng, tol=tol, min_steps=MIN_STEPS)
+    lmin, lmax = float(ends[0]), float(ends[1])
     if not (math.isfinite(lmax) and math.isfinite(lmin)):
         raise NonFinite(f"eigenvalues {lmax}, {lmin}")
-    return lmax, lmin, {"top": info_top, "bottom": info_low}
+    return lmax, lmin, {"both": info}
 
 
 def check_tol(tol) -> float:
@@ -211,13 +206,12 @@ def curvature_map(problem, surface, *, resolution=None, tol=1e-2, seed=0, progre
                                  weights=point_weights(private, dirs, alphas[i], betas[j]))
             with op.running():
                 try:
-                    hi, lo, info = extreme_eigenvalues(
-                        op, tol=tol, rngs=[np.random.default_rng(s) for s in streams[k].spawn(2)])
+                    hi, lo, info = extreme_eigenvalues(op, tol=tol, rng=np.random.default_rng(streams[k]))
                 except NonFinite:
                     non_finite.append([i, j])
                 else:
                     lmax[i, j], lmin[i, j] = hi, lo
-                    if not (info["top"]["converged"] and info["bottom"]["converged"]):
+                    if not info["both"]["converged"]:
                         unconverged.append([i, j])
             losses[i, j] = np.nan if op.loss is None else op.loss
             hvps[i, j] = op.hvps

@@ -45,7 +45,10 @@ def dense_hessian(op) -> np.ndarray:
 
 
 def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, ncv=None, min_steps=1, v0=None):
-    """The ``k`` algebraically largest (``which="LA"``, descending) or smallest (``"SA"``, ascending) eigenpairs.
+    """The ``k`` algebraically largest (``which="LA"``, descending) or smallest (``"SA"``, ascending) eigenpairs,
+    or with ``which="BE"`` and ``k=1`` both ends from one Krylov space: ``[lambda_min, lambda_max]``, ``lambda_max``
+    to ``tol |lambda_max|`` and ``lambda_min`` to ``tol (lambda_max - lambda_min)`` (what a ratio of the two needs;
+    about half the products of two solves).
 
     Returns ``(values[k], vectors[P, k], info)``; ``info`` has the method (``"lanczos"``, ``"arpack"`` when the
     basis ran out before convergence, or ``"dense"``), the number of products and whether it converged.  When
@@ -58,15 +61,18 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
     convergence test as from a random start (only the number of products changes); 1 % of a random vector from
     ``rng`` is added so that the start never lies exactly in an invariant subspace that misses the wanted pair.
     """
-    if which not in ("LA", "SA"):
-        raise ValueError(f"which={which!r}; pass 'LA' (largest) or 'SA' (smallest)")
+    if which not in ("LA", "SA", "BE"):
+        raise ValueError(f"which={which!r}; pass 'LA' (largest), 'SA' (smallest) or 'BE' (both ends, k=1)")
+    if which == "BE" and k != 1:
+        raise ValueError(f"which='BE' gives one eigenpair at each end: pass k=1, got k={k}")
     P = op.num_parameters
     start = op.hvps
     if k == 0:
         return np.zeros(0), np.zeros((P, 0)), {"method": "none", "hvps": 0, "converged": True}
     if k >= P - 1 or P <= 16:
         w, V = np.linalg.eigh(dense_hessian(op))
-        sel = np.arange(P - 1, P - 1 - k, -1) if which == "LA" else np.arange(k)
+        sel = np.arange(P - 1, P - 1 - k, -1) if which == "LA" else np.array([0, P - 1]) if which == "BE" \
+            else np.arange(k)
         return w[sel], _fix_sign(V[:, sel]), {"method": "dense", "hvps": op.hvps - start, "converged": True}
     random = rng.standard_normal(P)
     if v0 is None:
@@ -83,11 +89,11 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
         w, V, converged = _lanczos(op, k, which, v0, tol_eff, steps, min(max(1, min_steps), steps))
         if converged:
             return w, _fix_sign(V), {"method": "lanczos", "hvps": op.hvps - start, "converged": True, "tol": tol}
-        best = (w, V) if len(w) == k else None
+        best = (w, V) if len(w) == (2 if which == "BE" else k) else None
         v0 = V.sum(axis=1)  # ARPACK restarts from the wanted Ritz vectors: the products so far are not lost
     maxiter = MAX_RESTARTS if maxiter is None else maxiter
-    w, V, converged = _arpack(op, k, which, v0, tol, maxiter, ncv)
-    if len(w) < k:  # ARPACK gave up with fewer converged pairs: the Lanczos estimates of all k are better than none
+    w, V, converged = _arpack(op, 2 if which == "BE" else k, which, v0, tol, maxiter, ncv)
+    if len(w) < (2 if which == "BE" else k):  # ARPACK gave up with fewer converged pairs: the Lanczos estimates of all k are better than none
         if best is None:
             raise RuntimeError(f"Lanczos found {len(w)} of the {k} eigenvalues asked for within maxiter={maxiter}; "
                                "pass a larger maxiter or a looser tol")
@@ -134,12 +140,18 @@ def _lanczos(op, k, which, v0, tol, steps, min_steps=1):
         b = lanczos_residual(w, Q, j, alpha[-1], beta[-1] if beta else 0.0)
         T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
         theta, S = np.linalg.eigh(T)
-        sel = np.arange(j, max(j - k, -1), -1) if which == "LA" else np.arange(min(k, j + 1))
+        if which == "BE":
+            sel = np.array([0, j]) if j else np.array([], dtype=int)
+            # lambda_max relative to itself, lambda_min relative to the spread (as on H - lambda_max I)
+            bound = np.array([theta[-1] - theta[0], abs(theta[-1])])
+        else:
+            sel = np.arange(j, max(j - k, -1), -1) if which == "LA" else np.arange(min(k, j + 1))
+            bound = np.abs(theta[sel])
         scale = max(np.abs(theta).max(), 1e-300)
         invariant = b <= max(1e-10, 100 * torch.finfo(op.dtype).eps) * scale  # Krylov space exhausted: exact
         residual = b * np.abs(S[-1, sel])
-        done = len(sel) == k and (invariant or (j + 1 >= min_steps and bool(
-            np.all(residual <= tol * np.maximum(EPS23, np.abs(theta[sel]))))))
+        done = len(sel) == (2 if which == "BE" else k) and (invariant or (j + 1 >= min_steps and bool(
+            np.all(residual <= tol * np.maximum(EPS23, bound)))))
         if done or invariant or j == steps - 1:
             vectors = (Q[:j + 1].T @ torch.from_numpy(S[:, sel]).to(Q)).cpu().numpy()
             return theta[sel], vectors, done
@@ -161,5 +173,5 @@ def _arpack(op, k, which, v0, tol, maxiter, ncv):
     except ArpackNoConvergence as exc:  # keep what converged; the caller decides whether that is enough
         converged = False
         w, V = exc.eigenvalues, exc.eigenvectors
-    order = np.argsort(-w) if which == "LA" else np.argsort(w)
+    order = np.argsort(-w) if which == "LA" else np.argsort(w)  # "BE": ascending, [lambda_min, lambda_max]
     return w[order], V[:, order], converged

@@ -28,7 +28,7 @@ PREVIEW_SECONDS = 0.8  # ... on a fixed random subset small enough for the previ
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
 CURVATURE = "curvature"  # ``show`` value of the curvature map layer
-CURVATURE_RESOLUTION = 7  # the curvature map's grid: two eigen-solves per point (about 40 products each)
+CURVATURE_RESOLUTION = 7  # the curvature map's grid: one Lanczos run for both ends per point (20+ products)
 
 
 def _span(value):
