@@ -151,3 +151,30 @@ def test_the_curve_widget_ships_each_curves_metrics(small, ls):
     assert curve.alphas[-1] == 1.0 and curve.metrics["accuracy"][-1] == pytest.approx(want, abs=1e-6)
     with pytest.raises(Exception, match="show='f1' is not known"):
         w.show = "f1"
+
+
+def test_the_curve_widget_shows_a_bezier_curve_beside_its_straight_line():
+    """CurveWidget.connect: the bend is trained once, then the steps control only evaluates; the two drawn curves
+    are Landscape.connect's with that bend, and the user's models stay as they were."""
+    from helpers import SmallNet, small_data
+    x, y = small_data(n=32)
+    model, other = SmallNet(seed=0).eval(), SmallNet(seed=1).eval()
+    snaps = [snapshot(model), snapshot(other)]
+    ls = lw.Landscape(model, CE, (x, y), device="cpu")
+    w = lw.CurveWidget(ls, None, steps=5, span=(-1.0, 1.0))
+    w.connect(other, epochs=1, batch_size=16, seed=0)
+    w.wait()
+    bend = w._specs[1]["connect"]["bend"]
+    random_line, bezier, straight = w._curves
+    ref = ls.connect(other, bend=bend, steps=5, progress=False, epochs=1, batch_size=16, seed=0)
+    np.testing.assert_array_equal(f32(bezier["losses"]), ref.losses.astype(np.float32))
+    np.testing.assert_array_equal(f32(straight["losses"]), np.asarray(ref.meta["line_losses"], dtype=np.float32))
+    np.testing.assert_array_equal(f32(bezier["alphas"]), np.linspace(0, 1, 5).astype(np.float32))
+    assert bezier["label"].startswith("Bézier curve (barrier") and straight["label"].startswith("straight line")
+    assert bezier["kind"] == straight["kind"] == "connect" and random_line["kind"] == "line"
+    w.steps = 7  # evaluates again with the same bend: no new training
+    assert w._specs[1]["connect"]["bend"] is bend and len(f32(w._curves[1]["losses"])) == 7
+    for m, snap in zip((model, other), snaps):
+        assert_same(m, snap)
+    with pytest.raises(TypeError, match="connect\\(\\) sets 'steps' itself"):
+        w.connect(other, steps=3)

@@ -205,8 +205,10 @@ export function curveFigure(s, theme) {
              hovertemplate: `α %{x:.3f}<br>${name} %{text}<extra>%{fullData.name}</extra>` };
   });
   const layout = baseLayout(theme);
-  const interp = s.curves.length > 0 && s.curves.every((c) => c.kind === "interpolation");
-  layout.xaxis = axis(theme, interp ? "α  (0 = start, 1 = model)" : "α  (distance along the direction)");
+  const every = (kind) => s.curves.length > 0 && s.curves.every((c) => c.kind === kind);
+  layout.xaxis = axis(theme, every("interpolation") ? "α  (0 = start, 1 = model)"
+    : every("connect") ? "t  (0 = model, 1 = model_b)"
+    : s.curves.some((c) => c.kind === "connect") ? "α, t" : "α  (distance along the direction)");
   layout.yaxis = axis(theme, name, logScale ? { type: "log", ...logTicks(data.flatMap((t) => t.y)) }
                                            : { type: "linear" });
   layout.showlegend = shown.length > 1;

@@ -239,3 +239,14 @@ describe("curveFigure with a metric", () => {
     expect(layout.yaxis.type).toBe("log");
   });
 });
+
+describe("curveFigure of a Bézier curve", () => {
+  const bytes = (values) => new DataView(new Float32Array(values).buffer);
+  it("labels the axis with t from the model to model_b", () => {
+    const c = (label) => ({ label, kind: "connect", alphas: bytes([0, 1]), losses: bytes([1, 1]), metrics: {} });
+    expect(curveFigure({ curves: [c("Bézier curve"), c("straight line")] }, THEME).layout.xaxis.title.text)
+      .toBe("t  (0 = model, 1 = model_b)");
+    const line = { label: "l", kind: "line", alphas: bytes([0, 1]), losses: bytes([1, 1]) };
+    expect(curveFigure({ curves: [line, c("b")] }, THEME).layout.xaxis.title.text).toBe("α, t");
+  });
+});

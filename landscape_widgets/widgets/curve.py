@@ -69,6 +69,26 @@ class CurveWidget(RandomDirectionWidget):
         self._schedule()
         return self
 
+    def connect(self, model_b, *, bend=None, label=None, **options) -> "CurveWidget":
+        """Overlay Garipov et al.'s Bézier curve from the model (t = 0) to ``model_b`` (t = 1) and the straight line
+        beside it (:meth:`Landscape.connect`; ``options`` go there, e.g. ``epochs=``, ``seed=``).  The bend is
+        trained once (``bend=None``) and kept: the steps control then only evaluates; the curves always cover
+        t in [0, 1], whatever the span control says.  The legend gives both barriers."""
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a string or None, got {type(label).__name__}")
+        for name in ("steps", "progress", "cancel", "callback"):
+            if name in options:
+                raise TypeError(f"connect() sets {name!r} itself (steps: the widget's steps control)")
+        ls = self._specs[0]["ls"]
+        if bend is None:  # bad models fail here, with connect's own message, and the bend is trained once
+            bend = ls.connect(model_b, steps=2, progress=False, **options).bend
+        else:
+            ls.connect(model_b, bend=bend, steps=2, progress=False, **options)
+        self._specs.append({"ls": ls, "start": None, "label": label or "Bézier curve",
+                            "connect": {"model_b": model_b, "bend": bend, "options": options}})
+        self._schedule()
+        return self
+
     def _add_spec(self, ls, start, label):
         if label is not None and not isinstance(label, str):
             raise TypeError(f"label must be a string or None, got {type(label).__name__}")
@@ -121,6 +141,10 @@ class CurveWidget(RandomDirectionWidget):
 
     @staticmethod
     def _one(spec, p, steps, cancel, callback=None, compute=None):
+        if "connect" in spec:
+            c = spec["connect"]
+            return spec["ls"].connect(c["model_b"], bend=c["bend"], steps=steps, progress=False, cancel=cancel,
+                                      **c["options"])
         kw = {"steps": steps, "span": p["span"], "progress": False, "cancel": cancel, "callback": callback,
               **(compute or {})}
         if spec["start"] is None:
@@ -141,17 +165,28 @@ class CurveWidget(RandomDirectionWidget):
         return {"label": spec["label"], "kind": kind, "alphas": f32(curve_alphas), "losses": f32(losses),
                 "metrics": {k: f32(v) for k, v in (metrics or {}).items()}}
 
+    def _entries(self, spec, curve) -> list:
+        """What a curve draws: its own entry; a Bézier curve with its straight line beside it, barriers in the
+        legend."""
+        if curve.meta.get("kind") != "connect":
+            return [self._entry(spec, curve.alphas, curve.losses, curve.meta["kind"], curve.metrics)]
+        m = curve.meta
+        bezier = dict(self._entry(spec, curve.alphas, curve.losses, "connect"),
+                      label=f"{spec['label']} (barrier {m['barrier']:.3g})")
+        line = dict(self._entry(spec, curve.alphas, m["line_losses"], "connect"),
+                    label=f"straight line (barrier {m['line_barrier']:.3g})")
+        return [bezier, line]
+
     def _apply(self, kind, payload, p, t0):
         specs, steps = p["specs"], p["steps"]
         total = steps * len(specs)
         if kind == "preview":
-            self._partial = [self._entry(s, c.alphas, c.losses, c.meta["kind"], c.metrics)
-                             for s, c in zip(specs, payload)]
+            self._partial = [self._entries(s, c) for s, c in zip(specs, payload)]
             with self.hold_sync():  # the arrays last: an observer of _curves sees the state that goes with them
                 self._done, self._total = 0, total
                 self._state = "preview"
                 self._status = f"coarse {PREVIEW}-point preview; computing {steps} points per curve…"
-                self._curves = list(self._partial)
+                self._curves = [e for entries in self._partial for e in entries]
         elif kind == "tile":
             k, tile = payload
             if self._partial is None:
@@ -171,16 +206,15 @@ class CurveWidget(RandomDirectionWidget):
                     self._last_send = now
                     a0, a1 = p["span"]
                     kind_k = "line" if specs[k]["start"] is None else "interpolation"
-                    self._partial[k] = self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k,
-                                                   self._mgrid)
+                    self._partial[k] = [self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k,
+                                                    self._mgrid)]
                     self._state = "partial"
-                    self._curves = [e for e in self._partial if e is not None]
+                    self._curves = [e for entries in self._partial if entries is not None for e in entries]
         elif kind == "curve":
             k, curve = payload
             if self._partial is None:
                 self._partial = [None] * len(specs)
-            self._partial[k] = self._entry(specs[k], curve.alphas, curve.losses, curve.meta["kind"],
-                                           curve.metrics)
+            self._partial[k] = self._entries(specs[k], curve)
             self._grid = None
         elif kind == "done":
             self.curves = payload
@@ -192,5 +226,4 @@ class CurveWidget(RandomDirectionWidget):
                 self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
                                 f"{time.perf_counter() - t0:.2f} s" + engine_note(payload[0])
                                 + gaps_note(np.concatenate([c.losses for c in payload])))
-                self._curves = [self._entry(s, c.alphas, c.losses, c.meta["kind"], c.metrics)
-                                for s, c in zip(specs, payload)]
+                self._curves = [e for s, c in zip(specs, payload) for e in self._entries(s, c)]

@@ -1,6 +1,6 @@
 """The layers of an exported page, driven with real mouse and keyboard events in Debian's chromium, offline: the
-plane through three models with its marks, the metric beside the loss and the curvature map (surface widget), and
-the metric of a curve; each drawn array equals the kernel's."""
+plane through three models with its marks, the metric beside the loss and the curvature map (surface widget), the
+metric of a curve and a Bézier curve beside its straight line; each drawn array equals the kernel's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,11 +36,12 @@ def layers(tmp_path_factory):
     surface.wait(300)
     surface.show = "loss"
     curve = lw.CurveWidget(ls, models[1].state_dict(), steps=11, span=(0.0, 1.0), title="model_b → model")
+    curve.connect(models[1], epochs=1)
     curve.wait(120)
     assert surface.curvature_map is not None
     return {"surface": Path(surface.to_html(out / "surface.html")), "plane": surface.surface,
             "curvature": surface.curvature_map, "curve": Path(curve.to_html(out / "curve.html")),
-            "line": curve.curve}
+            "line": curve.curve, "bezier": curve.curves[1]}
 
 
 def drawn_z(page):
@@ -82,7 +83,12 @@ def test_models_plane_metric_and_curvature_layers_offline(page, layers, artifact
 
 def test_curve_metric_offline(page, layers):
     blocked = open_offline(page, layers["curve"])
-    line = layers["line"]
+    line, bezier = layers["line"], layers["bezier"]
+    # the Bézier curve and its straight line beside the interpolation, barriers in the legend
+    traces = page.evaluate("() => document.querySelector('.lw-plot').data.map(t => [t.name, Array.from(t.y)])")
+    assert [name.split(" (")[0] for name, _ in traces] == ["interpolation", "Bézier curve", "straight line"]
+    np.testing.assert_allclose(traces[1][1], bezier.losses, rtol=1e-6)
+    np.testing.assert_allclose(traces[2][1], bezier.meta["line_losses"], rtol=1e-6)
     page.locator(".lw-show").select_option("accuracy")
     page.wait_for_function("() => document.querySelector('.lw-plot').layout.yaxis.title.text === 'accuracy'")
     y = page.evaluate("() => Array.from(document.querySelector('.lw-plot').data[0].y)")
