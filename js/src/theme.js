@@ -51,7 +51,12 @@ export function watchTheme(fn) {
       timers.add(id);
     }
   };
-  const mo = new MutationObserver(poke);
+  // a theme's stylesheet may load long after its <link> is added (seconds on a loaded machine): read again on load
+  const mo = new MutationObserver((records) => {
+    poke();
+    for (const r of records) for (const node of r.addedNodes || [])
+      if (node.tagName === "LINK" || node.tagName === "STYLE") node.addEventListener?.("load", poke, { once: true });
+  });
   if (document.body) mo.observe(document.body, { attributes: true,
     attributeFilter: ["data-jp-theme-light", "data-jp-theme-name", "class"] });
   if (document.head) mo.observe(document.head, { childList: true });
