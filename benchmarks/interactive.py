@@ -91,7 +91,7 @@ def run(name, build, resolution, device):
     w.close()
     n = ls.data.num_samples
     return {"name": name, "plane_s": plane_s, "moves": rows, "samples": n, "params": ls.num_parameters,
-            "preview_samples": w._auto_preview or n}
+            "preview_samples": getattr(w, "_auto_preview", None) or n}
 
 
 def main(argv=None):
