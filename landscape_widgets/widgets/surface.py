@@ -408,9 +408,9 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._curvature = {"alphas": f32(cmap.alphas), "betas": f32(cmap.betas), "shape": [nx, ny],
                                    "ratio": f32(cmap.ratio), "lambda_max": f32(cmap.lambda_max),
                                    "lambda_min": f32(cmap.lambda_min)}
-                self._status = _without_curvature(self._status) + (
-                    f" · curvature map {nx}×{ny}: |λmin/λmax| {np.nanmin(cmap.ratio):.3g}–{np.nanmax(cmap.ratio):.3g}"
-                    if np.isfinite(cmap.ratio).any() else f" · curvature map {nx}×{ny}: no finite values")
+                span = (f"|λmin/λmax| {np.nanmin(cmap.ratio):.3g}–{np.nanmax(cmap.ratio):.3g}"
+                        if np.isfinite(cmap.ratio).any() else "no finite values")
+                self._status = _without_curvature(self._status) + f" · curvature map {nx}×{ny}: {span}"
         elif kind == "curvature_error":
             surf, panel = payload
             self.curvature_map, self._curvature_of, self.curvature_error = None, surf, panel["error"]
