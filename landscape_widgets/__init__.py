@@ -8,13 +8,13 @@ from ._version import __version__  # noqa: E402
 from .driver import Cancelled, Tile  # noqa: E402
 from .landscape import Landscape  # noqa: E402
 from .results import Curve, Surface, load  # noqa: E402
-from .hessian import Spectrum  # noqa: E402
+from .hessian import NonFiniteHessian, Spectrum  # noqa: E402
 from .results import SeedSpread  # noqa: E402
 from .results import CurvatureMap  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
 
-__all__ = ["CurvatureMap", "SeedSpread", "Spectrum",
+__all__ = ["CurvatureMap", "NonFiniteHessian", "SeedSpread", "Spectrum",
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 # imported on first use: anywidget/ipywidgets stay out of the import

@@ -38,7 +38,7 @@ from ..directions.gaussian import check_seed
 from ..driver import Cancelled, is_cancelled
 from ..evaluator import Timer
 from ..results import CurvatureMap, Surface, eig_ratio
-from .hvp import HessianOperator
+from .hvp import HessianOperator, NonFiniteHessian
 from .lanczos import extreme_eigenpairs
 
 DEFAULT_RESOLUTION = 11  # per axis, at most: every point costs an eigen-solve for both ends
@@ -50,8 +50,8 @@ LI_ET_AL_SETTINGS = ("Li et al. 2018, hess_vec_prod.min_max_hessian_eigs: scipy 
                      "then eigsh(H - 0.51 lambda I, k=1, tol=1e-2) + 0.51 lambda; parameters of dimension > 1 only")
 
 
-class NonFinite(ArithmeticError):
-    """The loss or a Hessian-vector product at a point is NaN or infinite: that cell of the map is NaN."""
+# the loss or a Hessian-vector product at a point is NaN or infinite: that cell of the map is NaN
+NonFinite = NonFiniteHessian
 
 
 class ShiftedOperator:

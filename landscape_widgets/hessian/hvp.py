@@ -30,6 +30,10 @@ from ..evaluator import plan_micro_batches, warm_allocator
 from ..objective import as_objective
 
 BACKENDS = ("graph", "func")
+
+
+class NonFiniteHessian(ArithmeticError, ValueError):
+    """The loss or a Hessian-vector product is NaN or inf where the Hessian is asked for."""
 # a product's per-call overheads weigh less than a forward's: chunks down to 16 samples keep logits-sized
 # temporaries below glibc's mmap threshold (a 64 x 64-token GPT-2 batch with 2,000 tokens: 0 instead of ~40k page
 # faults per product, 0.6 instead of 0.9 s; benchmarks/transformer.py)
@@ -40,8 +44,8 @@ class HessianOperator:
     """``H`` of the loss (``objective``) over all of ``data`` at the private copy's base weights, as a matrix-free operator.
 
     Vectors are flat over ``private.names`` in ``named_parameters()`` order (``flatten``/``unflatten`` convert).
-    ``matmat_torch(V)`` takes ``V[m, P]`` in the parameters' dtype; ``matvec``/``matmat`` take float64 numpy and
-    return float64 (what scipy's Lanczos works in).  ``hvps`` counts products; ``cancel`` (Event or callable) is
+    ``matmat_torch(V)`` takes ``V[m, P]`` and returns ``out_dtype`` (the parameters' dtype, float32 at least);
+    ``matvec``/``matmat`` take float64 numpy and return float64 (what scipy's Lanczos works in).  ``hvps`` counts products; ``cancel`` (Event or callable) is
     checked before every pass and raises :class:`~landscape_widgets.Cancelled`.  ``weights`` (name -> tensor for
     every moved parameter) takes ``H`` at that point instead (a curvature map's grid point): the point's tensors
     enter the functional call, so nothing is written to the private copy.
@@ -62,6 +66,9 @@ class HessianOperator:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.num_parameters = int(sum(self.sizes))
         self.dtype = private.base[self.names[0]].dtype
+        # products are summed, and handed to the solvers, in float32 or wider whatever the model's dtype: a bf16
+        # sum over micro-batches or batches would add rounding of its own to that of the products
+        self.out_dtype = torch.promote_types(self.dtype, torch.float32)
         self.device = private.device
         self.hvps = 0
         self.loss = None  # the full-data loss at ``weights``, known after the first pass
@@ -117,7 +124,7 @@ class HessianOperator:
 
     def _apply_graph(self, first, V):
         leaves, grads, live, _ = first
-        out = torch.zeros_like(V)
+        out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
         if not live:
             return out
         for r in range(V.shape[0]):
@@ -138,7 +145,7 @@ class HessianOperator:
             return objective.functional(module, params, x, y)
 
         grad_fn = torch.func.grad(loss_of)
-        out = torch.empty_like(V)
+        out = torch.empty(V.shape, dtype=self.out_dtype, device=V.device)
         for r in range(V.shape[0]):
             with second_order_kernels(), explain_double_backward():
                 _, hv = torch.func.jvp(grad_fn, (base,), (self.unflatten(V[r]),))
@@ -146,26 +153,40 @@ class HessianOperator:
         return out
 
     def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
-        """``H V^T`` row by row: ``V[m, P]`` -> ``[m, P]`` (one pass over the data for the whole block)."""
+        """``H V^T`` row by row: ``V[m, P]`` (any float dtype) -> ``[m, P]`` in ``out_dtype`` (float32 or wider), one
+        pass over the data for the whole block.
+
+        Each row enters the model's dtype scaled to a largest entry of 1 and is scaled back after the product
+        (``H`` is linear): a unit vector of a large model has entries near 1e-3, whose products would lose digits
+        to float16's subnormal range.  Raises :class:`NonFiniteHessian` when the loss or a product is not finite.
+        """
         if V.ndim != 2 or V.shape[1] != self.num_parameters:
             raise ValueError(f"vectors must have shape [m, {self.num_parameters}], got {tuple(V.shape)}")
         if is_cancelled(self.cancel):
             raise Cancelled(f"cancelled after {self.hvps} Hessian-vector products")
-        V = V.to(device=self.device, dtype=self.dtype)
+        V = V.to(device=self.device)
+        scale = None
+        if self.dtype.itemsize < 4:
+            wide = V.to(self.out_dtype)
+            scale = wide.abs().amax(dim=1, keepdim=True)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            V = wide / scale
+        V = V.to(self.dtype)
         with torch.enable_grad():
             if self.data.single is not None:
                 if self.backend == "graph":
                     if self._graph is None:
                         self._graph = self._graphs()
                         self.loss = sum(float(g[3]) * w for g, w in self._graph)
-                    out = torch.zeros_like(V)
+                    self._check_loss()
+                    out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
                     for g, w in self._graph:  # H v = sum_i (n_i / n) H_i v over the micro-batches
                         out += self._apply_graph(g, V) * w
                 else:
                     (x, y, _n), = self.data.batches(self.device)
                     out = self._apply_func(x, y, V)
             else:
-                out = torch.zeros_like(V)
+                out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
                 total, acc = 0, 0.0
                 for x, y, n in self.data.batches(self.device):
                     if self.backend == "graph":
@@ -179,10 +200,25 @@ class HessianOperator:
                 out /= total
                 if self.backend == "graph":
                     self.loss = acc / total
+                    self._check_loss()
+        if scale is not None:
+            out *= scale
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteHessian(self._where(f"a Hessian-vector product is not finite (loss {self.loss})"))
         self.hvps += V.shape[0]
         if self.on_hvp is not None:
             self.on_hvp(self.hvps)
         return out.detach()
+
+    def _where(self, what):
+        point = "at the model's weights" if self.at is None else "at this point"
+        return (f"{what} {point}, so the Hessian is not defined there: check the data for NaN or inf "
+                "(torch.isfinite on inputs and targets) and the model for overflow in its dtype. The loss "
+                "surfaces (loss, plane, line) report such points as NaN; nothing was changed.")
+
+    def _check_loss(self):
+        if self.loss is not None and not np.isfinite(self.loss):
+            raise NonFiniteHessian(self._where(f"the loss is {self.loss}"))
 
     def matvec_torch(self, v: torch.Tensor) -> torch.Tensor:
         return self.matmat_torch(v.reshape(1, -1))[0]
@@ -333,4 +369,4 @@ def explain_double_backward():
         raise RuntimeError(_explain(msg.splitlines()[0])) from exc
 
 
-__all__ = ["BACKENDS", "HessianOperator"]
+__all__ = ["BACKENDS", "HessianOperator", "NonFiniteHessian"]

@@ -11,7 +11,10 @@ product with ARPACK's own criterion, ``residual <= tol * max(eps^(2/3), |theta|)
 ``dsconv``), so we stop when ARPACK would -- but ARPACK only tests at the end of a full basis of ``ncv >= 2k + 1``
 (20 by default) vectors, and on the digits models our test stops after 14 (benchmarks/RESULTS.md).
 
-The operator is applied in the model's dtype; the Krylov basis is float64 on the operator's device.  The start
+The operator is applied in the model's dtype and returns float32 or wider; the Krylov basis, the
+reorthogonalization and the Ritz vectors are float64 on the operator's device and the tridiagonal float64 numpy,
+whatever the model's dtype: a bfloat16 product is good to about 1 %, but a bfloat16 recurrence would lose the
+basis's orthogonality within a few steps.  The start
 vector comes from a private ``np.random.default_rng``, so results are reproducible.
 """
 from __future__ import annotations
@@ -27,6 +30,19 @@ BLOCK = 32               # the basis grows by doubling from this many vectors: m
 MAX_RESTARTS = 200       # ARPACK's maxiter when none is given (its own default, 10 P, means "never stop")
 EPS23 = np.finfo(np.float64).eps ** (2 / 3)  # ARPACK's floor for |theta| in its relative test
 DGKS = 0.717             # a reorthogonalization pass is repeated when it leaves less than this of ||w|| (ARPACK)
+
+
+def invariant_threshold(op) -> float:
+    """``beta / ||T||`` below which the Krylov space counts as exhausted (an invariant subspace).
+
+    From the rounding of the recurrence, which runs in float64 on products summed in float32 or wider: at least
+    ``100 eps`` of float32 (or of the model's dtype when wider; ``1e-10`` at least).  Never from a bfloat16 or
+    float16 model's own ``eps``: ``100 eps`` of bfloat16 is 0.78, which took the second Lanczos step of every
+    such model for an exhausted space and stopped with eigenvalues 30-90 % off.  Their products' noise (about
+    ``eps ||H||``) keeps ``beta`` above float32's threshold, and Lanczos goes on as ARPACK would.
+    """
+    wide = torch.promote_types(op.dtype, torch.float32)
+    return max(1e-10, 100 * torch.finfo(wide).eps)
 
 
 def _fix_sign(vectors: np.ndarray) -> np.ndarray:
@@ -148,7 +164,7 @@ def _lanczos(op, k, which, v0, tol, steps, min_steps=1):
             sel = np.arange(j, max(j - k, -1), -1) if which == "LA" else np.arange(min(k, j + 1))
             bound = np.abs(theta[sel])
         scale = max(np.abs(theta).max(), 1e-300)
-        invariant = b <= max(1e-10, 100 * torch.finfo(op.dtype).eps) * scale  # Krylov space exhausted: exact
+        invariant = b <= invariant_threshold(op) * scale  # Krylov space exhausted: the Ritz values are exact
         residual = b * np.abs(S[-1, sel])
         done = len(sel) == (2 if which == "BE" else k) and (invariant or (j + 1 >= min_steps and bool(
             np.all(residual <= tol * np.maximum(EPS23, bound)))))

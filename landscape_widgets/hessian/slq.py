@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
-from .lanczos import lanczos_residual
+from .lanczos import invariant_threshold, lanczos_residual
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
 MEMORY_BUDGET = 2 ** 30  # bytes of float64 Krylov basis held at once; more runs than fit go in several blocks
@@ -26,14 +26,14 @@ def lanczos_quadrature(op, steps: int, runs: int, *, rng, on_step=None):
     """Nodes and weights of ``runs`` Lanczos quadratures with ``steps`` steps each.
 
     Returns ``(nodes, weights)``: lists with one array per run (a run stops early, with fewer nodes, when its
-    Krylov space is exhausted -- ``beta`` below ``max(1e-10, 100 eps) |T|``, which happens only when ``steps``
-    nears ``P``).  The Krylov basis is a float64 torch tensor on the operator's device: the reorthogonalization
+    Krylov space is exhausted -- ``beta`` below :func:`~.lanczos.invariant_threshold` ``|T|``, which happens
+    only when ``steps`` nears ``P``).  The Krylov basis is a float64 torch tensor on the operator's device: the reorthogonalization
     then shares torch's thread pool with the products instead of fighting it with numpy's BLAS threads (measured
     100x slower on a busy 2-core machine).
     """
     P = op.num_parameters
     steps = min(steps, P)  # a Krylov space of R^P has at most P dimensions
-    breakdown = max(1e-10, 100 * torch.finfo(op.dtype).eps)  # below this beta is rounding noise of the products
+    breakdown = invariant_threshold(op)  # below this beta is rounding noise of the recurrence
     per_run = (steps + 1) * P * 8
     block = max(1, min(runs, MEMORY_BUDGET // max(per_run, 1)))
     nodes, weights = [], []
