@@ -191,7 +191,7 @@ def connect(problem, model_b, *, bend=None, steps=31, buffers=None, epochs=10, l
     Returns a :class:`~landscape_widgets.Curve`: ``alphas`` = t, ``losses`` the curve's; ``meta["line_losses"]``,
     ``meta["barrier"]`` and ``meta["line_barrier"]`` (:func:`loss_barrier`), ``meta["bend_training"]`` (None for a
     given bend); ``curve.bend`` the bend's moved parameters (and floating buffers with "interpolate"), to pass back
-    as ``bend=``.
+    as ``bend=`` (saved with the curve).
     """
     steps = check_int(steps, "steps", low=2, hint=" (values of t in [0, 1])")
     epochs = check_int(epochs, "epochs", low=1, hint=" (passes over the data to train the bend)")
@@ -256,9 +256,8 @@ def connect(problem, model_b, *, bend=None, steps=31, buffers=None, epochs=10, l
         line_metrics={k: v[steps:].tolist() for k, v in metrics.items()},
         timings={"train_s": round(t_train, 6), "evaluate_s": round(t_total - t_train, 6),
                  "total_s": round(t_total, 6), "points": int(2 * steps)}, **done.meta())
-    result = Curve(ts, curve, meta, execution=done, metrics={k: v[:steps] for k, v in metrics.items()})
-    result.bend = {n: t.detach().cpu() for n, t in bend_state.items()}
-    return result
+    return Curve(ts, curve, meta, execution=done, metrics={k: v[:steps] for k, v in metrics.items()},
+                 bend=bend_state)
 
 
 __all__ = ["BUFFER_MODES", "OPTIMIZERS", "connect", "has_batchnorm", "loss_barrier", "segment_ends", "train_bend"]

@@ -1,8 +1,11 @@
 """Result objects: plain attributes (arrays and a ``meta`` dict), saved with their provenance.
 
-Files are ``.npz`` archives without pickles: arrays under their names, direction tensors under ``d1/<param>``,
-metrics under ``metrics/<name>`` (their order in ``meta["metrics"]``), and the meta dict as JSON, so a result
-written today loads anywhere numpy does; a file without metrics loads with ``metrics == {}``.
+Files are ``.npz`` archives without pickles: arrays under their names; tensor dicts (name -> tensor) under
+``<attr>/<param>`` (a line's ``direction``, a connection's ``bend``) or ``<attr>/<k>/<param>`` (a surface's
+``directions``); metrics under ``metrics/<name>`` (their order in ``meta["metrics"]``); and the meta dict as JSON,
+so a result written today loads anywhere numpy does; a file without metrics loads with ``metrics == {}``.  Every
+attribute a result is built with comes back from its file, except ``execution`` (what ran in this process; ``meta``
+keeps its facts).
 """
 from __future__ import annotations
 
@@ -41,6 +44,38 @@ def _jsonable(obj):
     return str(obj)
 
 
+def _cpu_tensors(tensors):
+    """``tensors`` (name -> tensor) detached on the CPU, in their order; None stays None."""
+    return None if tensors is None else {str(n): t.detach().cpu() for n, t in tensors.items()}
+
+
+_DTYPE = "__dtype__/"  # the torch dtype of a tensor stored as float32 because numpy has no such dtype
+
+
+def _put_tensors(payload, prefix, tensors):
+    """Write name -> tensor under ``prefix/<name>`` as numpy arrays of the tensors' dtypes; a dtype numpy lacks
+    (bfloat16, the float8 kinds) as float32, which holds each of its values exactly, with its name beside."""
+    for name, t in tensors.items():
+        key, t = f"{prefix}/{name}", t.detach().cpu()
+        try:
+            payload[key] = t.numpy()
+        except TypeError:
+            payload[key] = t.float().numpy()
+            payload[_DTYPE + key] = np.array(str(t.dtype).removeprefix("torch."))
+
+
+def _get_tensors(arrays, prefix):
+    """What :func:`_put_tensors` wrote under ``prefix``, in the same order and dtypes; None when nothing was."""
+    prefix += "/"
+    out = {}
+    for k, v in arrays.items():
+        if k.startswith(prefix):
+            t = torch.from_numpy(np.array(v))
+            dtype = arrays.get(_DTYPE + k)
+            out[k[len(prefix):]] = t if dtype is None else t.to(getattr(torch, str(dtype)))
+    return out or None
+
+
 def _metrics(metrics, losses) -> dict:
     """``metrics`` (name -> values) as float64 arrays shaped like ``losses``, in the order given."""
     out = {}
@@ -54,13 +89,15 @@ def _metrics(metrics, losses) -> dict:
 
 
 class Result:
-    """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``;
+    """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``, their
+    name -> tensor dicts (or None) in ``_tensor_dicts`` and tuples of such dicts in ``_direction_sets``;
     ``metrics`` (name -> array shaped like ``losses``, Li et al.'s accuracy beside the loss) is saved with them."""
 
     execution = None  # set on results the engine computed in this process
     metrics = types.MappingProxyType({})  # results without metrics; read-only, so no instance shares a dict
     _arrays: tuple = ()
     _optional: tuple = ()
+    _tensor_dicts: tuple = ()
     _direction_sets: tuple = ()
 
     def save(self, path) -> str:
@@ -77,13 +114,16 @@ class Result:
                 payload[name] = np.asarray(value)
         for name, value in (self.metrics or {}).items():
             payload[f"metrics/{name}"] = np.asarray(value)
+        for attr in self._tensor_dicts:
+            tensors = getattr(self, attr, None)
+            if tensors is not None:
+                _put_tensors(payload, attr, tensors)
         for attr in self._direction_sets:
             dirs = getattr(self, attr, None)
             if dirs is None:
                 continue
             for k, d in enumerate(dirs):
-                for pname, t in d.items():
-                    payload[f"{attr}/{k}/{pname}"] = t.detach().cpu().numpy()
+                _put_tensors(payload, f"{attr}/{k}", d)
         tmp = path + ".tmp"
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **payload)
@@ -95,17 +135,11 @@ class Result:
         obj = cls.__new__(cls)
         for name in cls._arrays + cls._optional:
             setattr(obj, name, arrays.get(name))
+        for attr in cls._tensor_dicts:
+            setattr(obj, attr, _get_tensors(arrays, attr))
         for attr in cls._direction_sets:
             keys = sorted({int(k.split("/")[1]) for k in arrays if k.startswith(attr + "/")})
-            if not keys:
-                setattr(obj, attr, None)
-                continue
-            dirs = []
-            for idx in keys:
-                prefix = f"{attr}/{idx}/"
-                dirs.append({k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                             if k.startswith(prefix)})
-            setattr(obj, attr, tuple(dirs))
+            setattr(obj, attr, tuple(_get_tensors(arrays, f"{attr}/{idx}") for idx in keys) if keys else None)
         stored = {k[len("metrics/"):]: np.asarray(v) for k, v in arrays.items() if k.startswith("metrics/")}
         order = [n for n in meta.get("metrics") or [] if n in stored]
         obj.metrics = {n: stored[n] for n in order + [n for n in stored if n not in order]}
@@ -164,16 +198,21 @@ def _to_xarray(result, coords, dims):
 class Curve(Result):
     """A 1-D loss profile: ``losses[i] = L(theta(alphas[i]))``.  ``execution``: what evaluated it
     (:class:`~landscape_widgets.engine.Execution`; None for a loaded file, whose ``meta`` keeps the same facts).
-    ``metrics``: name -> values at the same points (``Landscape(metrics=...)``), ``{}`` without them."""
+    ``metrics``: name -> values at the same points (``Landscape(metrics=...)``), ``{}`` without them.
+    ``direction``: the line's direction d, name -> tensor (``Landscape.line``), else None; ``bend``: the bend of a
+    Bézier curve between two models, name -> tensor (``Landscape.connect``), else None.  Both are saved."""
 
     _arrays = ("alphas", "losses")
+    _tensor_dicts = ("direction", "bend")
 
-    def __init__(self, alphas, losses, meta=None, execution=None, metrics=None):
+    def __init__(self, alphas, losses, meta=None, execution=None, metrics=None, direction=None, bend=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.meta = dict(meta or {})
         self.execution = execution
         self.metrics = _metrics(metrics, self.losses)
+        self.direction = _cpu_tensors(direction)
+        self.bend = _cpu_tensors(bend)
 
     @property
     def span(self) -> tuple:
@@ -197,14 +236,16 @@ class Surface(Result):
     ``path`` [n, 2]: a trajectory projected on the plane (PCA directions), else None; ``execution`` as in
     :class:`Curve`; ``direction_meta``: what the direction kind recorded about ``directions`` (also in ``meta``),
     so that ``plane(directions=surface)`` draws the same plane again without recomputing them; ``metrics``:
-    name -> ``[len(alphas), len(betas)]`` values at the same points, ``{}`` without them."""
+    name -> ``[len(alphas), len(betas)]`` values at the same points, ``{}`` without them; ``trust``: the trust panel
+    (:meth:`Landscape.trust <landscape_widgets.Landscape.trust>`, a dict), else None, also ``meta["trust"]``, which
+    the saved file keeps.  A surface is a value: :meth:`with_trust` gives the same plane with another panel."""
 
     _arrays = ("alphas", "betas", "losses")
     _optional = ("path",)
     _direction_sets = ("directions",)
 
     def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None, execution=None,
-                 direction_meta=None, metrics=None):
+                 direction_meta=None, metrics=None, trust=None):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
@@ -216,12 +257,29 @@ class Surface(Result):
         self.direction_meta = dict(direction_meta) if direction_meta is not None else None
         if direction_meta is not None:
             self.meta.setdefault("direction_keys", sorted(direction_meta))
+        self.trust = trust
+        # meta["trust"] mirrors the attribute (readers of meta, the JSON of the file): the two never disagree
+        if trust is None:
+            self.meta.pop("trust", None)
+        else:
+            self.meta["trust"] = trust
+
+    def with_trust(self, trust, *, error=None) -> "Surface":
+        """The same plane with the trust panel ``trust`` (None: without one), a new Surface sharing this one's arrays
+        and directions; ``error``: why the panel could not be computed, kept as ``meta["trust_error"]``."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("trust", "trust_error")}
+        if error is not None:
+            meta["trust_error"] = error
+        return type(self)(self.alphas, self.betas, self.losses, self.directions, meta, path=self.path,
+                          execution=self.execution, direction_meta=self.direction_meta, metrics=self.metrics,
+                          trust=trust)
 
     @classmethod
     def _from_payload(cls, arrays, meta):
         obj = super()._from_payload(arrays, meta)
         keys = meta.get("direction_keys")
         obj.direction_meta = None if keys is None else {k: meta[k] for k in keys if k in meta}
+        obj.trust = meta.get("trust")
         return obj
 
     @property

@@ -71,13 +71,14 @@ class SurfaceWidget(RandomDirectionWidget):
     ``trust=True`` (default) puts the trust panel of each finished plane under it (Böttcher & Wheeler 2022,
     arXiv 2208.13219): the curvature ``kappa(d) = d^T H d / ||d||^2`` along both plotted directions next to
     ``lambda_max``, ``lambda_min`` and ``tr(H)/N``, with a warning when the slice hides a saddle.  It is computed
-    after the plane is drawn (cancelled like it by a newer change) and kept in ``w.trust`` and
-    ``w.surface.meta["trust"]``; the median of several seeds shows kappa as ranges over its seeds' planes and
-    warns in how many of them a saddle hides.  It costs about 100 Hessian-vector products (each two to three passes
-    over the data; 1.3 s for the digits MLP, 5 s for the digits CNN on 2 CPU cores), plus two per extra seed: for a
-    large model on a large data set pass ``trust=False`` and call ``ls.trust(w.surface)`` when wanted.  A panel that
-    cannot be computed (a model without a double backward, such as SDPA attention on a CPU) leaves the plane as it
-    is: the panel's place says why, and so do ``w.trust_error`` and ``w.surface.meta["trust_error"]``.
+    after the plane is drawn (cancelled like it by a newer change) and kept in ``w.trust`` and ``w.surface.trust``
+    (``w.surface`` is then the same plane with its panel, a new Surface); the median of several seeds shows kappa
+    as ranges over its seeds' planes and warns in how many of them a saddle hides.  It costs about 100
+    Hessian-vector products (each two to three passes over the data; 1.3 s for the digits MLP, 5 s for the digits
+    CNN on 2 CPU cores), plus two per extra seed: for a large model on a large data set pass ``trust=False`` and
+    call ``ls.trust(w.surface)`` when wanted.  A panel that cannot be computed (a model without a double backward,
+    such as SDPA attention on a CPU) leaves the plane as it is: the panel's place says why, and so do
+    ``w.trust_error`` and ``w.surface.meta["trust_error"]``.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -144,6 +145,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self.curvature_map = None  # the latest lw.CurvatureMap (show="curvature")
         self.curvature_error = None
         self._curvature_of = None  # the surface self.curvature_map belongs to
+        self._panel_of = (None, None)  # (plane, the same plane with its trust panel) of the latest panel
         self._quantities = ("loss", *self._ls.objective.metric_names, CURVATURE)
         self._surface_params = None  # the settings of self.surface, so the curvature layer can reuse it
         self._mgrid = self._mfill = None
@@ -402,7 +404,7 @@ class SurfaceWidget(RandomDirectionWidget):
                     f" · curvature map: {payload['done']} of {payload['total']} points")
         elif kind == "curvature":
             surf, cmap = payload
-            self.curvature_map, self._curvature_of, self.curvature_error = cmap, surf, None
+            self.curvature_map, self._curvature_of, self.curvature_error = cmap, self._shown(surf), None
             with self.complete_sync():
                 nx, ny = cmap.ratio.shape
                 self._curvature = {"alphas": f32(cmap.alphas), "betas": f32(cmap.betas), "shape": [nx, ny],
@@ -413,7 +415,7 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._status = _without_curvature(self._status) + f" · curvature map {nx}×{ny}: {span}"
         elif kind == "curvature_error":
             surf, panel = payload
-            self.curvature_map, self._curvature_of, self.curvature_error = None, surf, panel["error"]
+            self.curvature_map, self._curvature_of, self.curvature_error = None, self._shown(surf), panel["error"]
             with self.complete_sync():
                 self._curvature = {}
                 self._status = _without_curvature(self._status) + f" · curvature map unavailable: {panel['error']}"
@@ -422,9 +424,8 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._trust = finite(payload)
         elif kind == "trust":
             self.trust, self.trust_error = payload, None
-            if self.surface is not None:
-                self.surface.meta["trust"] = payload
-                self.surface.meta.pop("trust_error", None)
+            if self.surface is not None and (self.surface.trust is not payload or "trust_error" in self.surface.meta):
+                self._with_panel(self.surface.with_trust(payload))
             with self.complete_sync():
                 self._trust = finite(payload)  # before the status: what reads the status sees the panel
                 hiding = payload.get("hides_saddle_seeds")
@@ -434,11 +435,24 @@ class SurfaceWidget(RandomDirectionWidget):
         elif kind == "trust_error":
             self.trust, self.trust_error = None, payload["error"]
             if self.surface is not None:
-                self.surface.meta.pop("trust", None)
-                self.surface.meta["trust_error"] = payload["error"]
+                self._with_panel(self.surface.with_trust(None, error=payload["error"]))
             with self.complete_sync():  # the plane stays "done": only its panel is missing
                 self._status = self._status.replace(" · trust panel: computing…", "") + " · trust panel unavailable"
                 self._trust = payload
+
+    def _with_panel(self, surf):
+        """``surf``, the plane shown with its trust panel (a new Surface), in place of ``self.surface``; what belonged
+        to the plane (its curvature map) belongs to it."""
+        self._panel_of = self.surface, surf
+        if self._curvature_of is self.surface:
+            self._curvature_of = surf
+        self.surface = surf
+
+    def _shown(self, surf):
+        """``self.surface`` for the plane it shows without its trust panel (what the job computed on), else
+        ``surf``."""
+        before, after = self._panel_of
+        return after if surf is before and after is self.surface else surf
 
     def _show(self, alphas, betas, losses, surf=None, metrics=None):
         self._trust = {}  # whatever is drawn now, the panel shown belonged to an earlier plane
