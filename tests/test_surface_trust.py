@@ -41,7 +41,8 @@ def test_panel_matches_the_dense_hessian(case, directions):
         assert panel["lambda_max"] == w.surface.meta["lambda_max"]
         assert panel["kappa"][0] == pytest.approx(exact[-1], rel=1e-4)
         assert panel["kappa"][1] == pytest.approx(exact[0], rel=1e-4)
-        assert panel["negative_curvature"] and not panel["hides_saddle"]  # kappa(d2) < 0: the slice shows it
+        # kappa(d2) < 0: the slice shows the strong negative curvature
+        assert panel["strong_negative_curvature"] and not panel["hides_saddle"]
     assert_same(model, before)
     w.close()
 
@@ -79,7 +80,8 @@ def test_seed_median_panel_has_every_seeds_kappas(case):
     per = np.array(panel["kappa_per_seed"])
     assert panel["kappa_range"] == [[per[:, j].min(), per[:, j].max()] for j in range(2)]
     assert panel["lambda_min"] == pytest.approx(np.linalg.eigvalsh(H)[0], rel=1e-4)
-    hiding = [s for s, (k1, k2) in zip(panel["seeds"], per) if panel["negative_curvature"] and k1 > 0 and k2 > 0]
+    hiding = [s for s, (k1, k2) in zip(panel["seeds"], per)
+              if panel["strong_negative_curvature"] and k1 > 0 and k2 > 0]
     assert panel["hides_saddle_seeds"] == hiding and panel["hides_saddle"] == bool(hiding)
     assert w._trust["kappa_range"] == panel["kappa_range"] and "trust panel: computing" not in w._status
     assert_same(model, before)
@@ -103,11 +105,14 @@ def test_trust_must_be_a_bool(case):
         lw.SurfaceWidget(lw.Landscape(model, CE, (x, y)), trust="yes")
 
 
-def test_dashboard_shows_the_panel_once(case):
+def test_dashboard_keeps_the_panel_under_the_plane(case):
+    """With or without a spectrum view the panel is under the plane; the spectrum view shows that same panel."""
     model, x, y, _ = case
     ls = lw.Landscape(model, CE, (x, y))
     d = lw.Dashboard(ls, resolution=5).wait(timeout=300)
-    assert d.surface.trust is None and d.spectrum.trust is not None  # the spectrum view shows the surface's panel
+    assert d.surface.trust is not None and d.surface._trust["kappa"] == d.surface.trust["kappa"]
+    for key in ("kappa", "lambda_max", "lambda_min", "eig_ratio", "trace_over_n", "hides_saddle"):
+        assert d.spectrum.trust[key] == d.surface.trust[key], key
     alone = lw.Dashboard(ls, resolution=5, spectrum=False).wait(timeout=300)
     assert alone.surface.trust["kappa"] == pytest.approx(d.spectrum.trust["kappa"], rel=1e-9)
     d.close()

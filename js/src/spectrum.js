@@ -5,7 +5,7 @@ import { baseLayout, escapeForPlotly } from "./figure.js";
 import { reasonBox, spectrumFailure, trustFailure } from "./reason.js";
 import { injectCss } from "./style.js";
 import { createFrame } from "./view.js";
-import { fmt, injectTrustStyle, trustRows, warningBox } from "./trust.js";
+import { fmt, injectTrustStyle, traceLabel, trustRows, warningBox } from "./trust.js";
 
 export const LIMITS = { k: [1, 50], bottom: [0, 50], steps: [10, 300], runs: [1, 100] };
 const TOP = "#1f77b4";
@@ -66,7 +66,8 @@ export function spectrumFigure(s, theme) {
     data.push({ type: "scatter", mode: "markers", x: ["tr(H)/N"], y: [tr.per_parameter], xaxis: "x2", yaxis: "y2",
                 name: "tr(H)/N", marker: { color: theme.foreground, size: 9 },
                 error_y: { type: "data", array: [tr.stderr_per_parameter || 0], visible: true, thickness: 1.5, width: 6 },
-                hovertemplate: "tr(H)/N %{y:.4g} ± %{error_y.array:.2g}<extra></extra>" });
+                hovertemplate: `${traceLabel(tr.method, tr.samples)}: %{y:.4g} ± %{error_y.array:.2g}`
+                  + "<extra></extra>" });
   }
   const layout = baseLayout(theme);
   layout.showlegend = true;
@@ -80,6 +81,13 @@ export function spectrumFigure(s, theme) {
   // 4 digits: the error bar spans ~1 % of tr(H)/N, and 3 digits labelled every tick alike ("0.00016")
   layout.yaxis2 = axis(theme, "", { anchor: "x2", side: "left", tickformat: ".4~g", zeroline: true });
   return { data, layout };
+}
+
+/** The trace table's heading: the spectrum's own estimate, by estimator and products (the trust panel beside it
+ *  may show another estimate of tr(H)/N, labelled with its own). */
+export function traceHead(tr) {
+  const label = traceLabel(tr && tr.method, tr && tr.samples);
+  return label === "tr(H)/N" ? "trace" : `trace (${label.slice("tr(H)/N, ".length)})`;
 }
 
 /** Rows of the side panel: [label, value] pairs (values as text). */
@@ -136,7 +144,7 @@ export function renderSpectrum({ model, el }) {
     panel.append(warn);
     if (failed) panel.append(reasonBox(f.h, failed, s.error));
     const trustHead = `trust panel of ${s.trust.of ? `"${s.trust.of}"` : "the surface"}`;
-    for (const [key, head] of [["eig", "eigenvalues"], ["trace", "trace (Hutch++)"], ["trust", trustHead]]) {
+    for (const [key, head] of [["eig", "eigenvalues"], ["trace", traceHead(s.trace)], ["trust", trustHead]]) {
       if (key === "trust" && trustFailed) {
         panel.append(f.h("div", {}, f.h("h4", { text: head }), reasonBox(f.h, trustFailed, s.trust.detail)));
         continue;

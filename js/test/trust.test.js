@@ -1,12 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { WARNING, fillTrustBox, fmt, hidesSaddle, trustRows, warningText } from "../src/trust.js";
+import { SADDLE_RATIO, WARNING, fillTrustBox, fmt, hidesSaddle, traceLabel, trustRows, warningText }
+  from "../src/trust.js";
 
 describe("trustRows", () => {
   it("lists the curvature of each direction, then the eigenvalues and tr(H)/N with its error bar", () => {
     const rows = trustRows({ kappa: [0.5, 0.0012346], lambda_max: 3.25, lambda_min: -0.125, trace_over_n: 0.01,
                              trace_over_n_stderr: 0.002, hides_saddle: true });
     expect(rows).toEqual([["κ(d1)", "0.5"], ["κ(d2)", "0.001235"], ["λmax", "3.25"], ["λmin", "-0.125"],
-                          ["tr(H)/N", "0.01 ± 0.002"]]);
+                          ["|λmin/λmax|", "0.03846 (alarm ≥ 0.05)"], ["tr(H)/N", "0.01 ± 0.002"]]);
   });
   it("shows nothing without a panel, n/a for values that were not finite (sent as null)", () => {
     expect(trustRows({})).toEqual([]);
@@ -14,7 +15,8 @@ describe("trustRows", () => {
     const rows = trustRows({ kappa: [null, 1], lambda_max: 1, lambda_min: null, trace_over_n: 1 });
     expect(rows[0]).toEqual(["κ(d1)", "n/a"]);
     expect(rows[3]).toEqual(["λmin", "n/a"]);
-    expect(rows[4]).toEqual(["tr(H)/N", "1"]);
+    expect(rows[4]).toEqual(["|λmin/λmax|", "n/a (alarm ≥ 0.05)"]);
+    expect(rows[5]).toEqual(["tr(H)/N", "1"]);
   });
   it("warns only when the kernel says the slice hides a saddle", () => {
     expect(hidesSaddle({ hides_saddle: true })).toBe(true);
@@ -27,14 +29,17 @@ describe("trustRows", () => {
                 trace_over_n: 0.01, hides_saddle: true, hides_saddle_seeds: [0, 2] };
     expect(trustRows(t).slice(0, 3)).toEqual([["κ(d1), 3 seeds", "0.1 … 0.5"], ["κ(d2), 3 seeds", "-0.25 … 0.75"],
                                               ["λmax", "2"]]);
-    expect(warningText(t)).toBe("λmin < 0 but both directions curve upwards in the planes of 2 of 3 seeds (0, 2): "
-                                + "those slices hide a saddle.");
+    expect(warningText(t)).toBe("strong negative curvature (|λmin| ≥ 5 % of λmax), yet both directions curve "
+                                + "upwards in the planes of 2 of 3 seeds (0, 2): those slices hide a saddle, a "
+                                + "direction along which the loss falls that the plot does not show.");
     expect(warningText({ kappa: [1, 2] })).toBe(WARNING);
+    expect(warningText(undefined)).toBe(WARNING);
   });
   it("names the plane a spectrum's panel is about (a dashboard has two)", () => {
     expect(warningText({ kappa: [1, 2], of: "Filter-normalized random plane" })).toBe(
-      "λmin < 0 but both plotted directions curve upwards: the slice \"Filter-normalized random plane\" hides a "
-      + "saddle.");
+      "strong negative curvature (|λmin| ≥ 5 % of λmax), yet both plotted directions curve upwards: the slice "
+      + "\"Filter-normalized random plane\" hides a saddle, a direction along which the loss falls that the plot "
+      + "does not show.");
     expect(warningText({ kappa: [1, 2], of: "" })).toBe(WARNING);
   });
 });
@@ -65,7 +70,7 @@ describe("fillTrustBox", () => {
     expect(box.hidden).toBe(false);
     expect(box.dataset.failed).toBe("false");
     expect(box.children.some((c) => c.class === "lw-unavailable")).toBe(false);
-    expect(box.children.length).toBe(2 + 5); // the (hidden) warning, "trust:", one item per row
+    expect(box.children.length).toBe(2 + 6); // the (hidden) warning, "trust:", one item per row
     fillTrustBox(fakeH, box, {});
     expect(box.hidden).toBe(true);
     expect(box.children).toEqual([]);
@@ -75,8 +80,45 @@ describe("fillTrustBox", () => {
 describe("a panel that grows", () => {
   it("shows … for what is still computing, n/a only for what came out not finite", () => {
     expect(trustRows({ kappa: [0.5, 0.25], partial: true })).toEqual(
-      [["κ(d1)", "0.5"], ["κ(d2)", "0.25"], ["λmax", "…"], ["λmin", "…"], ["tr(H)/N", "…"]]);
+      [["κ(d1)", "0.5"], ["κ(d2)", "0.25"], ["λmax", "…"], ["λmin", "…"], ["|λmin/λmax|", "…"], ["tr(H)/N", "…"]]);
     expect(trustRows({ kappa: [0.5, 0.25], partial: true, lambda_max: 2, lambda_min: null })).toEqual(
-      [["κ(d1)", "0.5"], ["κ(d2)", "0.25"], ["λmax", "2"], ["λmin", "n/a"], ["tr(H)/N", "…"]]);
+      [["κ(d1)", "0.5"], ["κ(d2)", "0.25"], ["λmax", "2"], ["λmin", "n/a"], ["|λmin/λmax|", "n/a (alarm ≥ 0.05)"],
+       ["tr(H)/N", "…"]]);
+  });
+});
+
+describe("an alarm a researcher can believe", () => {
+  // the panel of the trained digits MLP: small negative curvature, the norm for trained networks, and no alarm
+  const trained = { kappa: [0.000415, 0.000167], lambda_max: 0.9227, lambda_min: -0.00639, eig_ratio: 0.006926,
+                    lambda_max_error: 0.0009227, lambda_min_error: 6.39e-6, saddle_threshold: 0.05,
+                    negative_curvature: true, strong_negative_curvature: false, hides_saddle: false,
+                    trace_over_n: 0.0001562, trace_over_n_stderr: 2.1e-6, trace_method: "hutch++", trace_samples: 30 };
+  it("always shows |λmin/λmax| with the threshold, each eigenvalue ± its error bound, the trace's estimator", () => {
+    expect(trustRows(trained)).toEqual([
+      ["κ(d1)", "0.000415"], ["κ(d2)", "0.000167"], ["λmax", "0.9227 ± 9.2e-4"], ["λmin", "-0.00639 ± 6.4e-6"],
+      ["|λmin/λmax|", "0.006926 (alarm ≥ 0.05)"], ["tr(H)/N, Hutch++ 30 HVPs", "0.0001562 ± 0.0000021"]]);
+    expect(hidesSaddle(trained)).toBe(false);
+  });
+  it("names each tr(H)/N by its estimator and products (a page may show two)", () => {
+    expect(traceLabel("hutch++", 99)).toBe("tr(H)/N, Hutch++ 99 HVPs");
+    expect(traceLabel("hutchinson", 5)).toBe("tr(H)/N, Hutchinson 5 HVPs");
+    expect(traceLabel(undefined, undefined)).toBe("tr(H)/N");
+  });
+  it("says what the alarm means and cites the threshold, with the panel's numbers", () => {
+    const saddle = { ...trained, lambda_min: -0.5, eig_ratio: 0.5 / 0.9227, strong_negative_curvature: true,
+                     hides_saddle: true };
+    const text = warningText(saddle);
+    expect(text).toBe("strong negative curvature: λmin = -0.5 is 54.2 % of λmax = 0.9227 (the alarm needs ≥ 5 %, "
+                      + "beyond the eigenvalues' error bounds), yet both plotted directions curve upwards: this "
+                      + "slice hides a saddle, a direction along which the loss falls that the plot does not show.");
+    expect(warningText({ ...saddle, saddle_threshold: 0.1 })).toContain("the alarm needs ≥ 10 %");
+    expect(trustRows({ ...saddle, saddle_threshold: 0.1 })[4]).toEqual(["|λmin/λmax|", "0.5419 (alarm ≥ 0.1)"]);
+    expect(SADDLE_RATIO).toBe(0.05);
+    const box = fakeBox();
+    fillTrustBox(fakeH, box, saddle);
+    expect(box.dataset.hidesSaddle).toBe("true");
+    expect(box.children[0].hidden).toBe(false);
+    expect(box.children[0].text).toBe(text);
+    expect(box.children[1].title).toContain("|λmin| ≥ 5 % of λmax");
   });
 });

@@ -94,18 +94,24 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
                 for d in surface.directions]
     tol = _check_tol(tol)
     known = None if spectrum is not None else _known_facts(problem, private, seed, tol, trace_samples)
-    if known is not None and lambdas is None:
-        lambdas = known["lambdas"]
+    shown_tol, shown_samples = tol, trace_samples  # the accuracy of what the panel shows, which it states
+    if known is not None:
+        _, _, facts_tol, shown_samples = next(k for k, f in problem.hessian_facts.items() if f is known)
+        if lambdas is None:
+            lambdas, shown_tol = known["lambdas"], facts_tol
     op = HessianOperator(private, problem.data, problem.objective, cancel=cancel)
     vectors = {}
     warm = None if lambdas is not None or spectrum is not None else _warm_start(problem, op.num_parameters)
     with op.progress("trust panel", _check_bool(progress, "progress")), op.running():
-        panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=trace_samples,
-                            tol=tol, trace=None if known is None else known["trace"],
+        panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=shown_samples,
+                            tol=shown_tol, trace=None if known is None else known["trace"],
+                            trace_method=None if known is None else known.get("trace_method"),
                             report=None if spread else callback, warm=warm, vectors=vectors)
     panel["warm_start"] = warm is not None
     if spectrum is None and known is None:
         _remember_facts(problem, private, seed, tol, trace_samples, panel, vectors)
+        # the newest entry (just added): with the estimator, so that a panel reusing its trace can name it
+        problem.hessian_facts[next(reversed(problem.hessian_facts))]["trace_method"] = panel["trace_method"]
     panel["reused_hessian_facts"] = known is not None
     return spread_panel(panel, [int(s) for s in surface.seeds]) if spread else panel
 

@@ -34,10 +34,13 @@ class Dashboard(ipywidgets.GridBox):
     ``start`` (a state_dict or module, e.g. the initialization) gives the interpolation curve start -> model;
     without it the curve is a random line.  ``trajectory`` (an ``lw.Trajectory`` or a list) adds the trajectory
     embedding; ``spectrum=False`` leaves out the Hessian spectrum (``spectrum_options`` go to ``SpectrumWidget``,
-    which follows the surface for its trust panel).  ``w.views`` lists the widgets (``w.curve``, ``w.surface``,
-    ``w.spectrum``, ``w.trajectory``, ``w.pca_surface`` -- the PCA plane with the path drawn, for one trajectory;
-    None where absent).  One engine: every computation of every view, the first ones included, runs in one
-    worker thread, one job after another, so the views do not fight over the CPU.
+    which follows the surface).  The random plane's trust panel is under the plane, with or without a spectrum;
+    the spectrum view marks the plane's curvatures on its density and repeats that same panel (the same numbers),
+    and its own ``tr(H)/N``, from more products, is labelled with its estimator and products like the panel's.
+    ``w.views`` lists the widgets (``w.curve``, ``w.surface``, ``w.spectrum``, ``w.trajectory``, ``w.pca_surface``
+    -- the PCA plane with the path drawn, for one trajectory; None where absent).  One engine: every computation
+    of every view, the first ones included, runs in one worker thread, one job after another, so the views do not
+    fight over the CPU.
     """
 
     def __init__(self, ls, *, trajectory=None, start=None, resolution=21, spectrum=True, title=None,
@@ -51,11 +54,10 @@ class Dashboard(ipywidgets.GridBox):
         with shared_jobs(_SharedJobs(self._jobs)):
             self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
                                      else "Random line through the model")
-            # with a spectrum view the plane's trust panel is shown there (it follows the surface), not twice
-            self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane",
-                                         trust=not spectrum)
-            # the spectrum follows the surface: its trust panel (curvature along d1, d2 vs the eigenvalues) is the
-            # plane's
+            # the trust panel stays under its plane, as everywhere else
+            self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane")
+            # the spectrum follows the surface and shows the plane's own panel (the same numbers): one value of
+            # kappa, lambda_max, lambda_min and the panel's tr(H)/N per page
             self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum",
                                             **(spectrum_options or {})) if spectrum else None)
             self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))

@@ -3,9 +3,11 @@
 Top and bottom eigenvalues (Lanczos), the spectral density by stochastic Lanczos quadrature on a log axis
 (Ghorbani, Krishnan & Xiao 2019, arXiv 1901.10159), the trace with its error bar (Hutch++), and -- given a surface
 or a ``SurfaceWidget`` -- that surface's trust panel: ``kappa(d) = d^T H d / ||d||^2`` along its two directions marked
-on the density next to ``tr(H)/N``, and a warning when ``lambda_min < 0`` while both kappas are positive (a saddle
-the slice hides; Böttcher & Wheeler 2022, arXiv 2208.13219).  The browser receives ``_grid`` and ``_density`` as
-float32 bytes; everything else as plain numbers.
+on the density next to ``tr(H)/N``, and a warning when the Hessian's negative curvature is strong
+(``|lambda_min| >= SADDLE_RATIO * lambda_max`` beyond the eigenvalues' error bounds) while both kappas are positive
+(a saddle the slice hides; Böttcher & Wheeler 2022, arXiv 2208.13219; :mod:`landscape_widgets.hessian.trust`).
+Each ``tr(H)/N`` shown names its estimator and its number of products.  The browser receives ``_grid`` and
+``_density`` as float32 bytes; everything else as plain numbers.
 """
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ class SpectrumWidget(SeededWidget):
     ``density``; each change recomputes in the kernel (worker thread, progress, cancelled by a newer change).
 
     ``surface``: an :class:`~landscape_widgets.Surface` or a ``SurfaceWidget`` (followed: each new surface it
-    finishes updates the trust panel, reusing the spectrum when its settings and the weights are unchanged).
+    finishes updates the trust panel, reusing the spectrum when its settings and the weights are unchanged).  A
+    ``SurfaceWidget`` that shows its own trust panel lends it: both views show the same panel, with the trust
+    panel's eigenvalues and trace (each ``tr(H)/N`` labelled with its estimator and products); otherwise the
+    panel takes this spectrum's eigenvalues and trace.
     ``w.spectrum`` is the latest :class:`~landscape_widgets.Spectrum`, ``w.trust`` the latest trust panel dict.
     A trust panel that cannot be computed leaves the spectrum shown and says why in its place (``w.trust_error``);
     a spectrum that cannot be computed is an error of this view alone (``w.spectrum_error``, the panel says why),
@@ -45,7 +50,8 @@ class SpectrumWidget(SeededWidget):
     runs = t.Int(10).tag(sync=True)
     _top = t.List(t.Float()).tag(sync=True)
     _bottom = t.List(t.Float()).tag(sync=True)
-    _trace = t.Dict().tag(sync=True)   # {trace, stderr, per_parameter, stderr_per_parameter, num_parameters}
+    _trace = t.Dict().tag(sync=True)   # {trace, stderr, per_parameter, stderr_per_parameter, num_parameters,
+    # method, samples}
     _grid = t.Bytes(b"").tag(sync=True)
     _density = t.Bytes(b"").tag(sync=True)
     _trust = t.Dict().tag(sync=True)   # the trust panel of the followed surface, {} without one; "of": which one;
@@ -153,12 +159,24 @@ class SpectrumWidget(SeededWidget):
             # a dashboard has two planes: say which one this panel (and its warning) is about
             of = self._surface_label(surface)
             try:
-                panel = dict(ls.trust(surface, spectrum=spec, cancel=cancel, progress=False), of=of)
+                panel = dict(self._panel(surface, spec, cancel), of=of)
             except Cancelled:
                 raise
             except Exception as exc:  # the spectrum is still worth showing
                 reason = dict(failure_panel(exc), of=of)
         emit("done", (spec, panel, reason))
+
+    def _panel(self, surface, spec, cancel):
+        """The trust panel of ``surface``.  A followed SurfaceWidget that shows its own panel under the plane: that
+        panel, the same numbers on both views (computed the same way when it has not arrived yet: the eigenvalues
+        and the trace are kept per weights, so only the two curvatures are recomputed).  Otherwise the panel from
+        this spectrum's eigenvalues and trace."""
+        from .surface import TRUST_TOL, TRUST_TRACE, SurfaceWidget
+        if isinstance(self._surface, SurfaceWidget) and self._surface._with_trust:
+            if surface.trust is not None:
+                return surface.trust
+            return self._ls.trust(surface, trace_samples=TRUST_TRACE, tol=TRUST_TOL, cancel=cancel, progress=False)
+        return self._ls.trust(surface, spectrum=spec, cancel=cancel, progress=False)
 
     def _surface_label(self, surface):
         """The followed widget's title, else the surface's own description (its directions, seed)."""
@@ -192,8 +210,11 @@ class SpectrumWidget(SeededWidget):
             with self.hold_sync():
                 self._top = [float(v) for v in spec.top_eigenvalues]
                 self._bottom = [float(v) for v in spec.bottom_eigenvalues]
+                # the estimator and its products: a page may show another tr(H)/N (a plane's trust panel)
                 self._trace = finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
-                                       "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n})
+                                      "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n,
+                                      "method": spec.meta.get("trace_method"),
+                                      "samples": spec.meta.get("trace_samples")})
                 self._trust = finite(panel or reason or {})
                 self._info = finite({"hvps": spec.meta["hvps_total"], "seconds": spec.meta["timings"]["total_s"],
                                       "steps": spec.meta["steps"], "runs": spec.meta["runs"]})

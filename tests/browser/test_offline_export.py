@@ -99,8 +99,12 @@ def test_surface_page_renders_offline_with_webgl(page, pages, artifacts):
         .filter(e => e.children.length === 2).map(e => [e.children[0].textContent, e.children[1].textContent])"""))
     trust = pages["surface_trust"]
     for label, value in (("κ(d1)", trust["kappa"][0]), ("κ(d2)", trust["kappa"][1]), ("λmax", trust["lambda_max"]),
-                         ("λmin", trust["lambda_min"])):
-        assert float(items[label]) == pytest.approx(value, rel=1e-3)
+                         ("λmin", trust["lambda_min"]), ("|λmin/λmax|", trust["eig_ratio"])):
+        assert float(items[label].split(" ")[0]) == pytest.approx(value, rel=1e-3)
+    # each eigenvalue with its error bound; the ratio with the alarm's threshold; the trace with its estimator
+    assert float(items["λmin"].split(" ± ")[1]) == pytest.approx(trust["lambda_min_error"], rel=0.05)
+    assert items["|λmin/λmax|"].endswith(f"(alarm ≥ {trust['saddle_threshold']:g})")
+    assert f"tr(H)/N, Hutch++ {trust['trace_samples']} HVPs" in items
     assert page.get_attribute(f"{root} .lw-trust", "data-hides-saddle") == str(trust["hides_saddle"]).lower()
     page.screenshot(path=str(artifacts / "offline-surface-3d.png"), full_page=True)
     assert_no_requests(page, blocked)
