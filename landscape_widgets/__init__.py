@@ -13,8 +13,11 @@ from .results import SeedSpread  # noqa: E402
 from .results import CurvatureMap  # noqa: E402
 from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
+from .data import DataChangesWarning, freeze  # noqa: E402
+from .objective import LossReductionWarning  # noqa: E402
 
 __all__ = ["CurvatureMap", "NonFiniteHessian", "SeedSpread", "Spectrum",
+           "DataChangesWarning", "LossReductionWarning", "freeze",
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 # imported on first use: anywidget/ipywidgets stay out of the import

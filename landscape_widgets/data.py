@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import numbers
+import os
+import random
+import sys
+import warnings
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 
 
@@ -99,15 +106,144 @@ def _is_one_batch(data) -> bool:
 
 
 @contextlib.contextmanager
-def kept_rng():
-    """The global CPU RNG as it was: a DataLoader without its own generator draws its base seed from it at every
-    ``iter()``, and the user's random stream must not depend on how often the library reads the data (every pass
-    then also shuffles alike)."""
-    state = torch.random.get_rng_state()
+def kept_rng(seed=None):
+    """The global RNGs (torch's CPU generator, NumPy's and Python's) as they were: a DataLoader without its own
+    generator draws its base seed from torch's at every ``iter()``, and a Dataset's augmentation may draw from any
+    of them in the main process.  The user's random streams must not depend on how often the library reads the data,
+    and every pass then also shuffles and augments alike.  ``seed``: run the block with all three seeded by it."""
+    state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     try:
+        if seed is not None:
+            torch.random.default_generator.manual_seed(int(seed))  # the CPU generator only: CUDA's is not read
+            np.random.seed(int(seed) % 2 ** 32)
+            random.seed(int(seed))
         yield
     finally:
-        torch.random.set_rng_state(state)
+        torch.random.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn_user(message, category):
+    """``warnings.warn`` pointing at the first caller outside the library (the user's call)."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
+
+
+class DataChangesWarning(UserWarning):
+    """The data differ between passes (random augmentation, a shuffled DataLoader with ``drop_last=True``): every
+    pass of a landscape reads them again, so its values mix different data.  :func:`freeze` reads them once."""
+
+
+def repeat_tolerance(dtypes) -> float:
+    """The relative difference that rounding alone may give two passes over the same data: float32 sum-order
+    differences are ~1e-6, so 1e-4 for float32 and float64; a few eps for bfloat16 and float16."""
+    eps = max((torch.finfo(d).eps for d in dtypes if d is not None and d.is_floating_point), default=0.0)
+    return max(1e-4, 4 * eps)
+
+
+def same_loss(a, b, rtol, scale=0.0) -> bool:
+    """``a`` and ``b`` equal to ``rtol`` relative to the larger of them and ``scale`` (the batch losses' mean size:
+    a mean near zero of large batch losses keeps their rounding); two NaN, or two equal infinities, are the same."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return (math.isnan(a) and math.isnan(b)) or a == b
+    return abs(a - b) <= rtol * max(abs(a), abs(b), scale)
+
+
+def changes_message(first, second, rtol, where="at the model's weights") -> str:
+    return (f"the data differ between passes: the loss {where} was {first:.6g} on one pass over the "
+            f"data and {second:.6g} on another (rounding allows {rtol:.0e} relative). Every computation reads the "
+            "data again (each tile of a plane, each line, the loss itself), so the landscape mixes different data "
+            "and depends on the random state at the call: random augmentation in the Dataset (NumPy's, Python's "
+            "or torch's RNG), a shuffled DataLoader with drop_last=True, or any loader whose batches change between "
+            "epochs. Read the batches once, data = lw.freeze(data) (samples=... for a fixed subset), and pass that; "
+            "or load the data without randomness (no augmentation; shuffle=False or drop_last=False). (A model or "
+            "loss that draws random numbers in eval mode gives this warning too: its noise then differs by pass)")
+
+
+class Frozen:
+    """Batches read once and kept in memory (:func:`freeze`): every pass yields the same batches in the same
+    order."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        return self.batches[i]
+
+    def __repr__(self):
+        return f"Frozen({len(self.batches)} batches)"
+
+
+def _own_generators(data) -> list:
+    """The private ``torch.Generator``s of a DataLoader (its own, its sampler's): reading advances them."""
+    found = {}
+    for obj in (data, getattr(data, "sampler", None), getattr(getattr(data, "batch_sampler", None), "sampler", None)):
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator):
+            found[id(g)] = g
+    return list(found.values())
+
+
+def _samples_in(batch) -> int:
+    if _is_pair(batch):
+        return _batch_size(batch[0], batch[1])
+    n = first_tensor_size(batch)
+    return 1 if n is None else n
+
+
+def freeze(data, samples=None, seed=0):
+    """The batches of ``data`` read once and kept in memory, so that every pass of a landscape reads the same data.
+
+    ``data``: a DataLoader or any iterable of batches (a one-shot generator too); each batch as the Landscape takes
+    it (an ``(inputs, targets)`` pair, a dict, a tuple).  While reading, the global RNGs (torch, NumPy, Python) are
+    seeded with ``seed`` (a shuffle, an augmentation or worker seeds drawn from them are then the same in every
+    session) and restored after, as are the loader's own generators: no random state of the caller changes.
+    ``samples``: keep only the first batches, until they hold at least that many samples (with ``shuffle=True``
+    a random subset, drawn with ``seed``).  One batch of tensors is already fixed: it is returned as it is, or with
+    ``samples`` a random subset of it (a private generator seeded with ``seed``) of the same structure.
+    Returns a :class:`Frozen` list of batches (one batch: a batch)."""
+    if samples is not None:
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+            raise ValueError(f"samples must be a positive int (how many samples to keep) or None for all, "
+                             f"got {samples!r}")
+    if isinstance(data, Frozen) and samples is None:
+        return data
+    if _is_pair(data) or _is_one_batch(data):
+        n = first_tensor_size(data)
+        if samples is None or n is None or samples >= n:
+            return data
+        gen = torch.Generator().manual_seed(int(seed))
+        idx = torch.randperm(n, generator=gen)[:samples].sort().values
+        return index_batch(data, idx, n)
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
+        raise TypeError(f"freeze takes a DataLoader or an iterable of batches, got {type(data).__name__}")
+    own = [(g, g.get_state()) for g in _own_generators(data)]
+    kept, count = [], 0
+    try:
+        with kept_rng(seed):
+            for batch in data:
+                kept.append(batch)
+                count += _samples_in(batch)
+                if samples is not None and count >= samples:
+                    break
+    finally:
+        for g, state in own:
+            g.set_state(state)
+    if not kept:
+        raise ValueError("data yielded no batches; pass a DataLoader or iterable with at least one batch")
+    return Frozen(kept)
 
 
 class DataSource:
@@ -158,6 +294,13 @@ class DataSource:
                 if pairs else "one batch (a dict, a tuple of tensors, a tensor) or an iterable of batches"
             raise TypeError(f"data must be {want}, got {type(data).__name__}")
         self._cache = {}
+        self.checked = False  # whether the first evaluation's checks ran (engine.Problem.first_checks)
+
+    @property
+    def in_memory(self) -> bool:
+        """Batches held in memory (one batch, a list or tuple of batches, :func:`freeze`'s): every pass reads the
+        same tensors, so they cannot change between passes."""
+        return self.single is not None or isinstance(self.iterable, (list, tuple, Frozen))
 
     def batches(self, device):
         if self.single is not None:

@@ -23,7 +23,7 @@ from ._model import PrivateModel, select_params, unwrap
 from ._version import __version__
 from .batched import VmapEvaluator
 from .chooser import requested_rule, resolve_evaluator
-from .data import DataSource
+from .data import DataChangesWarning, DataSource, changes_message, kept_rng, repeat_tolerance, same_loss, warn_user
 from .driver import run_tiles
 from .evaluator import Moving, PointEvaluator
 from .objective import Objective
@@ -77,6 +77,57 @@ class Problem:
 
     def moved(self) -> list:
         return select_params(unwrap(self.model), self.params)[0]
+
+    def first_checks(self, private, plan=None):
+        """Once per data source, at its first evaluation: the batch-mean check of a plain loss callable
+        (:meth:`~landscape_widgets.objective.Objective.check_mean`, on the first batch) and, for data not held in
+        memory, the loss at one point of ``plan`` (the model's weights where it has them, else its first point; no
+        plan: the model's weights) on one pass under other random seeds: a shuffle, an augmentation or worker seeds
+        drawn from the global RNGs then differ.  :meth:`compare_passes` compares it with the plan's own value there
+        (a pass under the caller's random state).  Returns that :class:`Pass` (None for data in memory)."""
+        data = self.data
+        if data.checked:
+            return None
+        data.checked = True  # a concurrent computation (a widget's thread) does not check again
+        try:
+            if data.in_memory:
+                if not self.objective.known_mean:
+                    check_first_batch(self, private)
+                return None
+            with kept_rng():  # the seeds drawn from the caller's state, which is then put back
+                seed = int(torch.randint(2 ** 62, ()))
+                with kept_rng(seed + 1):
+                    return check_pass(self, private, plan, check_row(plan), check_mean=True)
+        except BaseException:
+            data.checked = False  # the data or the loss failed (the computation says why): the next one checks
+            raise
+
+    def compare_passes(self, private, first, plan=None, values=None, same_path=False) -> None:
+        """Warn (:class:`~landscape_widgets.data.DataChangesWarning`) when the pass ``first`` and the plan's own
+        value at the same point (``values``; None: one more pass) differ beyond rounding.  A value of another
+        evaluator than this process's loop (``same_path`` False) may differ by its rounding alone (TF32 kernels),
+        so a difference is confirmed by one more loop pass first."""
+        known = None
+        if values is not None and first.row is not None:
+            v = np.asarray(values, dtype=np.float64)
+            known = float(v[first.row, 0] if v.ndim == 2 else v[first.row])
+            if same_loss(first.loss, known, first.rtol, first.scale):
+                return
+        if known is None or not same_path:
+            known = check_pass(self, private, plan, first.row).loss
+            if same_loss(first.loss, known, first.rtol, first.scale):
+                return
+        where = "at the model's weights" if first.at_model else "at the same point"
+        warn_user(changes_message(known, first.loss, first.rtol, where), DataChangesWarning)
+
+    def check_data(self) -> None:
+        """:meth:`first_checks` and :meth:`compare_passes` for a computation without a plan (the Hessian's)."""
+        if self.data.checked:
+            return
+        private = self.private()
+        first = self.first_checks(private)
+        if first is not None:
+            self.compare_passes(private, first)
 
     def describe(self, private, **extra) -> dict:
         """The provenance every result carries in ``meta``."""
@@ -139,20 +190,92 @@ def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cance
     """Run ``plan``'s tiles through ``executor`` (default :func:`local_executor`), resumably through the store
     directory ``store``; returns the losses (flat, in ``plan.coords`` order; with metrics ``[points, 1 + M]``, see
     :func:`split_values`) and the :class:`~landscape_widgets.driver.Execution`."""
+    first = problem.first_checks(plan.private, plan)
     tiles = None
     if store is not None:
         tiles = open_store(store, run_settings(plan.kind, plan.private, problem.data, problem.objective, plan.dirs,
                                                plan.coords, plan.tile_size, buffer_dirs=plan.buffer_dirs,
                                                buffers=plan.buffers))
-    if executor is None:
-        executor = local_executor(problem, plan)
-    values = run_tiles(len(plan.coords), plan.tile_size, lambda todo: executor.tiles(plan.coords, todo),
-                       on_tile=callback, cancel=cancel, progress=progress, desc=desc or plan.kind, store=tiles,
-                       metrics=problem.objective.metric_names)
+    same_path = executor is None and tiles is None and plan.executor == "loop"  # the check pass's own arithmetic
+    try:
+        if executor is None:
+            executor = local_executor(problem, plan)
+        values = run_tiles(len(plan.coords), plan.tile_size, lambda todo: executor.tiles(plan.coords, todo),
+                           on_tile=callback, cancel=cancel, progress=progress, desc=desc or plan.kind, store=tiles,
+                           metrics=problem.objective.metric_names)
+    except BaseException:
+        if first is not None:
+            problem.data.checked = False  # cancelled or failed: the next computation checks
+        raise
+    if first is not None:
+        problem.compare_passes(plan.private, first, plan, values, same_path)
     done = executor.record(plan.evaluator if plan.evaluator != "auto" else plan.executor)
     if tiles is not None:
         done.store = tiles.info()
     return values, done
+
+
+@dataclass
+class Pass:
+    """The loss at one point by one pass over the data: ``row`` of the plan's coordinates (None: no plan, the
+    model's weights), whether the point is the model's weights, the mean size of the batch losses (the scale of
+    their rounding) and the relative tolerance of the dtypes (:func:`~landscape_widgets.data.repeat_tolerance`)."""
+    loss: float
+    row: int = None
+    at_model: bool = True
+    scale: float = 0.0
+    rtol: float = 1e-4
+
+
+def check_row(plan):
+    """The point of ``plan`` that the data check evaluates: the model's weights (every coordinate 0, unless BatchNorm
+    statistics are re-estimated there), else the first point; None without a plan or points."""
+    if plan is None or not len(plan.coords):
+        return None
+    if plan.buffers != "recompute":
+        rows = np.flatnonzero(~np.asarray(plan.coords).any(axis=1))
+        if len(rows):
+            return int(rows[0])
+    return 0
+
+
+def check_first_batch(problem: Problem, private) -> None:
+    """The batch-mean check on the first batch, at the private copy's weights."""
+    batches = problem.data.batches(private.device)
+    try:
+        x, y, n = next(batches)
+    finally:
+        batches.close()
+    with torch.inference_mode():
+        problem.objective.check_mean(private.module, x, y, n)
+
+
+def check_pass(problem: Problem, private, plan, row, *, check_mean=False) -> Pass:
+    """The loss at ``plan``'s point ``row`` (None: the model's weights) by one pass over the data with the per-point
+    loop; ``check_mean``: the batch-mean check on the first batch too."""
+    dtypes = {p.dtype for p in private.params.values()}
+    at_model = row is None or (plan.buffers != "recompute" and not np.asarray(plan.coords)[row].any())
+    if not at_model:
+        if check_mean and not problem.objective.known_mean:
+            check_first_batch(problem, private)
+        hook = bn_recompute_hook(private, problem.data, problem.objective) if plan.buffers == "recompute" else None
+        ev = PointEvaluator(private, problem.data, problem.objective, plan.moving(), point_hook=hook)
+        (_start, _stop, values), = ev.tiles(plan.coords, [(row, row + 1)])
+        return Pass(float(values[0, 0]), row, False, 0.0, repeat_tolerance(dtypes))
+    # the model's weights: a plain pass, summed as the loop sums it (the sample-weighted mean of the batch losses in
+    # float64), which also gives the batch losses' size and the first batch for the batch-mean check
+    acc = scale = 0.0
+    total = 0
+    with torch.inference_mode():
+        for k, (x, y, n) in enumerate(problem.data.batches(private.device)):
+            if k == 0 and check_mean:
+                problem.objective.check_mean(private.module, x, y, n)
+            v = problem.objective(private.module, x, y).detach()
+            dtypes.add(v.dtype)
+            acc = acc + v.double() * n
+            scale = scale + v.double().abs() * n
+            total += n
+    return Pass(float(acc / total), row, True, float(scale / total), repeat_tolerance(dtypes))
 
 
 def split_values(values, names) -> tuple:

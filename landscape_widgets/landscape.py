@@ -187,9 +187,7 @@ class Landscape:
                                                                         plan_buffers))
             meta["models"] = dict(marks, losses=ends)
             meta.update(loss_barrier(alphas, losses, ends))
-        curve = Curve(alphas, losses, meta, execution=done, metrics=metrics)
-        curve.direction = {n: t.detach().cpu() for n, t in d1.items()}
-        return curve
+        return Curve(alphas, losses, meta, execution=done, metrics=metrics, direction=d1)
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
               progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
@@ -207,7 +205,7 @@ class Landscape:
         on both axes, where the quadratic model doubles the loss (``.meta``: lambda_max, lambda_min, span_rule).
         ``directions`` may also be an earlier :class:`~landscape_widgets.Surface`: its directions, their kind's
         record, its grid (unless ``span`` is given) and its path, reused as they are (no eigen-solve or PCA again).
-        ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.meta["trust"]``.
+        ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.trust`` (also ``surf.meta["trust"]``).
 
         ``directions=(model_b, model_c)`` (modules or their ``state_dict()``) is the plane through the model and
         two others, in raw units (:mod:`~landscape_widgets.directions.models`: d1 = theta_b - theta, d2 the part of
@@ -270,8 +268,8 @@ class Landscape:
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
         surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done,
                           direction_meta=made.meta, metrics=metrics)
-        if trust:
-            surface.meta["trust"] = self.trust(surface, cancel=cancel, progress=progress)
+        if trust:  # the panel is computed from the surface's directions: the same plane, with it
+            surface = surface.with_trust(self.trust(surface, cancel=cancel, progress=progress))
         return surface
 
     def connect(self, model_b, *, bend=None, steps=31, buffers=None, epochs=10, lr=0.05, optimizer="sgd",
@@ -304,6 +302,7 @@ class Landscape:
         reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product;
         ``progress`` shows a ``tqdm`` bar of the products with the current stage.
         """
+        self.problem.check_data()
         return hessian_api.spectrum(self.problem, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
                                     runs=runs, trace_samples=trace_samples, trace_method=trace_method, tol=tol,
                                     backend=backend, callback=callback, cancel=cancel, progress=progress)

@@ -14,6 +14,7 @@ the loss.  Nothing differentiates them (the Hessian products use the loss alone)
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 
@@ -21,8 +22,32 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .data import index_batch, warn_user
+
 MODES = ("loss_fn", "output", "batch_loss")
 RESERVED_NAMES = ("loss", "alpha", "beta")  # the loss itself and the grid's axes (results, to_xarray)
+MEAN_REDUCTIONS = ("mean", "batchmean")  # torch's reductions that are a mean over the batch's samples
+MEAN_CHECK_SAMPLES = 32  # the batch-mean check: the first batch's first samples, whole and in two halves
+# a sum over the batch is twice its halves' mean; a token mean over unequal lengths, a class-weighted mean or a
+# regularizer added to each batch's loss stay well inside this
+MEAN_CHECK_RTOL = 0.2
+
+
+class LossReductionWarning(UserWarning):
+    """The loss of a batch does not look like a mean over its samples (a sum, say), which the library assumes."""
+
+
+def check_reduction(loss_fn) -> None:
+    """A torch loss module that sums (or keeps per-sample losses) is an error: the library takes each batch's loss
+    as the mean over its samples, and the full-data loss as the sample-weighted mean of the batch losses."""
+    reduction = getattr(loss_fn, "reduction", None) if isinstance(loss_fn, nn.Module) else None
+    if reduction in ("sum", "none"):
+        name = type(loss_fn).__name__
+        raise ValueError(
+            f"loss_fn={name}(reduction={reduction!r}) {'sums' if reduction == 'sum' else 'keeps one loss per sample'}"
+            f" over the batch, but the library takes each batch's loss as the mean over its samples (the loss over all "
+            f"the data is the sample-weighted mean of the batch losses, so that unequal batches weigh right); pass "
+            f"{name}(reduction='mean') (the default)")
 
 
 def call_model(module, inputs):
@@ -146,6 +171,8 @@ class Objective:
         if batch_loss is not None and not callable(batch_loss):
             raise TypeError(f"batch_loss must be callable as batch_loss(model, batch) -> scalar tensor, got "
                             f"{type(batch_loss).__name__}")
+        if loss_fn is not None:
+            check_reduction(loss_fn)
         self.loss_fn = loss_fn
         self.batch_loss = batch_loss
         self.mode = "loss_fn" if loss_fn is not None else "batch_loss" if batch_loss is not None else "output"
@@ -204,6 +231,46 @@ class Objective:
     def functional(self, module, params: dict, x, y) -> torch.Tensor:
         return self.reduce(self.functional_forward(module, params, x), y)
 
+    @property
+    def known_mean(self) -> bool:
+        """Whether a batch's loss is a mean over its samples by construction: a torch loss module with a mean
+        reduction, or the model's own loss (HuggingFace's convention); a plain callable is checked
+        (:meth:`check_mean`)."""
+        if self.mode == "output":
+            return True
+        return self.mode == "loss_fn" and isinstance(self.loss_fn, nn.Module) \
+            and getattr(self.loss_fn, "reduction", None) in MEAN_REDUCTIONS
+
+    def check_mean(self, module, x, y, n) -> None:
+        """Warn (:class:`LossReductionWarning`) when the loss of the batch's first samples is not about the
+        sample-weighted mean of its two halves' losses, as a sum over the batch would be (twice it).  Three forward
+        passes of at most ``MEAN_CHECK_SAMPLES`` samples; a batch that cannot be cut by sample is not checked."""
+        if self.known_mean or n is None or n < 2:
+            return
+        m = min(n, MEAN_CHECK_SAMPLES)
+        h = m // 2
+        parts = [torch.arange(0, m), torch.arange(0, h), torch.arange(h, m)]
+        try:  # every tensor whose first dimension is the batch's is cut; a model or loss that takes only the whole
+            # batch (or tensors of that size that are no samples) fails here and is not checked
+            whole, a, b = (float(self(module, index_batch(x, i, n), None if y is None else index_batch(y, i, n)))
+                           for i in parts)
+        except Exception:  # noqa: BLE001
+            return
+        halves = (h * a + (m - h) * b) / m
+        scale = max(abs(whole), abs(a), abs(b))
+        if not all(math.isfinite(v) for v in (whole, halves)) or scale <= 1e-12 \
+                or abs(whole - halves) <= MEAN_CHECK_RTOL * scale:
+            return
+        what = "loss_fn(outputs, targets)" if self.mode == "loss_fn" else "batch_loss(model, batch)"
+        warn_user(f"{what} does not look like a mean over the batch's samples: on the first {m} samples of the first "
+                  f"batch it gave {whole:.6g}, while the sample-weighted mean of its two halves' losses ({h} and "
+                  f"{m - h} samples) is {halves:.6g}. The library assumes that each batch's loss is the mean over its "
+                  "samples, and takes the loss over all the data as the sample-weighted mean of the batch losses; a "
+                  "sum over the batch scales the landscape with the batch size and weighs unequal batches wrongly. "
+                  "Return the mean over the batch (reduction='mean', .mean() rather than .sum()); a loss that couples "
+                  "the samples of a batch on purpose (in-batch negatives) may ignore this warning",
+                  LossReductionWarning)
+
     def describe(self) -> str:
         return {"loss_fn": "loss_fn(outputs, targets)", "output": "the model's output loss",
                 "batch_loss": "batch_loss(model, batch)"}[self.mode]
@@ -214,5 +281,5 @@ def as_objective(obj) -> Objective:
     return obj if isinstance(obj, Objective) else Objective(loss_fn=obj)
 
 
-__all__ = ["MODES", "RESERVED_NAMES", "Objective", "as_objective", "call_args", "call_model", "check_loss",
-           "check_metric", "check_metrics", "output_loss"]
+__all__ = ["MODES", "RESERVED_NAMES", "LossReductionWarning", "Objective", "as_objective", "call_args", "call_model",
+           "check_loss", "check_metric", "check_metrics", "check_reduction", "output_loss"]

@@ -108,9 +108,13 @@ def test_non_scalar_loss_and_empty_loader():
     model = SmallNet()
     snap = snapshot(model)
     x, y = small_data()
-    per_sample = nn.CrossEntropyLoss(reduction="none")
+    def per_sample(out, t):
+        return nn.functional.cross_entropy(out, t, reduction="none")
+
     with pytest.raises(ValueError, match="loss_fn must return a scalar.*shape \\(40,\\)"):
         lw.Landscape(model, per_sample, (x, y)).plane(resolution=2, progress=False)
+    with pytest.raises(ValueError, match=r"reduction='none'.*reduction='mean'"):  # a torch loss module: at once
+        lw.Landscape(model, nn.CrossEntropyLoss(reduction="none"), (x, y))
     empty_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:0], y[:0]), batch_size=4)
     with pytest.raises(ValueError, match="data is empty"):
         lw.Landscape(model, CE, empty_loader)

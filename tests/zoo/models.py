@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -415,11 +416,47 @@ def unequal_loader(seed=0):
                 hessian=True)
 
 
+# -- 12. NumPy-augmented loader, frozen; a sum-reduced loss --------------------------------------------------------
+class NoisyDataset(torch.utils.data.Dataset):
+    """Noise from NumPy's global RNG added at every read, as augmentation pipelines do: the raw loader differs between
+    passes (``lw.DataChangesWarning``); ``lw.freeze`` reads it once, so the reference sees the batches the library
+    sees."""
+
+    def __init__(self, seed=0, n=21):
+        g = gen(seed)
+        self.x, self.y = torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] + torch.from_numpy(np.random.normal(0.0, 0.3, 6).astype(np.float32)), self.y[i]
+
+
+def augmented_loader(seed=0):
+    model = randomize(MLP(), seed).train()
+    loader = torch.utils.data.DataLoader(NoisyDataset(seed + 100), batch_size=8, shuffle=True,
+                                         generator=gen(seed + 300))  # 8, 8, 5
+    return Case("augmented_loader", model, lw.freeze(loader, seed=seed), loss_fn=nn.CrossEntropyLoss(),
+                start=perturbed(model, seed + 200), hessian=True, extra={"loader": loader},
+                notes="NumPy-RNG augmentation and shuffle, frozen by lw.freeze")
+
+
+def sum_reduced(seed=0):
+    """A loss module that sums over the batch: an error at construction (each batch's loss must be its mean)."""
+    model = randomize(MLP(), seed).train()
+    g = gen(seed + 100)
+    x, y = torch.randn(30, 6, generator=g), torch.randint(0, 3, (30,), generator=g)
+    return Case("sum_reduced", model, (x, y), loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+                extra={"raises": (ValueError, r"reduction='sum'.*reduction='mean'")})
+
+
 BUILDERS = {f.__name__: f for f in (
     gpt2, bert, tied_autoencoder, shared_linear, reused_linear, lstm, gru, parametrized, frozen_default, frozen_all,
     frozen_lora, frozen_names, compiled, batchnorm, l2_regularized, dict_batch, weighted_triples, unequal_batches,
-    unequal_loader)}
+    unequal_loader, augmented_loader)}
+ERRORS = {f.__name__: f for f in (sum_reduced,)}  # cases the Landscape refuses, with the error they must get
 
 
 def build(name, seed=0) -> Case:
-    return BUILDERS[name](seed)
+    return (BUILDERS.get(name) or ERRORS[name])(seed)

@@ -2,6 +2,8 @@
 against the independent reference (tests/zoo/reference.py) at the exact points the library reports; the model's
 state and the global RNG are checked to be untouched by every call."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -285,7 +287,30 @@ def test_tied_parameters_have_one_direction_entry():
         assert len(curve.direction) == len(Reference(case).moved())
 
 
+def test_augmented_loader_warns_and_its_frozen_batches_repeat():
+    """The raw NumPy-augmented loader differs between passes and says so once; its frozen batches give the
+    reference's values exactly, with no warning (test_loss and the others run them on every path)."""
+    case = Z.build("augmented_loader")
+    with untouched(case.model):
+        raw = lw.Landscape(case.model, case.loss_fn, case.extra["loader"], device="cpu")
+        with pytest.warns(lw.DataChangesWarning, match="lw.freeze"):
+            raw.loss()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", lw.DataChangesWarning)
+            ls = case.landscape()
+            assert ls.loss() == ls.loss()
+    assert_close(ls.loss(), Reference(case).loss(Reference(case).base_values()))
+
+
 # -- errors -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(Z.ERRORS))
+def test_refused_cases(name):
+    case = Z.build(name)
+    exc, match = case.extra["raises"]
+    with pytest.raises(exc, match=match):
+        case.landscape()
+
+
 def test_loss_fn_and_batch_loss_together_is_an_error():
     case = Z.build("l2_regularized")
     with pytest.raises((ValueError, TypeError), match=r"(?s)loss_fn.*batch_loss|batch_loss.*loss_fn"):
