@@ -310,8 +310,10 @@ class Landscape:
     def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
               progress=True, callback=None) -> dict:
         """The trust panel of ``surface``: ``kappa`` (``d^T H d / ||d||^2`` per direction), ``lambda_max``,
-        ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``hides_saddle`` (``lambda_min < 0``
-        while both kappas are > 0; Böttcher & Wheeler 2022).  Pass ``spectrum`` to reuse its eigenvalues and trace.
+        ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``eig_ratio``
+        (``|lambda_min / lambda_max|``, Li et al. 2018 §6) and ``hides_saddle``: ``|lambda_min| >=
+        saddle_threshold * lambda_max`` beyond both eigenvalues' error bounds while both kappas are > 0 (Böttcher &
+        Wheeler 2022; :mod:`~landscape_widgets.hessian.trust` says why the threshold is 5 %).  Pass ``spectrum`` to reuse its eigenvalues and trace.
         ``callback(partial)`` receives the panel as it grows (``partial: True``): the kappas first, then with the
         eigenvalues.  ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
         ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
