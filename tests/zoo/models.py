@@ -70,6 +70,8 @@ class Case:
     shortcut: bool = False           # a moved Linear/Conv with fan_in >= 18 is called with the data tensor itself
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    tol: dict = None                 # assert_close's rtol/atol for values (None: float32's); low-precision cases
+    hessian_rtol: float = 1e-3       # eigenvalues and kappas, relative to max |lambda| of the float64 dense Hessian
 
     def __post_init__(self):
         if self.ref_model is None:
@@ -451,10 +453,40 @@ def sum_reduced(seed=0):
                 extra={"raises": (ValueError, r"reduction='sum'.*reduction='mean'")})
 
 
+# -- 13. bfloat16 and float16 models -----------------------------------------------------------------------------
+class NormMLP(nn.Module):
+    """Linear-GELU-LayerNorm-Linear: LayerNorm and GELU are where low precision rounds most."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(6, 12), nn.LayerNorm(12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc2(self.norm(F.gelu(self.fc1(x))))
+
+
+def _low_precision(name, dtype, seed, tol, hessian_rtol):
+    model = randomize(NormMLP(), seed, norm_scale=0.2).to(dtype).train()
+    g = gen(seed + 100)
+    x, y = torch.randn(48, 6, generator=g).to(dtype), torch.randint(0, 3, (48,), generator=g)
+    # the reference forms a point in float64 and rounds it once, the library adds each term in the dtype (as an
+    # optimizer does): an ulp apart in the weights, about 1e-2 (bf16) / 1e-3 (fp16) of the loss
+    return Case(name, model, (x, y), loss_fn=nn.CrossEntropyLoss(), start=perturbed(model, seed + 200),
+                hessian=True, tol=tol, hessian_rtol=hessian_rtol, notes=f"a {dtype} model and data")
+
+
+def bfloat16(seed=0):
+    return _low_precision("bfloat16", torch.bfloat16, seed, {"rtol": 3e-2, "atol": 1e-3}, 1e-2)
+
+
+def float16(seed=0):
+    return _low_precision("float16", torch.float16, seed, {"rtol": 4e-3, "atol": 1e-4}, 1e-3)
+
+
 BUILDERS = {f.__name__: f for f in (
     gpt2, bert, tied_autoencoder, shared_linear, reused_linear, lstm, gru, parametrized, frozen_default, frozen_all,
     frozen_lora, frozen_names, compiled, batchnorm, l2_regularized, dict_batch, weighted_triples, unequal_batches,
-    unequal_loader, augmented_loader)}
+    unequal_loader, augmented_loader, bfloat16, float16)}
 ERRORS = {f.__name__: f for f in (sum_reduced,)}  # cases the Landscape refuses, with the error they must get
 
 

@@ -66,7 +66,7 @@ def test_loss(name):
     ref = Reference(case)
     with untouched(case.model):
         got = case.landscape().loss()
-    assert_close(got, ref.loss(ref.base_values()), what=name)
+    assert_close(got, ref.loss(ref.base_values()), what=name, **(case.tol or {}))
 
 
 @pytest.mark.parametrize("ev", EVALUATORS)
@@ -86,7 +86,7 @@ def test_line(name, ev, monkeypatch):
     d = normalize_dict(curve.direction, ref.model)
     assert any(d[n].count_nonzero() for n in moved)
     want = [ref.loss(point(ref.model, moved, [d], [a])) for a in curve.alphas]
-    assert_close(curve.losses, want, what=f"{name} line {ev}")
+    assert_close(curve.losses, want, what=f"{name} line {ev}", **(case.tol or {}))
 
 
 @pytest.mark.parametrize("ev", EVALUATORS)
@@ -107,7 +107,7 @@ def test_plane(name, ev, monkeypatch):
     assert surf.losses.shape == (3, 4)
     want = np.array([[ref.loss(point(ref.model, moved, [d1, d2], [a, b])) for b in surf.betas]
                      for a in surf.alphas])
-    assert_close(surf.losses, want, what=f"{name} plane {ev}")
+    assert_close(surf.losses, want, what=f"{name} plane {ev}", **(case.tol or {}))
 
 
 @pytest.mark.parametrize("ev", EVALUATORS)
@@ -125,7 +125,7 @@ def test_interpolate(name, ev, monkeypatch):
         return
     check_evaluator_meta(curve.meta, kind, rule)
     assert_close(curve.losses, interpolation_reference(case, ref, case.start, curve.alphas),
-                 what=f"{name} interpolate {ev}")
+                 what=f"{name} interpolate {ev}", **(case.tol or {}))
 
 
 @pytest.mark.parametrize("ev", ["loop", "vmap-vmap", "vmap-affine"])
