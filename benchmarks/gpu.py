@@ -50,8 +50,8 @@ def _import_core():
         pkg = types.ModuleType("landscape_widgets")
         pkg.__path__ = [os.path.join(ROOT, "landscape_widgets")]
         sys.modules["landscape_widgets"] = pkg
-    mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "evaluator", "batched",
-                                                                        "gpu.triton")}
+    mods = {n: importlib.import_module(f"landscape_widgets.{n}") for n in ("_model", "data", "driver", "loop",
+                                                                        "batched", "gpu.triton")}
     return mods
 
 
@@ -201,7 +201,7 @@ RULE_COLUMNS = ("vmap", "im2col", "im2col, tf32", "affine", "triton")
 
 def plane_setup(core, model, data, points, device):
     """The private copy, data, moving tensors of a filter-normalized random plane, and ``points`` of its grid."""
-    Moving = core["evaluator"].Moving
+    Moving = core["loop"].Moving
     private = core["_model"].PrivateModel(model, device)
     source = core["data"].DataSource(data)
     d1, d2 = filter_directions(private)
@@ -214,8 +214,8 @@ def plane_setup(core, model, data, points, device):
 
 
 def bench(core, name, model, data, points, device, tile, warm=8):
-    PointEvaluator, VmapEvaluator = core["evaluator"].PointEvaluator, core["batched"].VmapEvaluator
-    grid_tile_size = core["evaluator"].grid_tile_size
+    PointEvaluator, VmapEvaluator = core["loop"].PointEvaluator, core["batched"].VmapEvaluator
+    grid_tile_size = core["driver"].grid_tile_size
     private, source, moving, coords, side = plane_setup(core, model, data, points, device)
     ny = side if tile == "rows" else len(coords)
     target = core["batched"].TILE_POINTS  # what Landscape.plane uses with the vmap evaluator

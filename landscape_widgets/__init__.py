@@ -15,9 +15,10 @@ from .trajectory import Trajectory  # noqa: E402
 from .embedding import Embedding, embed  # noqa: E402
 from .data import DataChangesWarning, freeze  # noqa: E402
 from .objective import LossReductionWarning  # noqa: E402
+from .executor import Executor  # noqa: E402
 
 __all__ = ["CurvatureMap", "NonFiniteHessian", "SeedSpread", "Spectrum",
-           "DataChangesWarning", "LossReductionWarning", "freeze",
+           "DataChangesWarning", "Executor", "LossReductionWarning", "freeze",
            "Cancelled", "Curve", "Embedding", "Landscape", "Surface", "Tile", "Trajectory", "embed", "load",
            "__version__"]
 # imported on first use: anywidget/ipywidgets stay out of the import

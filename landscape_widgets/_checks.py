@@ -61,3 +61,14 @@ def check_span(span, name="span", *, axes=1):
 
 def axis(rng, n):
     return np.linspace(rng[0], rng[1], n)
+
+
+def check_seed(seed) -> int:
+    """A seed of the private generators (directions, Lanczos starts, embeddings): an int in [0, 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        if not isinstance(seed, np.integer):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        seed = int(seed)
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed={seed} is out of range; pass an int in [0, 2**63)")
+    return seed

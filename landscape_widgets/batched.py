@@ -4,9 +4,9 @@ A chunk of ``B`` points becomes one call of the model on stacked weights ``theta
 ``[B, *param.shape]`` through ``torch.func.functional_call`` (the private copy's own tensors are never written),
 so small and medium models stop being bound by kernel launches.  The chunk size comes from the device's free
 memory (``torch.cuda.mem_get_info``) and a probe of one point, and halves on out-of-memory.  Layers whose weights
-move run through a rule of :mod:`~landscape_widgets.gpu` (``rule``); which one is the chooser's
-(:mod:`~landscape_widgets.chooser`).  The per-point loop (:class:`~landscape_widgets.evaluator.PointEvaluator`)
-is its sibling, held by composition: models vmap cannot batch, and the points "auto" times on the loop, run there.
+move run through a rule of :mod:`~landscape_widgets.gpu` (``rule``; with ``autotune`` the measured rules that apply
+are timed on the first large tile).  The per-point loop (:class:`~landscape_widgets.loop.PointEvaluator`) is its
+sibling, held by composition: models vmap cannot batch, and the points "auto" times on the loop, run there.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_map
 
-from .chooser import RULES, default_rule, tuned_rules
 from .driver import Execution, run_points
-from .evaluator import PointEvaluator, is_oom
-from .gpu import triton
+from .executor import Executor
+from .gpu import MEASURED_RULES, RULES, default_rule, triton, tuned_rules
+from .loop import PointEvaluator
+from .runtime import is_oom
 from .gpu.affine import AffinePoints
 from .gpu.im2col import batched_convs
 
@@ -39,6 +40,25 @@ AUTO_MIN_POINTS = 128
 _VMAP_ERRORS = ("Batching rule not implemented", "vmap", "BatchedTensor")  # what torch.func says it cannot batch
 
 
+class VmapExecutor(Executor):
+    """vmap-batched points (``evaluator="vmap"`` or ``"vmap:<rule>"``; "auto" on CUDA, with ``autotune``): the
+    settings of :class:`VmapEvaluator` (``rule``, ``chunk_size``, ``autotune``, ``measured_rules``: the rules
+    ``autotune`` may time, ``auto_min_points``: the smallest tile it times on, ``kernels``: the Triton rule's
+    :class:`~landscape_widgets.gpu.triton.KernelState` to start from)."""
+    tile_points = TILE_POINTS
+
+    def __init__(self, name="vmap", *, rule=None, chunk_size=None, autotune=False, measured_rules=MEASURED_RULES,
+                 auto_min_points=AUTO_MIN_POINTS, kernels=None):
+        self.name, self.rule, self.chunk_size, self.autotune = name, rule, chunk_size, autotune
+        self.measured_rules, self.auto_min_points, self.kernels = tuple(measured_rules), auto_min_points, kernels
+
+    def start(self, problem, plan):
+        return VmapEvaluator(plan.private, problem.data, problem.objective, plan.moving(),
+                             point_hook=plan.point_hook(problem), chunk_size=self.chunk_size, autotune=self.autotune,
+                             rule=self.rule, tune_cache=problem.tune_cache, measured_rules=self.measured_rules,
+                             auto_min_points=self.auto_min_points, kernels=self.kernels, requested=self.name)
+
+
 class VmapEvaluator:
     """Same interface and values as :class:`PointEvaluator` (``tiles(coords, todo)`` and ``run(coords, *, tile_size,
     on_tile, cancel, progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
@@ -46,15 +66,18 @@ class VmapEvaluator:
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
     ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
     large enough to fill the device with one point per pass gains nothing from batching: ResNet-20 in RESULTS.md).
-    ``rule``: how layers with moving weights are batched, one of ``chooser.RULES``; None: the device's default
-    (``chooser.DEFAULT_RULES``), and with ``autotune`` every measured rule that applies to the model is timed on
-    the first tile.  ``tune_cache``: a dict shared by the evaluators of one ``Landscape``, where
-    ``autotune`` keeps its choice (mode, rule, chunk size) per set of moving tensors and device, so that the next
-    call, a widget's next preview say, starts on it instead of timing every path again.
+    ``rule``: how layers with moving weights are batched, one of ``gpu.RULES``; None: the device's default
+    (``gpu.DEFAULT_RULES``), and with ``autotune`` every rule of ``measured_rules`` that applies to the model is timed
+    on the first tile of at least ``auto_min_points`` points.  ``tune_cache``: a dict shared by the evaluators of one
+    ``Landscape``, where ``autotune`` keeps its choice (mode, rule, chunk size) per set of moving tensors and device, so
+    that the next call, a widget's next preview say, starts on it instead of timing every path again.  ``kernels``: the
+    Triton rule's :class:`~landscape_widgets.gpu.triton.KernelState` (None: a fresh one); ``clock``: the seconds
+    ``autotune`` times by.
     """
 
     def __init__(self, private, data, objective, moving: list, *, point_hook=None, chunk_size=None, autotune=False,
-                 rule=None, tune_cache=None):
+                 rule=None, tune_cache=None, measured_rules=MEASURED_RULES, auto_min_points=AUTO_MIN_POINTS,
+                 kernels=None, clock=time.perf_counter, requested="vmap"):
         if point_hook is not None:
             raise ValueError("the vmap evaluator cannot run a per-point hook (buffers='recompute' re-estimates "
                              "BatchNorm statistics point by point); pass evaluator='loop'")
@@ -84,13 +107,17 @@ class VmapEvaluator:
         self.chunk_size = chunk_size
         self._loss_in_vmap = True  # switched off once if loss_fn cannot run under vmap (e.g. calls .item())
         self._chunks = []  # chunk sizes used (the record's)
-        self._kernels = triton.KernelState()  # what the Triton rule learned on this device
+        self._kernels = triton.KernelState() if kernels is None else kernels  # what the Triton rule learned here
         self.autotune = autotune
+        self.auto_min_points = auto_min_points
+        self._clock = clock  # what autotune times the paths by
+        self.requested = requested  # the evaluator setting the record names
         self.mode = None if autotune else "vmap"  # "vmap" or "loop" once chosen
         self.timings = {}
         self.rule = rule or default_rule(private.device)
         self._points = None  # AffinePoints, made when the affine rule first runs (it stacks the directions)
-        self._rules = [self.rule] if rule is not None else tuned_rules(private.module, private.device) or [self.rule]
+        self._rules = [self.rule] if rule is not None else tuned_rules(private.module, private.device,
+                                                                        measured_rules) or [self.rule]
         self._given_chunk = chunk_size
         self._tune_cache = tune_cache
         self._tune_key = (tuple(n for n, _b, _d in self._moving), len(self._moving[0][2]) if self._moving else 0,
@@ -220,12 +247,13 @@ class VmapEvaluator:
             self.loop.release()
             self.private.reset()
 
-    def record(self, requested="vmap") -> Execution:
+    def record(self) -> Execution:
         """What this executor did: the path "auto" chose (with its timings), the rule, the chunk sizes, and the
         layer variants where the Triton kernel failed and cuDNN's form ran instead."""
         loop = self.mode == "loop"
-        return Execution("loop" if loop else "vmap", f"auto: {self.mode or 'vmap'}" if self.autotune else requested,
-                         rule=None if loop else self.rule, timings=self.timings if self.autotune else None,
+        requested = f"auto: {self.mode or 'vmap'}" if self.autotune else self.requested
+        return Execution("loop" if loop else "vmap", requested, rule=None if loop else self.rule,
+                         timings=self.timings if self.autotune else None,
                          chunks=list(self._chunks), fallbacks=dict(self._kernels.failures) or None)
 
     def run(self, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
@@ -236,7 +264,7 @@ class VmapEvaluator:
 
     def _eval_tile(self, coords):
         if self.mode is None:
-            if len(coords) >= max(AUTO_MIN_POINTS, 4 * AUTO_PROBE):
+            if len(coords) >= max(self.auto_min_points, 4 * AUTO_PROBE):
                 return self._tune(coords)
             try:
                 return self._vmap_tile(coords)  # on the default rule (self.rule until a tile is tuned)
@@ -245,7 +273,7 @@ class VmapEvaluator:
                     raise
                 return self._to_loop(coords, {self.rule: f"{type(exc).__name__}: {exc}"})
         if self.mode == "loop":
-            return self.loop._eval_tile(coords)
+            return self.loop.evaluate(coords)
         try:
             return self._vmap_tile(coords)
         except Exception as exc:  # noqa: BLE001
@@ -264,7 +292,7 @@ class VmapEvaluator:
         self.timings = {f"vmap_{r}_error": e for r, e in errors.items()}
         if self._tune_cache is not None:
             self._tune_cache[self._tune_key] = (self.mode, self.rule, self.chunk_size, dict(self.timings))
-        return self.loop._eval_tile(coords)
+        return self.loop.evaluate(coords)
 
     def _tune(self, coords):
         """Evaluate the first tile batched, time the loop on a few of its points, and keep the faster path; for a
@@ -279,7 +307,7 @@ class VmapEvaluator:
             stop = len(coords) if i == len(variants) - 1 else start + share
             try:
                 out[:k] = self._vmap_tile(coords[:k])  # warm-up: kernels, cuDNN plans, this path's chunk size
-                t0 = time.perf_counter()
+                t0 = self._clock()
                 out[start:stop] = self._vmap_tile(coords[start:stop])  # ends with a copy to the host: synchronized
             except Exception as exc:  # noqa: BLE001 -- a rule that fails here (a kernel that does not compile on
                 if is_oom(exc):  # this device) is left out
@@ -288,7 +316,7 @@ class VmapEvaluator:
                 pending.append((start, stop))
                 start = stop
                 continue
-            per_point[variant] = (time.perf_counter() - t0) / (stop - start)
+            per_point[variant] = (self._clock() - t0) / (stop - start)
             chunks[variant] = self.chunk_size
             start = stop
         if not per_point:  # no rule batches this model: the loop does (and raises what the model itself raises)
@@ -301,10 +329,10 @@ class VmapEvaluator:
         for a, b in pending:  # the failed rules' share of the tile
             out[a:b] = self._vmap_tile(coords[a:b])
         t_vmap = per_point[best]
-        self.loop._eval_tile(coords[:1])
-        t0 = time.perf_counter()
-        self.loop._eval_tile(coords[1:1 + k])
-        t_loop = (time.perf_counter() - t0) / k
+        self.loop.evaluate(coords[:1])
+        t0 = self._clock()
+        self.loop.evaluate(coords[1:1 + k])
+        t_loop = (self._clock() - t0) / k
         self.mode = "loop" if t_loop < t_vmap else "vmap"
         self.timings = {"vmap_s_per_point": t_vmap, "loop_s_per_point": t_loop}
         if len(variants) > 1:

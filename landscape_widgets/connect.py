@@ -28,11 +28,11 @@ import torch
 from ._checks import check_int
 from .chooser import check_evaluator
 from .data import index_batch
-from .directions.gaussian import check_seed
+from ._checks import check_seed
 from .directions.models import model_state
 from .driver import Cancelled, is_cancelled
 from .engine import Plan, execute, split_values
-from .evaluator import Timer
+from .runtime import Timer
 from .results import Curve
 
 BUFFER_MODES = ("interpolate", "model", "recompute")
@@ -177,7 +177,8 @@ def train_bend(problem, private, theta_b, *, buffers="recompute", buffer_states=
 
 
 def connect(problem, model_b, *, bend=None, steps=31, buffers=None, epochs=10, lr=0.05, optimizer="sgd",
-            momentum=0.9, batch_size=64, seed=0, progress=True, cancel=None, evaluator="auto") -> Curve:
+            momentum=0.9, batch_size=64, seed=0, progress=True, cancel=None, evaluator="auto", client=None,
+            store=None) -> Curve:
     """The loss along Garipov et al.'s quadratic Bézier curve (Eq. 2) from the model (t = 0) to ``model_b``
     (t = 1), beside the straight line between them, at ``steps`` values of t in [0, 1].
 
@@ -186,7 +187,8 @@ def connect(problem, model_b, *, bend=None, steps=31, buffers=None, epochs=10, l
     learning rate ``lr``, ``seed`` for t and the shuffling).  ``buffers``: "recompute" re-estimates BatchNorm
     statistics at every point (Garipov et al.; the default for models with BatchNorm), "interpolate" moves floating
     buffers along the same curve (the default otherwise; a trained bend's buffers are the midpoint's, so they move
-    on the straight line), "model" keeps the model's.
+    on the straight line), "model" keeps the model's.  ``evaluator``, ``client`` and ``store``: where and how the
+    points are evaluated, as in :meth:`~landscape_widgets.Landscape.plane` (the bend is trained in this process).
 
     Returns a :class:`~landscape_widgets.Curve`: ``alphas`` = t, ``losses`` the curve's; ``meta["line_losses"]``,
     ``meta["barrier"]`` and ``meta["line_barrier"]`` (:func:`loss_barrier`), ``meta["bend_training"]`` (None for a
@@ -243,7 +245,8 @@ def connect(problem, model_b, *, bend=None, steps=31, buffers=None, epochs=10, l
                              np.stack([np.zeros(steps), ts], axis=1)])
     plan = Plan("connect", private, dirs, coords, tile_size=max(1, -(-2 * steps // 8)), buffer_dirs=buffer_dirs,
                 buffers=None if buffers == "model" else buffers, evaluator=evaluator)
-    values, done = execute(problem, plan, cancel=cancel, progress=progress, desc="connect")
+    values, done = execute(problem, plan, client=client, cancel=cancel, progress=progress, desc="connect",
+                           store=store)
     losses, metrics = split_values(values, problem.objective.metric_names)
     curve, line = losses[:steps], losses[steps:]
     t_total = timer()

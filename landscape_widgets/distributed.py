@@ -1,13 +1,14 @@
 """Dask: the tiles of a grid evaluated on the workers of a ``dask.distributed`` cluster.
 
-``ls.plane(..., client=client)`` sends one *job* to every worker (``client.scatter(..., broadcast=True)``): the
-model, loss and data (or a user factory that builds them on the worker, for DataLoaders that cannot be pickled),
-the directions and the evaluator setting.  Each worker builds its private model and evaluator once per job and
-keeps it in a process-level cache; tiles are then small tasks (a block of coordinates in, losses and metrics out)
-that stream back through ``as_completed``, so ``callback``, the progress bar, ``cancel`` and ``store`` work as
-locally.  A tile is split into several tasks when there are fewer than ``TASKS_PER_WORKER`` per worker thread, so
-that the last tasks do not leave workers idle (a 21x21 plane is 7 tiles: on 2 workers, 4 against 3); the tile, as
-the store keeps it, is handed on when all its parts are back.
+``ls.plane(..., client=client)`` sends one *job* to every worker (``client.scatter(..., broadcast=True)``): the problem
+and the plan as they travel (:meth:`~landscape_widgets.engine.Problem.to_worker`: the model, loss and data, or a user
+factory that builds them on the worker, for DataLoaders that cannot be pickled;
+:meth:`~landscape_widgets.engine.Plan.to_worker`: the directions and the evaluator setting).  Each worker rebuilds them
+and starts the plan's executor once per job and keeps that run in a process-level cache; tiles are then small tasks (a
+block of coordinates in, losses and metrics out) that stream back through ``as_completed``, so ``callback``, the
+progress bar, ``cancel`` and ``store`` work as locally.  A tile is split into several tasks when there are fewer than
+``TASKS_PER_WORKER`` per worker thread, so that the last tasks do not leave workers idle (a 21x21 plane is 7 tiles: on 2
+workers, 4 against 3); the tile, as the store keeps it, is handed on when all its parts are back.
 
 A worker that dies is replaced by its nanny and Dask reschedules its running tiles; a tile whose worker died
 ``distributed.scheduler.allowed-failures`` times (``KilledWorker``), or whose job copy was lost, is submitted
@@ -16,7 +17,6 @@ finished is lost.  Li et al.'s reference code does the same over MPI ranks (plot
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
 import threading
@@ -24,17 +24,15 @@ import uuid
 import warnings
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._model import check_model, resolve_device, unwrap
-from .data import DataSource, to_device
 from .driver import Execution
-from .engine import Plan, Problem, local_executor
-from .objective import Objective
+from .executor import Executor
 
-_CACHE = OrderedDict()   # job token -> (lock, evaluator), on each worker process
+_CACHE = OrderedDict()   # job token -> (lock, run), on each worker process
 _CACHE_SIZE = 2          # jobs kept per worker: the current run and, briefly, the previous one
 _CACHE_LOCK = threading.Lock()
 TASKS_PER_WORKER = 4     # tasks per worker thread at least, when the tiles allow it
@@ -80,11 +78,12 @@ def _check_workers(client, device):
                       "default): glibc then maps and unmaps every large activation at every grid point, 3x slower "
                       "on the digits CNN. Start CPU workers inside dask.config.set({'distributed.nanny.pre-spawn-"
                       "environ': landscape_widgets.distributed.worker_environ()}) (docs/scaling.md)",
-                      RuntimeWarning, stacklevel=4)
+                      RuntimeWarning, stacklevel=7)  # the user's call: plane -> _run -> execute -> start
 
 
-class Workers:
-    """A Dask client and how its workers get the model and data.
+class Workers(Executor):
+    """The executor of plans on the workers of a Dask client (``client=``; a plain ``dask.distributed.Client`` is
+    wrapped in one with the defaults).
 
     ``factory``: a picklable callable returning ``(model, loss_fn, data)`` that each worker calls once per run
     instead of receiving the kernel's objects (for DataLoaders over files that cannot be pickled); the model it
@@ -92,6 +91,7 @@ class Workers:
     evaluation device (None: CUDA where the worker has one, else CPU).  ``retries``: resubmissions of a tile
     whose workers kept dying.
     """
+    name = "dask"
 
     def __init__(self, client, *, factory=None, device=None, retries=3):
         if not (hasattr(client, "submit") and hasattr(client, "scatter")):
@@ -103,44 +103,29 @@ class Workers:
             raise ValueError(f"retries={retries!r} must be an int >= 0")
         self.client, self.factory, self.device, self.retries = client, factory, device, retries
 
-
-class _Job:
-    """What a worker needs to evaluate tiles of one run; scattered once to every worker."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    def start(self, problem, plan):
+        if importlib.util.find_spec("distributed") is None:  # optional dependency
+            raise ImportError("client= needs dask.distributed: pip install 'dask[distributed]'")
+        return DaskRun(self, problem, plan)
 
 
-def _cpu(t):
-    return t.detach().to("cpu") if isinstance(t, torch.Tensor) else t
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to evaluate tiles of one run; scattered once to every worker (one object: Dask would
+    scatter a tuple's items one by one)."""
+    token: str
+    problem: object  # engine.ShippedProblem
+    plan: object     # engine.ShippedPlan
 
 
-def _build(job):
-    """The worker's executor for ``job``, built from the shipped objects or the factory (once per job)."""
-    if job.factory is not None:
-        built = job.factory()
-        if not (isinstance(built, (tuple, list)) and len(built) == 3):
-            raise TypeError("the Dask factory must return (model, loss_fn, data)")
-        model, loss_fn, data = built
-    else:
-        model, loss_fn, data = job.model, job.loss_fn, job.data
-    check_model(model)
-    objective = Objective(loss_fn, job.batch_loss, job.metrics)
-    problem = Problem(model, objective, DataSource(data, pairs=objective.mode == "loss_fn"), job.params,
-                      resolve_device(job.device))
-    private = problem.private()
-    if private.fingerprint() != job.fingerprint:
-        raise ValueError("the model built on the Dask worker has other weights than the kernel's model (fingerprint "
-                         "mismatch); make the factory load the same weights")
-    dev = private.device
-    dirs = [{n: t.to(dev) for n, t in d.items()} for d in job.dirs]
-    bdirs = None if job.buffer_dirs is None else \
-        {n: [None if t is None else t.to(dev) for t in ts] for n, ts in job.buffer_dirs.items()}
-    return local_executor(problem, Plan(job.kind, private, dirs, np.zeros((0, len(dirs))), tile_size=1,
-                                        buffer_dirs=bdirs, buffers=job.buffers, evaluator=job.evaluator))
+def _start_run(job):
+    """The worker's run of ``job`` (once per job): the problem and plan rebuilt here, on their executor here."""
+    problem = job.problem.build()
+    plan = job.plan.build(problem)
+    return plan.executor.start(problem, plan)
 
 
-def _evaluator_for(job):
+def _run_for(job):
     with _CACHE_LOCK:
         entry = _CACHE.get(job.token)
         if entry is None:
@@ -150,15 +135,15 @@ def _evaluator_for(job):
     built = False
     with entry[0]:  # one build per process, and one tile at a time on the private copy it writes into
         if entry[1] is None:
-            entry[1] = _build(job)
+            entry[1] = _start_run(job)
             built = True
     return entry, built
 
 
 def evaluate_tile(job, coords):
     """Task run on a worker: the losses at ``coords`` (one tile), and the worker's address when this task built
-    the worker's executor for the job (the run's record counts the builds)."""
-    entry, built = _evaluator_for(job)
+    the worker's run for the job (the run's record counts the builds)."""
+    entry, built = _run_for(job)
     with entry[0]:
         coords = np.asarray(coords, dtype=np.float64)
         (_start, _stop, values), = entry[1].tiles(coords, [(0, len(coords))])
@@ -173,33 +158,17 @@ def _worker_address():
         return "local"
 
 
-class DaskExecutor:
-    """The executor of a plan on Dask workers (``tiles(coords, todo)`` and ``record()``, as the local ones): the
-    job is scattered once per run, tiles come back as they complete, in any order."""
+class DaskRun:
+    """One plan on the Dask workers (``tiles(coords, todo)`` and ``record()``, as every run): the job is scattered
+    once per run, tiles come back as they complete, in any order."""
 
-    def __init__(self, client, problem, plan):
-        self.workers = client if isinstance(client, Workers) else Workers(client)
-        if importlib.util.find_spec("distributed") is None:  # optional dependency
-            raise ImportError("client= needs dask.distributed: pip install 'dask[distributed]'")
-        workers = self.workers
-        if workers.factory is None:
-            # workers may lack the kernel's device; a compiled wrapper does not travel, its original module does
-            model = copy.deepcopy(unwrap(problem.model)).to("cpu")
-            data = problem.data.raw
-            if problem.data.single is not None:
-                data = to_device(data, "cpu")
-            shipped = {"model": model, "loss_fn": problem.loss_fn, "data": data}
-        else:
-            shipped = {"model": None, "loss_fn": None, "data": None}
-        self.job = _Job(token=uuid.uuid4().hex, factory=workers.factory, device=workers.device,
-                        batch_loss=problem.batch_loss, metrics=problem.objective.metrics, params=problem.params,
-                        kind=plan.kind,
-                        fingerprint=plan.private.fingerprint(), evaluator=plan.evaluator, buffers=plan.buffers,
-                        dirs=[{n: _cpu(t) for n, t in d.items()} for d in plan.dirs],
-                        buffer_dirs=None if plan.buffer_dirs is None else
-                        {n: [_cpu(t) for t in ts] for n, ts in plan.buffer_dirs.items()}, **shipped)
+    def __init__(self, workers: Workers, problem, plan):
+        self.workers = workers
+        self.evaluator = plan.evaluator if isinstance(plan.evaluator, str) else plan.evaluator.name
+        self.job = Job(uuid.uuid4().hex, problem.to_worker(factory=workers.factory, device=workers.device),
+                       plan.to_worker())
         _check_workers(workers.client, workers.device)
-        self._builds = {}  # worker address -> executors built there for this run
+        self._builds = {}  # worker address -> runs built there for this run
 
     def _scatter(self):
         try:
@@ -255,12 +224,13 @@ class DaskExecutor:
                 client.cancel(list(pending))
             job_future[0].release()
 
-    def record(self, requested=None) -> Execution:
+    def record(self) -> Execution:
         client = self.workers.client
-        return Execution("dask", self.job.evaluator,
-                         dask={"scheduler": client.scheduler.address if client.scheduler else None,
-                               "workers": len(client.nthreads()), "factory": self.workers.factory is not None,
-                               "builds": dict(self._builds)})
+        n = len(client.nthreads())
+        return Execution("dask", self.evaluator, where=f"{n} Dask worker{'s' if n != 1 else ''}",
+                         facts={"scheduler": client.scheduler.address if client.scheduler else None,
+                                "workers": n, "factory": self.workers.factory is not None,
+                                "builds": dict(self._builds)})
 
 
 def _split(todo, threads):

@@ -1,15 +1,16 @@
 """The one driver: a grid of points, tile by tile, through any executor.
 
-An executor is anything with ``tiles(coords, todo)``: a generator that gets the missing ``(start, stop)`` tiles and
-yields ``(start, stop, values)`` in any order (the per-point loop, vmap-batched chunks, Dask futures as they
-complete).  The driver loads finished tiles from a store, writes new ones to it as they arrive, reports each tile to
-the callback and the progress bar, and checks the cancel flag between tiles; executors do none of that.
+An executor's run (:mod:`~landscape_widgets.executor`) has ``tiles(coords, todo)``: a generator that gets the missing
+``(start, stop)`` tiles and yields ``(start, stop, values)`` in any order (the per-point loop, vmap-batched chunks, Dask
+futures as they complete).  The driver loads finished tiles from a store, writes new ones to it as they arrive, reports
+each tile to the callback and the progress bar, and checks the cancel flag between tiles; executors do none of that.
 
 With metrics (``Landscape(metrics=...)``) a point's values are ``[loss, m_1, ..., m_M]``: the driver carries
 ``[points, 1 + M]``; without them the flat losses.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,26 +34,45 @@ class Tile:
 
 @dataclass
 class Execution:
-    """What an executor did: ``executor`` ("loop", "vmap" or "dask"), ``evaluator`` (as requested, "auto: <path>"
-    for what "auto" chose), the vmap ``rule``, the ``timings`` "auto" chose by, the vmap ``chunks`` (points per
-    batched call, in order), the layer variants whose Triton kernel failed (``fallbacks``: cuDNN's form ran), and
-    Dask's and the store's facts (``dask``, ``store``).  :meth:`meta` is the flat form results keep in ``meta``."""
+    """What an executor did: ``executor`` (its kind: "loop", "vmap", "dask", ...), ``evaluator`` (as requested,
+    "auto: <path>" for what "auto" chose), the vmap ``rule``, the ``timings`` "auto" chose by, the vmap ``chunks``
+    (points per batched call, in order), the layer variants whose Triton kernel failed (``fallbacks``: cuDNN's form
+    ran), the store's facts (``store``), and for an executor that runs elsewhere its own facts (``facts``, kept in
+    ``meta`` under the executor's kind) and where it ran in words (``where``: "2 Dask workers").  :meth:`meta` is
+    the flat form results keep in ``meta``; :meth:`note` the few words a status line shows."""
     executor: str
     evaluator: str
     rule: str = None
     timings: dict = None
     chunks: list = None
     fallbacks: dict = None
-    dask: dict = None
     store: dict = None
+    facts: dict = None
+    where: str = None
 
     def meta(self) -> dict:
         out = {"evaluator": self.evaluator}
-        for key, value in (("evaluator_timings", self.timings), ("vmap_rule", self.rule), ("dask", self.dask),
+        for key, value in (("evaluator_timings", self.timings), ("vmap_rule", self.rule), (self.executor, self.facts),
                            ("store", self.store)):
             if value is not None:
                 out[key] = value
         return out
+
+    def note(self, device="cpu") -> str:
+        """' on cuda:0, batched (triton)', ' on 4 Dask workers', ...: where and how the points ran (``device``: the
+        result's), empty for the plain per-point loop on a CPU."""
+        if self.where:
+            return f" on {self.where}"
+        device = str(device)
+        how = f"batched ({self.rule})" if self.rule else "per-point loop" if self.executor == "loop" else ""
+        if device == "cpu" and not self.rule:
+            return ""
+        return f" on {device}" + (f", {how}" if how else "")
+
+    @property
+    def dask(self):
+        """``facts`` of a Dask run, else None (what status lines read before :meth:`note`)."""
+        return self.facts if self.executor == "dask" else None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +90,13 @@ def is_cancelled(cancel) -> bool:
 def tiles_of(total: int, tile_size: int) -> list:
     tile_size = max(1, int(tile_size))
     return [(s, min(total, s + tile_size)) for s in range(0, total, tile_size)]
+
+
+def grid_tile_size(ny: int, total: int, target: int = 64) -> int:
+    """One or more whole rows of ``ny`` points per tile, about ``target`` points: small enough to stream and cancel,
+    large enough to amortize (an executor's ``tile_points``)."""
+    rows = max(1, math.ceil(target / max(ny, 1)))
+    return min(total, rows * ny)
 
 
 def run_tiles(total, tile_size, compute, *, on_tile=None, cancel=None, progress=False, desc="landscape",

@@ -4,10 +4,10 @@
   UMAP (McInnes et al. 2018, arXiv 1802.03426) by umap-learn; an autoencoder in torch (as Neuro-Visualizer,
   Elhamod & Karpatne 2023, arXiv 2309.14601).
 - ``trustworthiness``: Venna & Kaski (2001), scikit-learn's ``sklearn.manifold.trustworthiness`` with
-  ``k = meta["n_neighbors"]``: 1 when every embedding neighbour is a true neighbour.
+  ``k = n_neighbors``: 1 when every embedding neighbour is a true neighbour.
 - ``reconstruction_error``: in-sample, relative, ``sum ||x - x_hat||^2 / sum ||x - mean||^2``; PCA maps back with
   its inverse transform (this equals ``1 - sum(explained_variance)``), the autoencoder with its decoder, UMAP with
-  its inverse transform where umap-learn has one (else None, the reason in ``meta``).
+  its inverse transform where umap-learn has one (else None, the reason in ``reconstruction_error_reason``).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from contextlib import contextmanager
 
 from ._version import __version__
 from ._checks import check_int
-from .directions.gaussian import check_seed
-from .results import Result, register_result
+from ._checks import check_seed
+from .results import BASE_FIELDS, Field, Result, register_result
 
 METHODS = ("pca", "umap", "autoencoder")
 BLOCK = 2 ** 16  # columns per float64 block: the [n, P] snapshots are never copied whole
@@ -39,13 +39,20 @@ class Embedding(Result):
     ``coords[i]`` is snapshot i (runs stacked in order, ``run[i]`` says which; ``steps``, ``losses`` as recorded),
     ``trustworthiness`` and ``reconstruction_error`` as in the module docstring, ``explained_variance`` the PCA's
     explained-variance ratios (None for the other methods), ``meta`` the settings.
+
+    Typed fields (keyword arguments, else read from ``meta``): ``method``, ``dims``, ``n_neighbors`` (k of the
+    trustworthiness), ``labels`` (one per run), ``strides`` (each trajectory's recording stride),
+    ``umap_n_neighbors`` (UMAP's own), ``reconstruction_error_reason`` (why there is no reconstruction error).
     """
 
     _arrays = ("coords", "steps", "losses", "run", "trustworthiness")
     _optional = ("explained_variance", "reconstruction_error")
+    _fields = BASE_FIELDS + (Field("method"), Field("dims", read=int), Field("n_neighbors", read=int),
+                             Field("labels", read=list), Field("strides", read=list),
+                             Field("umap_n_neighbors", read=int), Field("reconstruction_error_reason"))
 
     def __init__(self, coords, steps, losses, run, trustworthiness, reconstruction_error=None,
-                 explained_variance=None, meta=None, inverse=None):
+                 explained_variance=None, meta=None, inverse=None, **fields):
         self.coords = np.asarray(coords, dtype=np.float64)
         self.steps = np.asarray(steps, dtype=np.int64)
         self.losses = np.asarray(losses, dtype=np.float64)
@@ -54,14 +61,15 @@ class Embedding(Result):
         self.reconstruction_error = None if reconstruction_error is None else float(reconstruction_error)
         self.explained_variance = None if explained_variance is None else np.asarray(explained_variance, float)
         self.meta = dict(meta or {})
+        self._set_fields(self._field_names(fields))
         self._inverse = inverse
 
     def inverse_transform(self, coords) -> np.ndarray:
         """Map embedding coordinates ``[m, dims]`` back to flat parameter vectors ``[m, P]`` (PCA, autoencoder and
         UMAP where it has an inverse; not available on a loaded result)."""
         if self._inverse is None:
-            raise ValueError(f"this {self.meta.get('method')} embedding has no inverse transform"
-                             + (" (results loaded from disk keep none)" if self.meta.get("method") != "umap" else ""))
+            raise ValueError(f"this {self.method} embedding has no inverse transform"
+                             + (" (results loaded from disk keep none)" if self.method != "umap" else ""))
         coords = np.asarray(coords, dtype=np.float64)
         if coords.ndim != 2 or coords.shape[1] != self.coords.shape[1]:
             raise ValueError(f"coords must be [m, {self.coords.shape[1]}], got shape {coords.shape}")
@@ -220,14 +228,15 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
     pca = SnapshotPCA(X)
     k = (min(5, (n - 1) // 2) if trust_neighbors is None
          else check_int(trust_neighbors, "trust_neighbors", low=1, high=(n - 1) // 2, hint=" (k < n / 2)"))
+    names = [str(s) for s in labels] if labels is not None else [f"run {i}" for i in range(len(trajs))]
+    if len(names) != len(trajs):
+        raise ValueError(f"labels has {len(names)} entries for {len(trajs)} trajectories")
     meta = {"library": "landscape_widgets", "version": __version__, "kind": "embedding", "method": method,
             "dims": dims, "seed": seed, "n_neighbors": k, "num_snapshots": n,
             "num_parameters": int(X.shape[1]), "reconstruction": "in-sample, sum ||x - x_hat||^2 / sum ||x - mean||^2",
-            "labels": [str(s) for s in labels] if labels is not None else [f"run {i}" for i in range(len(trajs))],
-            "snapshots_per_run": [len(vs) for _s, _l, vs in views], "strides": [t.stride for t in trajs]}
-    if len(meta["labels"]) != len(trajs):
-        raise ValueError(f"labels has {len(meta['labels'])} entries for {len(trajs)} trajectories")
-    explained = None
+            "labels": names, "snapshots_per_run": [len(vs) for _s, _l, vs in views],
+            "strides": [t.stride for t in trajs]}
+    explained = nn = reason = None
     if method == "pca":
         coords = pca.coords(dims)
         err, explained, inverse = pca.residual(coords) / pca.total, pca.explained_variance_ratio(dims), \
@@ -235,12 +244,9 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
     elif method == "umap":
         nn = (min(15, n - 1) if n_neighbors is None
               else check_int(n_neighbors, "n_neighbors", low=2, high=n - 1, hint=" (UMAP's, < snapshots)"))
-        meta["umap_n_neighbors"] = nn
         if umap_inverse is None:
             umap_inverse = X.size <= UMAP_INVERSE_MAX_ENTRIES
         coords, err, inverse, reason = _umap(X, dims, nn, seed, pca.total, bool(umap_inverse))
-        if reason:
-            meta["reconstruction_error_reason"] = reason
     else:
         epochs = check_int(epochs, "epochs", low=1)
         hidden = check_int(hidden, "hidden", low=1)
@@ -252,7 +258,8 @@ def embed(trajectories, *, method="pca", dims=2, seed=0, n_neighbors=None, trust
     steps = np.concatenate([st for st, _l, _v in views])
     losses = np.concatenate([lo for _s, lo, _v in views])
     run = np.concatenate([np.full(len(vs), i) for i, (_s, _l, vs) in enumerate(views)])
-    return Embedding(coords, steps, losses, run, trust, err, explained, meta, inverse)
+    return Embedding(coords, steps, losses, run, trust, err, explained, meta, inverse, umap_n_neighbors=nn,
+                     reconstruction_error_reason=reason or None)
 
 
 def _umap(X, dims, n_neighbors, seed, tot, invert):

@@ -5,27 +5,29 @@
 With metrics (``Objective.metrics``) every executor computes ``[loss, m_1, ..., m_M]`` per point from one forward
 pass and :func:`execute` returns ``[points, 1 + M]``; :func:`split_values` parts the losses from the metrics.
 
-Executors: the per-point loop (:class:`~landscape_widgets.evaluator.PointEvaluator`), vmap-batched points
-(:class:`~landscape_widgets.batched.VmapEvaluator`) and Dask workers
-(:class:`~landscape_widgets.distributed.DaskExecutor`); each has ``tiles(coords, todo)`` and ``record()``, which
-returns a :class:`~landscape_widgets.driver.Execution`.  The
-store, progress and cancellation live in the driver (:func:`~landscape_widgets.driver.run_tiles`), once.
+Executors (:mod:`~landscape_widgets.executor`): the per-point loop, vmap-batched points and Dask workers, chosen by
+:mod:`~landscape_widgets.chooser`; an executor's run has ``tiles(coords, todo)`` and ``record()``, which returns a
+:class:`~landscape_widgets.driver.Execution`.  The store, progress and cancellation live in the driver
+(:func:`~landscape_widgets.driver.run_tiles`), once.  :meth:`Problem.to_worker` and :meth:`Plan.to_worker` are what
+an executor sends to another process, and what is rebuilt there.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import platform
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ._model import PrivateModel, select_params, unwrap
+from ._model import PrivateModel, check_model, resolve_device, select_params, unwrap
 from ._version import __version__
-from .batched import VmapEvaluator
-from .chooser import requested_rule, resolve_evaluator
-from .data import DataChangesWarning, DataSource, changes_message, kept_rng, repeat_tolerance, same_loss, warn_user
+from .chooser import choose, executor_for
+from .data import (DataChangesWarning, DataSource, changes_message, kept_rng, repeat_tolerance, same_loss, to_device,
+                   warn_user)
 from .driver import run_tiles
-from .evaluator import Moving, PointEvaluator
+from .loop import Moving, PointEvaluator
 from .objective import Objective
 from .store import open_store, run_settings
 
@@ -74,6 +76,21 @@ class Problem:
     def fingerprint(self) -> str:
         """SHA-256 of the moved weights as they are now."""
         return self.private().fingerprint()
+
+    def to_worker(self, *, factory=None, device=None) -> "ShippedProblem":
+        """This problem as it travels to another process (pickled): the model's original module on the CPU (a
+        compiled wrapper does not travel, and the worker may lack this device), the loss, the metrics and the data
+        (held in memory: on the CPU), or instead ``factory``, a picklable callable that builds ``(model, loss_fn,
+        data)`` there; with the weights' fingerprint, which the rebuilt problem must match.  ``device``: the
+        worker's (None: CUDA where it has one)."""
+        shipped = ShippedProblem(factory=factory, device=device, batch_loss=self.batch_loss,
+                                 metrics=self.objective.metrics, params=self.params,
+                                 fingerprint=(self._copy or self.private()).fingerprint())  # the weights in use
+        if factory is None:
+            shipped.model = copy.deepcopy(unwrap(self.model)).to("cpu")
+            shipped.loss_fn = self.loss_fn
+            shipped.data = self.data.raw if self.data.single is None else to_device(self.data.raw, "cpu")
+        return shipped
 
     def moved(self) -> list:
         return select_params(unwrap(self.model), self.params)[0]
@@ -146,7 +163,8 @@ class Plan:
     """Points ``theta + sum_k coords[:, k] d_k`` of one call (``kind``: "plane", "line", "interpolation", ...).
 
     ``buffer_dirs`` move floating buffers along the same coordinates; ``buffers="recompute"`` re-estimates
-    BatchNorm statistics at every point instead; ``evaluator`` is "auto", "loop" or "vmap"."""
+    BatchNorm statistics at every point instead; ``evaluator`` is a name of ``chooser.EVALUATORS`` or an
+    :class:`~landscape_widgets.executor.Executor`."""
     kind: str
     private: PrivateModel
     dirs: list
@@ -154,12 +172,29 @@ class Plan:
     tile_size: int
     buffer_dirs: dict = None
     buffers: str = None
-    evaluator: str = "auto"
-    executor: str = field(init=False)  # "loop" or "vmap": what ``evaluator`` means on this device, resolved once
+    evaluator: object = "auto"
+    executor: object = field(init=False)  # what ``evaluator`` means on this device (chooser.choose), resolved once
 
     def __post_init__(self):
         self.coords = np.asarray(self.coords, dtype=np.float64)
-        self.executor = resolve_evaluator(self.evaluator, self.private.device, buffers=self.buffers)
+        self.executor = choose(self.evaluator, self.private.device, buffers=self.buffers)
+
+    def point_hook(self, problem):
+        """What runs after each point is written (BatchNorm re-estimation with ``buffers="recompute"``), or None."""
+        if self.buffers != "recompute":
+            return None
+        return bn_recompute_hook(self.private, problem.data, problem.objective)
+
+    def to_worker(self) -> "ShippedPlan":
+        """This plan as it travels to another process (pickled): its kind, its directions on the CPU, its buffer
+        settings and its ``evaluator`` (chosen again there, on the worker's device); the points travel per tile."""
+        def cpu(t):
+            return t.detach().to("cpu") if isinstance(t, torch.Tensor) else t
+
+        return ShippedPlan(self.kind, [{n: cpu(t) for n, t in d.items()} for d in self.dirs],
+                           None if self.buffer_dirs is None else
+                           {n: [cpu(t) for t in ts] for n, ts in self.buffer_dirs.items()},
+                           self.buffers, self.evaluator)
 
     def moving(self) -> list:
         """The private copy's tensors that move, with their base values and one direction (or None) per axis."""
@@ -174,33 +209,73 @@ class Plan:
         return out
 
 
-def local_executor(problem: Problem, plan: Plan):
-    """The loop or the vmap executor for ``plan`` in this process (``plan.evaluator``; "auto": vmap on CUDA)."""
-    kind = plan.executor
-    hook = bn_recompute_hook(plan.private, problem.data, problem.objective) if plan.buffers == "recompute" else None
-    if kind == "vmap":
-        return VmapEvaluator(plan.private, problem.data, problem.objective, plan.moving(), point_hook=hook,
-                             autotune=(plan.evaluator == "auto"), tune_cache=problem.tune_cache,
-                             rule=requested_rule(plan.evaluator))
-    return PointEvaluator(plan.private, problem.data, problem.objective, plan.moving(), point_hook=hook)
+@dataclass
+class ShippedProblem:
+    """A :class:`Problem` on its way to another process (:meth:`Problem.to_worker`); :meth:`build` makes it there."""
+    factory: object
+    device: object
+    batch_loss: object
+    metrics: dict
+    params: object
+    fingerprint: str
+    model: object = None
+    loss_fn: object = None
+    data: object = None
+
+    def build(self) -> Problem:
+        """The problem in this process, from the shipped objects or the factory; refuses other weights."""
+        model, loss_fn, data = self.model, self.loss_fn, self.data
+        if self.factory is not None:
+            built = self.factory()
+            if not (isinstance(built, (tuple, list)) and len(built) == 3):
+                raise TypeError("the worker factory must return (model, loss_fn, data)")
+            model, loss_fn, data = built
+        check_model(model)
+        objective = Objective(loss_fn, self.batch_loss, self.metrics)
+        problem = Problem(model, objective, DataSource(data, pairs=objective.mode == "loss_fn"), self.params,
+                          resolve_device(self.device))
+        if problem.fingerprint() != self.fingerprint:
+            raise ValueError("the model built on the worker has other weights than the kernel's model (fingerprint "
+                             "mismatch); make the factory load the same weights")
+        return problem
 
 
-def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cancel=None, progress=False, desc=None,
+@dataclass
+class ShippedPlan:
+    """A :class:`Plan` on its way to another process (:meth:`Plan.to_worker`); :meth:`build` makes it there."""
+    kind: str
+    dirs: list
+    buffer_dirs: dict
+    buffers: str
+    evaluator: object
+
+    def build(self, problem: Problem) -> Plan:
+        """The plan on ``problem``'s private copy and device, without points (they come per tile)."""
+        private = problem.private()
+        dev = private.device
+        dirs = [{n: t.to(dev) for n, t in d.items()} for d in self.dirs]
+        bdirs = None if self.buffer_dirs is None else \
+            {n: [None if t is None else t.to(dev) for t in ts] for n, ts in self.buffer_dirs.items()}
+        return Plan(self.kind, private, dirs, np.zeros((0, len(dirs))), tile_size=1, buffer_dirs=bdirs,
+                    buffers=self.buffers, evaluator=self.evaluator)
+
+
+def execute(problem: Problem, plan: Plan, *, client=None, callback=None, cancel=None, progress=False, desc=None,
             store=None):
-    """Run ``plan``'s tiles through ``executor`` (default :func:`local_executor`), resumably through the store
-    directory ``store``; returns the losses (flat, in ``plan.coords`` order; with metrics ``[points, 1 + M]``, see
-    :func:`split_values`) and the :class:`~landscape_widgets.driver.Execution`."""
+    """Run ``plan``'s tiles through its executor, or ``client``'s (:func:`~landscape_widgets.chooser.executor_for`),
+    resumably through the store directory ``store``; returns the losses (flat, in ``plan.coords`` order; with
+    metrics ``[points, 1 + M]``, see :func:`split_values`) and the :class:`~landscape_widgets.driver.Execution`."""
     first = problem.first_checks(plan.private, plan)
     tiles = None
     if store is not None:
         tiles = open_store(store, run_settings(plan.kind, plan.private, problem.data, problem.objective, plan.dirs,
                                                plan.coords, plan.tile_size, buffer_dirs=plan.buffer_dirs,
                                                buffers=plan.buffers))
-    same_path = executor is None and tiles is None and plan.executor == "loop"  # the check pass's own arithmetic
+    executor = executor_for(plan, client)
+    same_path = tiles is None and executor.loop_arithmetic  # the check pass's own arithmetic
     try:
-        if executor is None:
-            executor = local_executor(problem, plan)
-        values = run_tiles(len(plan.coords), plan.tile_size, lambda todo: executor.tiles(plan.coords, todo),
+        run = executor.start(problem, plan)
+        values = run_tiles(len(plan.coords), plan.tile_size, lambda todo: run.tiles(plan.coords, todo),
                            on_tile=callback, cancel=cancel, progress=progress, desc=desc or plan.kind, store=tiles,
                            metrics=problem.objective.metric_names)
     except BaseException:
@@ -209,10 +284,8 @@ def execute(problem: Problem, plan: Plan, *, executor=None, callback=None, cance
         raise
     if first is not None:
         problem.compare_passes(plan.private, first, plan, values, same_path)
-    done = executor.record(plan.evaluator if plan.evaluator != "auto" else plan.executor)
-    if tiles is not None:
-        done.store = tiles.info()
-    return values, done
+    done = run.record()
+    return values, (done if tiles is None else dataclasses.replace(done, store=tiles.info()))
 
 
 @dataclass
@@ -258,8 +331,8 @@ def check_pass(problem: Problem, private, plan, row, *, check_mean=False) -> Pas
     if not at_model:
         if check_mean and not problem.objective.known_mean:
             check_first_batch(problem, private)
-        hook = bn_recompute_hook(private, problem.data, problem.objective) if plan.buffers == "recompute" else None
-        ev = PointEvaluator(private, problem.data, problem.objective, plan.moving(), point_hook=hook)
+        ev = PointEvaluator(private, problem.data, problem.objective, plan.moving(),
+                            point_hook=plan.point_hook(problem))
         (_start, _stop, values), = ev.tiles(plan.coords, [(row, row + 1)])
         return Pass(float(values[0, 0]), row, False, 0.0, repeat_tolerance(dtypes))
     # the model's weights: a plain pass, summed as the loop sums it (the sample-weighted mean of the batch losses in

@@ -13,17 +13,17 @@ from torch import nn
 
 from ._checks import axis, check_int, check_range, check_resolution, check_span
 from ._model import check_model, resolve_device, select_params, state_from, unwrap
-from .batched import TILE_POINTS
 from .chooser import check_evaluator
 from .data import DataSource
 from .connect import connect as connect_models, loss_barrier, segment_ends
 from .directions import KINDS, cosine, kind_of, line_axis, make_directions
 from .engine import Plan, Problem, execute, split_values
-from .evaluator import Timer, grid_tile_size
+from .driver import grid_tile_size
+from .runtime import Timer
 from .hessian import Spectrum, api as hessian_api
 from .hessian.curvature_map import curvature_map as compute_curvature_map
 from .objective import Objective
-from .results import Curve, CurvatureMap, SeedSpread, Surface
+from .results import Curve, CurvatureMap, Marks, SeedSpread, Surface
 
 BUFFER_MODES = ("interpolate", "model", "recompute")
 
@@ -77,12 +77,8 @@ class Landscape:
         """Evaluate ``plan`` here or on Dask workers (``client``), resumably through ``store``: the losses, the
         metrics (name -> values) and the executor's record."""
         problem = problem or self.problem
-        executor = None
-        if client is not None:
-            from .distributed import DaskExecutor
-            executor = DaskExecutor(client, problem, plan)
-        values, done = execute(problem, plan, executor=executor, callback=callback, cancel=cancel,
-                               progress=progress, desc=desc, store=store)
+        values, done = execute(problem, plan, client=client, callback=callback, cancel=cancel, progress=progress,
+                               desc=desc, store=store)
         losses, metrics = split_values(values, problem.objective.metric_names)
         return losses, metrics, done
 
@@ -127,20 +123,18 @@ class Landscape:
         if buffers == "interpolate":
             buffer_dirs = {n: [private.base_buffers[n] - start_state[n]] for n in private.buffer_names}
         alphas = axis((a0, a1), steps)
-        t_dir = timer()
-        plan = Plan("interpolation", private, [d], (alphas - 1.0)[:, None], tile_size=max(1, -(-steps // 8)),
-                    buffer_dirs=buffer_dirs, buffers=buffers, evaluator=evaluator)
-        losses, metrics, done = self._run(plan, callback=callback, cancel=cancel, progress=progress,
-                                          desc="interpolate", client=client, store=store)
         dist = float(sum((v.double() ** 2).sum() for v in d.values()) ** 0.5)
-        meta = self.problem.describe(private, kind="interpolation", buffers=buffers, distance=dist,
-                                     timings=_timings(t_dir, timer(), steps), **done.meta())
+        losses, metrics, meta, done = self._evaluate(
+            "interpolation", private, [d], (alphas - 1.0)[:, None], timer=timer, desc="interpolate",
+            tile_size=max(1, -(-steps // 8)), buffer_dirs=buffer_dirs, buffers=buffers, evaluator=evaluator,
+            run=dict(callback=callback, cancel=cancel, progress=progress, client=client, store=store),
+            record=dict(buffers=buffers, distance=dist))
         # the loss barrier between the two models (a = 0 and a = 1), with the ends evaluated where the grid lacks them
         ends = segment_ends(alphas, losses, lambda at: self._points(private, [d], [[a - 1.0] for a in at],
                                                                     buffer_dirs, buffers))
-        meta.update(models={"labels": ["start", "model"], "coords": [0.0, 1.0], "losses": ends},
-                    **loss_barrier(alphas, losses, ends))
-        return Curve(alphas, losses, meta, execution=done, metrics=metrics)
+        meta.update(loss_barrier(alphas, losses, ends))
+        return Curve(alphas, losses, meta, execution=done, metrics=metrics,
+                     models=Marks(["start", "model"], [0.0, 1.0], ends))
 
     def line(self, *, direction="random", normalization=None, ignore="biasbn", seed=0, steps=51, span=None,
              buffers=None, progress=True, callback=None, cancel=None, client=None, store=None,
@@ -150,8 +144,8 @@ class Landscape:
 
         ``direction`` may be another model (a module or its ``state_dict()``): the line theta + a (theta_b - theta)
         in raw units (:mod:`~landscape_widgets.directions.models`), by default on ``steps`` points from about -0.25
-        to 1.25 that include a = 0 (the model) and a = 1 (theta_b) exactly.  ``meta["models"]`` marks both with
-        their losses, and ``meta["barrier"]`` is the loss barrier between them
+        to 1.25 that include a = 0 (the model) and a = 1 (theta_b) exactly.  ``curve.models`` (also ``meta["models"]``)
+        marks both with their losses, and ``curve.barrier`` (``meta["barrier"]``) is the loss barrier between them
         (:func:`~landscape_widgets.connect.loss_barrier`: the largest loss on the segment minus the mean of its
         ends; ``meta["barrier_alphas"]`` the points used).  ``buffers``: as in :meth:`plane`.
         ``client``, ``store`` and ``evaluator``: as in :meth:`plane`."""
@@ -166,28 +160,24 @@ class Landscape:
                                ignore=ignore, **self._needs(kind, None, cancel, progress),
                                **({"buffers": buffers} if kind.moves_buffers else {}))
         (d1,), dmeta = made.dirs, made.meta
-        marks = dmeta.get("models")
+        marks = made.kind.marks(dmeta)
         if spans is None and marks is not None:
             alphas = line_axis(steps)  # a = 0 and a = 1, the two models, are grid points
         else:
             (a0, a1), = spans or check_span(1.0, "span", axes=1)
             alphas = axis((a0, a1), steps)
         bdirs = made.buffer_dirs if buffers == "interpolate" else None
-        t_dir = timer()
-        plan = Plan("line", private, [d1], alphas[:, None], tile_size=max(1, -(-steps // 8)), buffer_dirs=bdirs,
-                    buffers=plan_buffers, evaluator=evaluator)
-        losses, metrics, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="line",
-                                          client=client, store=store)
-        meta = self.problem.describe(private, kind="line", **dmeta, timings=_timings(t_dir, timer(), steps),
-                                     **done.meta())
-        if buffers is not None:
-            meta["buffers"] = buffers
+        losses, metrics, meta, done = self._evaluate(
+            "line", private, [d1], alphas[:, None], timer=timer, desc="line", tile_size=max(1, -(-steps // 8)),
+            buffer_dirs=bdirs, buffers=plan_buffers, evaluator=evaluator,
+            run=dict(callback=callback, cancel=cancel, progress=progress, client=client, store=store),
+            record=dmeta, after={} if buffers is None else {"buffers": buffers})
         if marks is not None:
             ends = segment_ends(alphas, losses, lambda at: self._points(private, [d1], [[a] for a in at], bdirs,
                                                                         plan_buffers))
-            meta["models"] = dict(marks, losses=ends)
+            marks = marks.with_losses(ends)
             meta.update(loss_barrier(alphas, losses, ends))
-        return Curve(alphas, losses, meta, execution=done, metrics=metrics, direction=d1)
+        return Curve(alphas, losses, meta, execution=done, metrics=metrics, direction=d1, models=marks)
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
               progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
@@ -202,7 +192,8 @@ class Landscape:
         ``directions="pca"`` (Li et al. §7, needs ``trajectory=lw.Trajectory``) a grid covering the projected path,
         which ``surf.path`` [n, 2] holds; for ``directions="hessian"`` (unit eigenvectors of lambda_max and of the
         most negative eigenvalue, Böttcher & Wheeler 2022; normalization "none") ``sqrt(2 max(L0, 0.1) / lambda_max)``
-        on both axes, where the quadratic model doubles the loss (``.meta``: lambda_max, lambda_min, span_rule).
+        on both axes, where the quadratic model doubles the loss (``surf.lambda_max``, ``surf.lambda_min``,
+        ``surf.span_rule``, also in ``.meta``).
         ``directions`` may also be an earlier :class:`~landscape_widgets.Surface`: its directions, their kind's
         record, its grid (unless ``span`` is given) and its path, reused as they are (no eigen-solve or PCA again).
         ``trust=True`` adds the trust panel (:meth:`trust`) as ``surf.trust`` (also ``surf.meta["trust"]``).
@@ -210,17 +201,18 @@ class Landscape:
         ``directions=(model_b, model_c)`` (modules or their ``state_dict()``) is the plane through the model and
         two others, in raw units (:mod:`~landscape_widgets.directions.models`: d1 = theta_b - theta, d2 the part of
         theta_c - theta orthogonal to d1): the model at (0, 0), theta_b at (1, 0), theta_c at (a_c, 1).
-        ``surf.meta["models"]`` holds their ``labels``, ``coords`` and ``losses`` (each evaluated at its mark);
-        ``span=None`` covers the three with a margin of a quarter of their extent.  ``buffers`` says where
-        BatchNorm statistics come from: "interpolate" (the default for planes through models) moves floating
-        buffers with the same combination of the three models as the weights, so each model has its own at its
-        mark; "model" keeps the model's (the default of every other kind, which has no buffer directions, so
-        "interpolate" is an error there); "recompute" re-estimates them at every point with a train-mode pass over
+        ``surf.models`` (also ``surf.meta["models"]``) holds their ``labels``, ``coords`` and ``losses`` (each
+        evaluated at its mark); ``span=None`` covers the three with a margin of a quarter of their extent.
+        ``buffers`` says where BatchNorm statistics come from: "interpolate" (the default for planes through models)
+        moves floating buffers with the same combination of the three models as the weights, so each model has its
+        own at its mark; "model" keeps the model's (the default of every other kind, which has no buffer directions,
+        so "interpolate" is an error there); "recompute" re-estimates them at every point with a train-mode pass over
         the data (as ``interpolate``).
 
         ``samples``: the loss on a fixed random subset of that many samples instead of all the data (a quick
         preview of a large data set; the same subset at every point and every call, drawn by a private generator;
-        a DataLoader gives its first batches).  ``meta["data"]`` then says ``num_samples`` and ``subset_of``.
+        a DataLoader gives its first batches).  ``surf.data`` (``meta["data"]``) then says ``num_samples`` and
+        ``subset_of``.
 
         Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
         "loop", "vmap" or "vmap:<rule>" (a layer rule of :mod:`landscape_widgets.gpu` by name); ``client`` a
@@ -249,38 +241,62 @@ class Landscape:
         alphas, betas = axis((a0, a1), nx), axis((b0, b1), ny)
         aa, bb = np.meshgrid(alphas, betas, indexing="ij")
         coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
-        t_dir = timer()
-        plan = Plan("plane", private, [d1, d2], coords, tile_size=1, buffer_dirs=bdirs, buffers=plan_buffers,
-                    evaluator=evaluator)
-        plan.tile_size = grid_tile_size(ny, len(coords), TILE_POINTS if plan.executor == "vmap" else 64)
-        losses, metrics, done = self._run(plan, callback=callback, cancel=cancel, progress=progress, desc="plane",
-                                          client=client, store=store, problem=problem)
+
+        def tiles(plan):  # whole rows per tile, sized for the executor the plan chose
+            plan.tile_size = grid_tile_size(ny, len(coords), plan.executor.tile_points)
+
+        marks = made.kind.marks(dmeta)
+        losses, metrics, meta, done = self._evaluate(
+            "plane", private, [d1, d2], coords, timer=timer, desc="plane", tile_size=tiles, buffer_dirs=bdirs,
+            buffers=plan_buffers, evaluator=evaluator, problem=problem,
+            run=dict(callback=callback, cancel=cancel, progress=progress, client=client, store=store),
+            record=dict(dmeta, cosine=cosine(d1, d2)),
+            # (a models surface reused: its marks, "model")
+            after={"buffers": buffers or "model"} if buffers is not None or marks is not None else {})
         losses = losses.reshape(nx, ny)
         metrics = {n: v.reshape(nx, ny) for n, v in metrics.items()}
-        meta = problem.describe(private, kind="plane", **dmeta, cosine=cosine(d1, d2),
-                                     timings=_timings(t_dir, timer(), nx * ny), **done.meta())
-        if buffers is not None or dmeta.get("models") is not None:  # (a models surface reused: its marks, "model")
-            meta["buffers"] = buffers or "model"
-        if dmeta.get("models") is not None:  # the loss at each model's mark, which the grid need not contain
-            marks = dmeta["models"]
-            meta["models"] = dict(marks, losses=[float(v) for v in self._points(
-                private, [d1, d2], marks["coords"], bdirs, plan_buffers, problem=problem)])
+        if marks is not None:  # the loss at each model's mark, which the grid need not contain
+            marks = marks.with_losses(self._points(private, [d1, d2], marks.coords, bdirs, plan_buffers,
+                                                   problem=problem))
         dirs = tuple({n: t.detach().cpu() for n, t in d.items()} for d in (d1, d2))
         surface = Surface(alphas, betas, losses, dirs, meta, path=made.path, execution=done,
-                          direction_meta=made.meta, metrics=metrics)
+                          direction_meta=made.meta, metrics=metrics, models=marks,
+                          curvatures=made.kind.curvatures(dmeta))
         if trust:  # the panel is computed from the surface's directions: the same plane, with it
             surface = surface.with_trust(self.trust(surface, cancel=cancel, progress=progress))
         return surface
 
     def connect(self, model_b, *, bend=None, steps=31, buffers=None, epochs=10, lr=0.05, optimizer="sgd",
-                momentum=0.9, batch_size=64, seed=0, progress=True, cancel=None, evaluator="auto") -> Curve:
+                momentum=0.9, batch_size=64, seed=0, progress=True, cancel=None, evaluator="auto", client=None,
+                store=None) -> Curve:
         """The loss along Garipov et al.'s quadratic Bézier curve (arXiv 1802.10026, Eq. 2) from the model (t = 0)
         to ``model_b`` (t = 1), beside the straight line, with both loss barriers; ``bend=None`` trains the bend on
-        this Landscape's data (Eq. 3).  ``curve.bend`` is the bend; see :func:`landscape_widgets.connect.connect`
-        for every option."""
+        this Landscape's data (Eq. 3).  ``curve.bend`` is the bend; ``evaluator``, ``client`` and ``store`` as in
+        :meth:`plane` (the curve's points run on any executor, Dask workers included); see
+        :func:`landscape_widgets.connect.connect` for every option."""
         return connect_models(self.problem, model_b, bend=bend, steps=steps, buffers=buffers, epochs=epochs, lr=lr,
                               optimizer=optimizer, momentum=momentum, batch_size=batch_size, seed=seed,
-                              progress=progress, cancel=cancel, evaluator=evaluator)
+                              progress=progress, cancel=cancel, evaluator=evaluator, client=client, store=store)
+
+    def _evaluate(self, kind, private, dirs, coords, *, timer, desc, tile_size, evaluator, run, record,
+                  buffer_dirs=None, buffers=None, problem=None, after=None):
+        """The one pipeline of every grid: directions -> plan -> executor -> values and provenance.
+
+        ``tile_size``: points per tile, or a callable that sizes the plan's tiles once it has chosen its executor;
+        ``run``: the caller's callback, cancel, progress, client and store; ``record``: what the result's ``meta``
+        says of the directions (before the timings and the execution record), ``after``: what it says after them.
+        Returns ``(losses, metrics, meta, execution)``."""
+        problem = problem or self.problem
+        t_dir = timer()
+        plan = Plan(kind, private, dirs, coords, tile_size=1 if callable(tile_size) else tile_size,
+                    buffer_dirs=buffer_dirs, buffers=buffers, evaluator=evaluator)
+        if callable(tile_size):
+            tile_size(plan)
+        losses, metrics, done = self._run(plan, desc=desc, problem=problem, **run)
+        meta = problem.describe(private, kind=kind, **record, timings=_timings(t_dir, timer(), len(coords)),
+                                **done.meta())
+        meta.update(after or {})
+        return losses, metrics, meta, done
 
     def _points(self, private, dirs, coords, buffer_dirs=None, buffers=None, problem=None):
         """The losses at a few ``coords`` on ``dirs`` (the marks of models, a segment's ends), by the per-point loop."""
@@ -318,8 +334,11 @@ class Landscape:
         eigenvalues.  ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
         ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
         """
-        return hessian_api.trust(self.problem, surface, spectrum=spectrum, seed=seed, trace_samples=trace_samples,
-                                 tol=tol, cancel=cancel, progress=progress, callback=callback)
+        spread_dirs = (lambda private: _spread_directions(surface, private)) if isinstance(surface, SeedSpread) \
+            else None
+        return hessian_api.trust(self.problem, surface, spread_directions=spread_dirs, spectrum=spectrum, seed=seed,
+                                 trace_samples=trace_samples, tol=tol, cancel=cancel, progress=progress,
+                                 callback=callback)
 
     def curvature_map(self, surface, *, resolution=None, tol=1e-2, seed=0, progress=True, callback=None,
                       cancel=None) -> CurvatureMap:
@@ -367,7 +386,7 @@ class Landscape:
                                  "explicit span so that cells compare")
         meta = {k: v for k, v in first.meta.items() if k not in ("seed", "timings", "cosine")}
         meta.update(kind="seed_spread", seeds=seeds, center_loss=center,
-                    cosines=[s.meta.get("cosine") for s in surfaces],
+                    cosines=[s.cosine for s in surfaces],
                     sharpness_definition="100 * (max over the grid of L - L0) / (1 + L0) (Keskar et al. 2017, "
                                          "arXiv 1609.04836, Metric 2.1, box replaced by the plotted grid)",
                     total_s=round(timer(), 6))
@@ -398,6 +417,23 @@ class Landscape:
     def __repr__(self):
         return (f"Landscape(model={type(self.model).__name__}, device={self.device}, "
                 f"data={self.data.describe()})")
+
+
+def _spread_directions(spread, private):
+    """d1, d2 of every seed's plane in turn, made again from the seed and the spread's settings as ``plane`` made
+    them (a spread keeps no directions: K pairs of model-sized tensors)."""
+    kind = KINDS.get(spread.direction_kind)
+    if kind is None or not kind.seeded or spread.normalization is None:
+        seeded = [k.name for k in KINDS.values() if k.seeded]
+        raise ValueError(f"the trust panel of a seed spread needs directions made from the seed alone ({seeded}; "
+                         f"this one has {spread.direction_kind!r}); pass a spread from Landscape.seed_spread("
+                         f"directions={seeded[0]!r})")
+    dirs = []
+    for s in spread.seeds:
+        made = make_directions(kind.name, private, 2, argname="directions", seed=int(s),
+                               normalization=spread.normalization, ignore=spread.ignore)
+        dirs += list(made.dirs)
+    return dirs
 
 
 def _buffer_mode(buffers, kind):

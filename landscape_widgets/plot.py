@@ -130,13 +130,15 @@ def _check_kind(kind, kinds):
         raise ValueError(f"kind={kind!r} is not known; pass one of {', '.join(map(repr, kinds))}")
 
 
-def _axis_labels(meta):
-    explained = meta.get("explained_variance") if meta.get("direction_kind") == "pca" else None
-    if explained and len(explained) >= 2:  # Li et al.'s "1st PC: 95.36 %"
-        return tuple(f"{axis}  ({PC_NAMES[k]} PC: {100 * explained[k]:.2f} %)" for k, axis in enumerate("αβ"))
-    if meta.get("direction_kind") == "hessian":
-        return "α  (eigenvector of λ_max)", "β  (eigenvector of λ_min)"
-    return "α", "β"
+def _axis_labels(surface):
+    """What the plane's direction kind calls its axes (PCA: the explained variance, Li et al. Fig. 9)."""
+    from .directions.kind import kind_named
+
+    kind = kind_named(getattr(surface, "direction_kind", None))
+    if kind is None:
+        return "α", "β"
+    record = getattr(surface, "direction_meta", None)
+    return kind.axis_labels(record if record is not None else surface.meta)  # (a surface built without one)
 
 
 def _grid(ax, alphas, betas, z, *, name, levels, vmin, vmax, vlevel, log, cmap, lines, colorbar, clabel):
@@ -190,6 +192,7 @@ def _ticks(bar, levels, log):
 
 
 def _marks(ax, path, models):
+    """The projected path (start ``o``, end ``*``) and the models' marks (:class:`~landscape_widgets.results.Marks`)."""
     if path is not None:
         path = np.asarray(path, dtype=np.float64)
         if path.ndim == 2 and path.shape[1] == 2 and len(path):
@@ -198,9 +201,9 @@ def _marks(ax, path, models):
             ax.plot(path[:1, 0], path[:1, 1], "o", color=PATH_COLOR, ms=6, mfc="white", zorder=4, gid="path-start")
             ax.plot(path[-1:, 0], path[-1:, 1], "*", color=PATH_COLOR, ms=11, mec="k", mew=0.5, zorder=4,
                     gid="path-end")
-    if isinstance(models, dict) and models.get("coords") is not None:
-        coords = np.asarray(models["coords"], dtype=np.float64).reshape(-1, 2)
-        labels = list(models.get("labels") or [])
+    if models is not None and len(models.coords):
+        coords = np.asarray(models.coords, dtype=np.float64).reshape(-1, 2)
+        labels = list(models.labels or [])
         ax.plot(coords[:, 0], coords[:, 1], "D", color="white", mec="k", ms=6, ls="none", gid="models", zorder=5,
                 label="models")
         for (a, b), label in zip(coords, labels):
@@ -214,7 +217,8 @@ def plot_surface(surface, ax=None, *, values="loss", kind="contour", levels=None
 
     ``kind="contour"``: filled contours with labelled contour lines at the levels of :func:`contour_levels`
     (``levels``, ``vmin``, ``vmax``, ``vlevel``, ``log``: log-spaced levels and a log colour scale), the projected
-    path ``surface.path`` (start ``o``, end ``*``) and the models of ``surface.meta["models"]`` when present.
+    path ``surface.path`` (start ``o``, end ``*``) and the models of ``surface.models`` when present; the axes
+    carry the labels of the plane's direction kind (``DirectionKind.axis_labels``).
     ``kind="surface"``: the 3-D surface (Li et al.'s ``plot_2D.py``), ``values`` clipped to ``[vmin, vmax]``
     where given (Li et al.'s ``zmax``; +inf to ``vmax``, NaN cells left out) and,
     with ``log=True``, ``log10`` of the values on the z-axis.  ``values``: "loss", a name in ``surface.metrics``
@@ -223,15 +227,14 @@ def plot_surface(surface, ax=None, *, values="loss", kind="contour", levels=None
     """
     _check_kind(kind, KINDS)
     name, z = values_of(surface, values)
-    meta = getattr(surface, "meta", None) or {}
-    xlabel, ylabel = _axis_labels(meta)
+    xlabel, ylabel = _axis_labels(surface)
     if kind == "surface":
         return _surface3d(surface.alphas, surface.betas, z, ax, name=name, vmin=vmin, vmax=vmax, log=log,
                           cmap=cmap, colorbar=colorbar, labels=(xlabel, ylabel), title=title)
     ax = _axes(ax)
     _grid(ax, surface.alphas, surface.betas, z, name=name, levels=levels, vmin=vmin, vmax=vmax, vlevel=vlevel,
           log=log, cmap=cmap or "viridis", lines=lines, colorbar=colorbar, clabel=clabel)
-    _marks(ax, getattr(surface, "path", None) if path else None, meta.get("models") if models else None)
+    _marks(ax, getattr(surface, "path", None) if path else None, getattr(surface, "models", None) if models else None)
     ax.set_xlim(surface.alphas[0], surface.alphas[-1])
     ax.set_ylim(surface.betas[0], surface.betas[-1])
     ax.set_xlabel(xlabel)
@@ -271,26 +274,25 @@ def _surface3d(alphas, betas, z, ax, *, name, vmin, vmax, log, cmap, colorbar, l
 def plot_curve(curve, ax=None, *, log=False, metric=None, color=None, label=None, title=None):
     """A :class:`~landscape_widgets.Curve`: the loss against alpha (``log=True``: a log y-axis), and with
     ``metric=`` (a name in ``curve.metrics``) that metric on a twin y-axis; dotted marks at the models of
-    ``curve.meta["models"]`` (a line through models) or at the start and the model of an interpolation; a
-    ``Landscape.connect`` curve is drawn beside its straight line (``meta["line_losses"]``).
+    ``curve.models`` (a line through models) or at the start and the model of an interpolation; a
+    ``Landscape.connect`` curve is drawn beside its straight line (``curve.line_losses``).
     Returns the loss's Axes."""
     ax = _axes(ax)
     alphas = np.asarray(curve.alphas, dtype=np.float64)
     losses = np.asarray(curve.losses, dtype=np.float64)
-    meta = getattr(curve, "meta", None) or {}
-    bezier = meta.get("kind") == "connect"  # Garipov et al.'s curve, drawn beside the straight line
+    bezier = getattr(curve, "kind", None) == "connect"  # Garipov et al.'s curve, drawn beside the straight line
     ax.plot(alphas, losses, "-", color=color or "C0", lw=1.6,
             label=label or ("Bézier curve" if bezier else "loss"), gid="loss")
-    if bezier and meta.get("line_losses") is not None:
-        ax.plot(alphas, np.asarray(meta["line_losses"], dtype=np.float64), "--", color="0.45", lw=1.3,
+    if bezier and getattr(curve, "line_losses", None) is not None:
+        ax.plot(alphas, np.asarray(curve.line_losses, dtype=np.float64), "--", color="0.45", lw=1.3,
                 label="straight line", gid="straight-line")
         ax.legend(frameon=False, fontsize=8)
     if log:
         ax.set_yscale("log")
-    interpolation = meta.get("kind") == "interpolation"
-    models = meta.get("models") if isinstance(meta.get("models"), dict) else {}
-    if models.get("coords") is not None and np.ndim(models["coords"]) == 1:  # a line through models
-        marks = list(zip(np.asarray(models["coords"], dtype=np.float64), models.get("labels") or []))
+    interpolation = getattr(curve, "kind", None) == "interpolation"
+    models = getattr(curve, "models", None)
+    if models is not None and len(models.coords) and np.ndim(models.coords) == 1:  # a line through models
+        marks = list(zip(np.asarray(models.coords, dtype=np.float64), models.labels or []))
     elif bezier:  # phi(0) is the model, phi(1) the other one
         marks = [(0.0, "model"), (1.0, "model_b")]
     else:  # Goodfellow et al. 2015: the start at 0, the model at 1
@@ -413,10 +415,9 @@ def plot_embedding(embedding, ax=None, *, title=None):
     coords = np.asarray(embedding.coords, dtype=np.float64)
     dims = coords.shape[1]
     ax = _axes(ax, "3d" if dims == 3 else None)
-    meta = getattr(embedding, "meta", None) or {}
-    method = meta.get("method", "embedding")
+    method = getattr(embedding, "method", None) or "embedding"
     runs = np.asarray(embedding.run)
-    labels = meta.get("labels") or []
+    labels = getattr(embedding, "labels", None) or []
     for r in np.unique(runs):
         sel = runs == r
         pts = coords[sel]

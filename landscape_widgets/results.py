@@ -6,6 +6,12 @@ Files are ``.npz`` archives without pickles: arrays under their names; tensor di
 so a result written today loads anywhere numpy does; a file without metrics loads with ``metrics == {}``.  Every
 attribute a result is built with comes back from its file, except ``execution`` (what ran in this process; ``meta``
 keeps its facts).
+
+Typed fields (:class:`Field`, listed in a class's ``_fields``) are the facts code acts on: the model marks, the
+kind of result and of its directions, the curvatures its direction kind found, barriers, the trust panel.  Each is
+set at construction (given, or read from ``meta`` under its key where not given) and mirrored into ``meta`` under
+the same key, so files keep one JSON record that older files and the front end read as before; loading sets
+every field from that record.  ``meta`` itself is provenance: what ran, where, with which settings.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import math
 import os
 import types
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -88,10 +95,80 @@ def _metrics(metrics, losses) -> dict:
     return out
 
 
+class Marks(dict):
+    """Models marked on a line or a plane: their ``labels``, ``coords`` (one alpha per model on a line, ``[alpha,
+    beta]`` per model on a plane) and ``losses`` (the loss at each mark; None where not evaluated).  A dict with the
+    same keys (``meta["models"]``, what the front end reads), with those three as attributes."""
+
+    def __init__(self, labels, coords, losses=None):
+        super().__init__(labels=list(labels), coords=list(coords))
+        if losses is not None:
+            self["losses"] = [float(v) for v in losses]
+
+    labels = property(lambda self: self["labels"])
+    coords = property(lambda self: self["coords"])
+    losses = property(lambda self: self.get("losses"))
+
+    @classmethod
+    def of(cls, value):
+        """``value`` as Marks: Marks, a dict ``{"labels", "coords"[, "losses"]}`` (``meta["models"]``), or None."""
+        if value is None or isinstance(value, Marks):
+            return value
+        return cls(value.get("labels") or [], value.get("coords") or [], value.get("losses"))
+
+    def with_losses(self, losses) -> "Marks":
+        return Marks(self.labels, self.coords, losses)
+
+    def __repr__(self):
+        return f"Marks({dict.__repr__(self)})"
+
+
+def _float(value):
+    return float(value)  # a non-finite number comes back from the JSON as "nan" / "inf", which float reads
+
+
+def _floats(value):
+    return np.asarray(value, dtype=np.float64)
+
+
+def _listed(array):
+    return np.asarray(array).tolist()  # as the JSON record keeps it
+
+
+@dataclass(frozen=True)
+class Field:
+    """A typed attribute ``attr`` of a result, kept in ``meta[key]`` (``key`` defaults to ``attr``).
+
+    ``read`` turns the meta value into the attribute (None stays None), ``write`` the attribute into the meta value
+    (None: as it is); ``mirror=False``: read from ``meta`` only (a fact derived from a record the result keeps
+    anyway); ``given_only``: at construction only the argument sets it, never ``meta`` (a field a new value
+    replaces, as the trust panel of :meth:`Surface.with_trust`)."""
+    attr: str
+    key: str = None
+    read: object = None
+    write: object = None
+    mirror: bool = True
+    given_only: bool = False
+
+    @property
+    def meta_key(self) -> str:
+        return self.key or self.attr
+
+    def load(self, meta):
+        value = meta.get(self.meta_key)
+        return value if value is None or self.read is None else self.read(value)
+
+
+# every result: what it is and at which weights it was computed (``Problem.describe``)
+BASE_FIELDS = (Field("kind"), Field("fingerprint", "model_sha256"), Field("device"),
+               Field("num_parameters", read=int))
+
+
 class Result:
     """Base class: subclasses list their array attributes in ``_arrays`` and optional ones in ``_optional``, their
-    name -> tensor dicts (or None) in ``_tensor_dicts`` and tuples of such dicts in ``_direction_sets``;
-    ``metrics`` (name -> array shaped like ``losses``, Li et al.'s accuracy beside the loss) is saved with them."""
+    name -> tensor dicts (or None) in ``_tensor_dicts``, tuples of such dicts in ``_direction_sets`` and their typed
+    fields in ``_fields`` (:class:`Field`); ``metrics`` (name -> array shaped like ``losses``, Li et al.'s accuracy
+    beside the loss) is saved with them."""
 
     execution = None  # set on results the engine computed in this process
     metrics = types.MappingProxyType({})  # results without metrics; read-only, so no instance shares a dict
@@ -99,6 +176,33 @@ class Result:
     _optional: tuple = ()
     _tensor_dicts: tuple = ()
     _direction_sets: tuple = ()
+    _fields: tuple = BASE_FIELDS
+
+    def _set_fields(self, given=None, *, loading=False):
+        """Set every typed field from ``given`` (attr -> value) or, where not given, from ``self.meta``, and mirror
+        each into ``self.meta`` (a ``given_only`` field without a value takes its key out: the two never disagree)."""
+        given = given or {}
+        for f in self._fields:
+            value = given.get(f.attr)
+            if value is not None and f.read is not None:
+                value = f.read(value)
+            elif value is None and (loading or not f.given_only):
+                value = f.load(self.meta)
+            setattr(self, f.attr, value)
+            if loading or not f.mirror:
+                continue  # a loaded record stays as the file holds it
+            if value is not None:
+                self.meta[f.meta_key] = value if f.write is None else f.write(value)
+            elif f.given_only:
+                self.meta.pop(f.meta_key, None)
+
+    @classmethod
+    def _field_names(cls, fields: dict) -> dict:
+        unknown = sorted(set(fields) - {f.attr for f in cls._fields})
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field(s) {unknown}; its fields are "
+                            f"{[f.attr for f in cls._fields]}")
+        return fields
 
     def save(self, path) -> str:
         """Write the result and its meta to ``path`` (``.npz`` appended if missing); returns the path."""
@@ -144,6 +248,7 @@ class Result:
         order = [n for n in meta.get("metrics") or [] if n in stored]
         obj.metrics = {n: stored[n] for n in order + [n for n in stored if n not in order]}
         obj.meta = meta
+        obj._set_fields(loading=True)
         return obj
 
     def __repr__(self):
@@ -200,12 +305,22 @@ class Curve(Result):
     (:class:`~landscape_widgets.engine.Execution`; None for a loaded file, whose ``meta`` keeps the same facts).
     ``metrics``: name -> values at the same points (``Landscape(metrics=...)``), ``{}`` without them.
     ``direction``: the line's direction d, name -> tensor (``Landscape.line``), else None; ``bend``: the bend of a
-    Bézier curve between two models, name -> tensor (``Landscape.connect``), else None.  Both are saved."""
+    Bézier curve between two models, name -> tensor (``Landscape.connect``), else None.  Both are saved.
+
+    Typed fields (keyword arguments, else read from ``meta``): ``kind`` ("interpolation", "line", "connect"),
+    ``direction_kind`` (a line's), ``models`` (:class:`Marks` on alpha: a line through models, an interpolation),
+    ``barrier`` and ``barrier_at`` (the loss barrier between the two models and where the path peaks,
+    :func:`~landscape_widgets.connect.loss_barrier`), and for a Bézier curve ``line_losses`` (the straight line's
+    losses at the same t) and ``line_barrier``; plus ``fingerprint``, ``device``, ``num_parameters``."""
 
     _arrays = ("alphas", "losses")
     _tensor_dicts = ("direction", "bend")
+    _fields = BASE_FIELDS + (Field("direction_kind"), Field("models", read=Marks.of),
+                             Field("barrier", read=_float), Field("barrier_at", read=_float),
+                             Field("line_losses", read=_floats, write=_listed), Field("line_barrier", read=_float))
 
-    def __init__(self, alphas, losses, meta=None, execution=None, metrics=None, direction=None, bend=None):
+    def __init__(self, alphas, losses, meta=None, execution=None, metrics=None, direction=None, bend=None,
+                 **fields):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.meta = dict(meta or {})
@@ -213,6 +328,7 @@ class Curve(Result):
         self.metrics = _metrics(metrics, self.losses)
         self.direction = _cpu_tensors(direction)
         self.bend = _cpu_tensors(bend)
+        self._set_fields(self._field_names(fields))
 
     @property
     def span(self) -> tuple:
@@ -238,14 +354,28 @@ class Surface(Result):
     so that ``plane(directions=surface)`` draws the same plane again without recomputing them; ``metrics``:
     name -> ``[len(alphas), len(betas)]`` values at the same points, ``{}`` without them; ``trust``: the trust panel
     (:meth:`Landscape.trust <landscape_widgets.Landscape.trust>`, a dict), else None, also ``meta["trust"]``, which
-    the saved file keeps.  A surface is a value: :meth:`with_trust` gives the same plane with another panel."""
+    the saved file keeps.  A surface is a value: :meth:`with_trust` gives the same plane with another panel.
+
+    Typed fields (keyword arguments, else read from ``meta``): ``kind`` ("plane"), ``direction_kind``, ``models``
+    (:class:`Marks` of a plane through models), ``lambda_max`` and ``lambda_min`` (the curvatures the direction kind
+    found, Hessian directions; :attr:`curvatures`), ``span_rule`` (how the kind chose the grid), ``cosine`` (of d1
+    and d2), ``path_steps`` and
+    ``path_losses`` (the steps and recorded losses of ``path``), ``data`` (the data it was computed on, with
+    ``num_samples`` and ``subset_of`` for a subset), ``trust`` and ``trust_error`` (why the panel could not be
+    computed); plus ``fingerprint``, ``device``, ``num_parameters``."""
 
     _arrays = ("alphas", "betas", "losses")
     _optional = ("path",)
     _direction_sets = ("directions",)
+    _fields = BASE_FIELDS + (Field("direction_kind"), Field("models", read=Marks.of),
+                             Field("lambda_max", read=_float), Field("lambda_min", read=_float), Field("span_rule"),
+                             Field("cosine", read=_float),
+                             Field("path_steps", read=list), Field("path_losses", read=_floats, write=_listed),
+                             Field("data"), Field("trust", given_only=True),
+                             Field("trust_error"))
 
     def __init__(self, alphas, betas, losses, directions=None, meta=None, path=None, execution=None,
-                 direction_meta=None, metrics=None, trust=None):
+                 direction_meta=None, metrics=None, trust=None, curvatures=None, **fields):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.losses = np.asarray(losses, dtype=np.float64)
@@ -257,29 +387,34 @@ class Surface(Result):
         self.direction_meta = dict(direction_meta) if direction_meta is not None else None
         if direction_meta is not None:
             self.meta.setdefault("direction_keys", sorted(direction_meta))
-        self.trust = trust
+        fields = dict(self._field_names(fields), trust=trust)
+        if curvatures is not None:  # (lambda_max, lambda_min) as the direction kind knows them
+            fields.update(lambda_max=curvatures[0], lambda_min=curvatures[1])
         # meta["trust"] mirrors the attribute (readers of meta, the JSON of the file): the two never disagree
-        if trust is None:
-            self.meta.pop("trust", None)
-        else:
-            self.meta["trust"] = trust
+        self._set_fields(fields)
+
+    @property
+    def curvatures(self):
+        """``(lambda_max, lambda_min)`` the direction kind found for this plane (Hessian directions), else None:
+        the trust panel reuses them instead of solving again."""
+        if self.lambda_max is None or self.lambda_min is None:
+            return None
+        return self.lambda_max, self.lambda_min
 
     def with_trust(self, trust, *, error=None) -> "Surface":
         """The same plane with the trust panel ``trust`` (None: without one), a new Surface sharing this one's arrays
-        and directions; ``error``: why the panel could not be computed, kept as ``meta["trust_error"]``."""
+        and directions; ``error``: why the panel could not be computed (``trust_error``, also
+        ``meta["trust_error"]``)."""
         meta = {k: v for k, v in self.meta.items() if k not in ("trust", "trust_error")}
-        if error is not None:
-            meta["trust_error"] = error
         return type(self)(self.alphas, self.betas, self.losses, self.directions, meta, path=self.path,
                           execution=self.execution, direction_meta=self.direction_meta, metrics=self.metrics,
-                          trust=trust)
+                          trust=trust, trust_error=error)
 
     @classmethod
     def _from_payload(cls, arrays, meta):
         obj = super()._from_payload(arrays, meta)
         keys = meta.get("direction_keys")
         obj.direction_meta = None if keys is None else {k: meta[k] for k in keys if k in meta}
-        obj.trust = meta.get("trust")
         return obj
 
     @property
@@ -311,20 +446,26 @@ class SeedSpread(Result):
     """The same plane for several seeds (``Landscape.seed_spread``): ``losses[k, i, j]`` for ``seeds[k]``, the
     per-cell ``median`` and ``iqr``
     (75th minus 25th percentile, NaN-aware), and ``sharpness[k]`` (Keskar et al. 2017 Metric 2.1 on the grid).
-    ``metrics``: name -> ``[k, i, j]`` values per seed, as ``losses``; ``{}`` without them."""
+    ``metrics``: name -> ``[k, i, j]`` values per seed, as ``losses``; ``{}`` without them.
+
+    Typed fields (keyword arguments, else read from ``meta``): ``center_loss`` (L0 of the sharpness),
+    ``direction_kind``, ``normalization`` and ``ignore`` (the settings that, with a seed, make each plane's
+    directions again), ``cosines`` (of d1 and d2, per seed); plus ``fingerprint``, ``device``, ``num_parameters``."""
 
     _arrays = ("alphas", "betas", "seeds", "losses", "median", "iqr", "sharpness")
+    _fields = BASE_FIELDS + (Field("center_loss", read=_float), Field("direction_kind"), Field("normalization"),
+                             Field("ignore"), Field("cosines", read=list))
 
-    def __init__(self, alphas, betas, seeds, losses, meta=None, metrics=None):
+    def __init__(self, alphas, betas, seeds, losses, meta=None, metrics=None, **fields):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.seeds = np.asarray(seeds, dtype=np.int64)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.metrics = _metrics(metrics, self.losses)
         self.meta = dict(meta or {})
-        center = self.meta.get("center_loss")
+        self._set_fields(self._field_names(fields))
         self.median, self.iqr = spread(self.losses)
-        self.sharpness = np.array([sharpness(s, center) for s in self.losses])
+        self.sharpness = np.array([sharpness(s, self.center_loss) for s in self.losses])
 
     def plot(self, ax=None, **options):
         """A static matplotlib figure: median or IQR contours, or a slice with the 25-75 % band
@@ -342,11 +483,13 @@ class CurvatureMap(Result):
     at ``theta + alphas[i] d1 + betas[j] d2`` (numpy "ij" layout, as ``Surface.losses``); ``ratio = |lambda_min /
     lambda_max|`` (Li et al.'s map: near 0 the landscape is locally convex, larger values show more negative
     curvature; NaN where the loss is not finite, inf where ``lambda_max = 0``); ``losses``: the loss at each point;
-    ``meta``: the eigen-solver's settings, the Hessian-vector products per point, timings."""
+    ``meta``: the eigen-solver's settings, the Hessian-vector products per point, timings.  Typed fields:
+    ``direction_kind`` (of the surface's plane), ``fingerprint``, ``device``, ``num_parameters``."""
 
     _arrays = ("alphas", "betas", "lambda_max", "lambda_min", "ratio", "losses")
+    _fields = BASE_FIELDS + (Field("direction_kind"),)
 
-    def __init__(self, alphas, betas, lambda_max, lambda_min, losses, meta=None):
+    def __init__(self, alphas, betas, lambda_max, lambda_min, losses, meta=None, **fields):
         self.alphas = np.asarray(alphas, dtype=np.float64)
         self.betas = np.asarray(betas, dtype=np.float64)
         self.lambda_max = np.asarray(lambda_max, dtype=np.float64)
@@ -354,6 +497,7 @@ class CurvatureMap(Result):
         self.ratio = eig_ratio(self.lambda_max, self.lambda_min)
         self.losses = np.asarray(losses, dtype=np.float64)
         self.meta = dict(meta or {})
+        self._set_fields(self._field_names(fields))
 
     @property
     def span(self) -> tuple:

@@ -12,26 +12,27 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 @pytest.fixture(autouse=True)
 def previews_on_all_the_data(monkeypatch):
     """Tests compare previews with planes on all the data: the "auto" preview subset, sized by a timing, would make
-    them depend on the machine's speed (tests of the subset set PREVIEW_SECONDS themselves)."""
+    them depend on the machine's speed.  This sets the default of ``SurfaceWidget(preview_seconds=)``; the tests of
+    the subset pass ``preview_seconds`` and run the real, timed path."""
     from landscape_widgets.widgets import surface
 
     monkeypatch.setattr(surface, "PREVIEW_SECONDS", float("inf"))
 
 
 @pytest.fixture
-def tune_small_tiles(monkeypatch):
-    """Let "auto" tune on the tests' small tiles (tens of points) as it does on a plane's 512-point tiles."""
-    from landscape_widgets import batched
-
-    monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 32)
+def tune_small_tiles():
+    """The vmap evaluator's setting that lets "auto" tune on the tests' small tiles (tens of points) as it does on
+    a plane's 512-point tiles."""
+    return {"auto_min_points": 32}
 
 
 @pytest.fixture
-def every_rule_measured(monkeypatch):
-    """"auto" as once every layer rule has a device measurement: it then times them all."""
-    from landscape_widgets import chooser
+def every_rule_measured():
+    """The vmap evaluator's setting for "auto" as once every layer rule has a device measurement: it then times
+    them all."""
+    from landscape_widgets.gpu import RULES
 
-    monkeypatch.setattr(chooser, "MEASURED_RULES", chooser.RULES)
+    return {"measured_rules": RULES}
 
 
 @pytest.fixture

@@ -85,11 +85,18 @@ def moving(ls, private, dirs):
     return Plan("test", private, list(dirs), [[0.0] * len(dirs)], tile_size=1).moving()
 
 
-def loop_evaluator(ls, private, dirs):
-    """The per-point loop executor for ``dirs`` on ``private``."""
-    from landscape_widgets.engine import Plan, local_executor
-    return local_executor(ls.problem, Plan("test", private, list(dirs), [[0.0] * len(dirs)], tile_size=1,
-                                           evaluator="loop"))
+def loop_evaluator(ls, private, dirs, **settings):
+    """The per-point loop's run for ``dirs`` on ``private`` (``settings``: the loop executor's)."""
+    from landscape_widgets.engine import Plan
+    from landscape_widgets.loop import LoopExecutor
+    plan = Plan("test", private, list(dirs), [[0.0] * len(dirs)], tile_size=1, evaluator="loop")
+    return LoopExecutor(**settings).start(ls.problem, plan)
+
+
+def auto_as_on_cuda(**settings):
+    """evaluator="auto" as it resolves on CUDA (vmap with autotune), with the vmap evaluator's ``settings``."""
+    from landscape_widgets.batched import VmapExecutor
+    return VmapExecutor("auto", autotune=True, **settings)
 
 
 def force_micro_batches(monkeypatch, evaluator_module, samples, also=()):

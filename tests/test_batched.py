@@ -8,8 +8,9 @@ from torch import nn
 
 import landscape_widgets as lw
 from landscape_widgets import batched, examples
-from landscape_widgets.batched import VmapEvaluator
-from landscape_widgets.chooser import resolve_evaluator
+from landscape_widgets.batched import VmapEvaluator, VmapExecutor
+from landscape_widgets.chooser import choose
+from landscape_widgets.loop import LoopExecutor
 
 from helpers import SmallNet, assert_same, direct_loss, moving, snapshot
 
@@ -136,9 +137,9 @@ def test_vmap_nan_is_data(small):
 
 def test_evaluator_choice_and_errors(small):
     model, data = small
-    assert resolve_evaluator("auto", "cpu") == "loop"
-    assert resolve_evaluator("auto", "cuda") == "vmap"
-    assert resolve_evaluator("auto", "cuda", buffers="recompute") == "loop"
+    assert isinstance(choose("auto", "cpu"), LoopExecutor)
+    assert isinstance(choose("auto", "cuda"), VmapExecutor) and choose("auto", "cuda").autotune
+    assert isinstance(choose("auto", "cuda", buffers="recompute"), LoopExecutor)
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     with pytest.raises(ValueError, match="evaluator='fast'.*'auto', 'loop', 'vmap'"):
         ls.plane(resolution=3, progress=False, evaluator="fast")
@@ -184,9 +185,8 @@ def test_auto_chunk_from_free_cuda_memory(small, monkeypatch, peak_mib, oom, wan
     assert ev._auto_chunk(torch.zeros(5, 1, dtype=torch.float64), x, y) == want
 
 
-@pytest.mark.usefixtures("tune_small_tiles")
 @pytest.mark.parametrize("loop_faster", [True, False])
-def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_faster):
+def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_faster, tune_small_tiles):
     """evaluator="auto" on CUDA times vmap against the loop on its first tile; both paths give the same values."""
     import landscape_widgets.batched as B
 
@@ -195,15 +195,12 @@ def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_
     surf = ls.plane(resolution=(6, 9), progress=False, evaluator="loop")
     private = ls.problem.private()
     dirs = [{n: t.clone() for n, t in d.items()} for d in surf.directions]
-    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, dirs), autotune=True)
     # a fake clock: each point costs `slow` ticks on one path and `fast` on the other
     slow, fast = (1000.0, 1.0) if loop_faster else (1.0, 1000.0)
     ticks = {"t": 0.0}
-
-    def fake_time():
-        return ticks["t"]
-
-    real_vmap, real_loop = VmapEvaluator._vmap_tile, B.PointEvaluator._eval_tile
+    ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, dirs), autotune=True, **tune_small_tiles,
+                       clock=lambda: ticks["t"])
+    real_vmap, real_loop = VmapEvaluator._vmap_tile, B.PointEvaluator.evaluate
 
     def vmap_tile(self, coords):
         ticks["t"] += slow * len(coords)
@@ -213,9 +210,8 @@ def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_
         ticks["t"] += fast * len(coords)
         return real_loop(self, coords)
 
-    monkeypatch.setattr(B.time, "perf_counter", fake_time)
     monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
-    monkeypatch.setattr(B.PointEvaluator, "_eval_tile", loop_tile)
+    monkeypatch.setattr(B.PointEvaluator, "evaluate", loop_tile)
     coords = np.stack(np.meshgrid(surf.alphas, surf.betas, indexing="ij"), -1).reshape(-1, 2)
     got = ev.run(coords, tile_size=36).reshape(surf.losses.shape)
     assert ev.mode == ("loop" if loop_faster else "vmap")

@@ -9,6 +9,7 @@ import landscape_widgets as lw
 from helpers import SmallNet, direct_loss, small_data
 from landscape_widgets import directions as D
 from landscape_widgets.directions import DirectionKind, Made
+from landscape_widgets.results import Marks
 
 
 class AxisKind(DirectionKind):
@@ -30,6 +31,12 @@ class AxisKind(DirectionKind):
 
     def describe(self, meta, span=None):
         return "two coordinate axes"
+
+    def axis_labels(self, meta):
+        return "first entry", "last entry"
+
+    def marks(self, meta):
+        return Marks(["first", "last"], [[1.0, 0.0], [0.0, 1.0]])
 
 
 @pytest.fixture
@@ -53,6 +60,31 @@ def test_a_new_kind_is_one_class(axis_kind):
             at[name].view(-1)[-1] += b
             assert surf.losses[i, j] == pytest.approx(direct_loss(model, at, x, y), rel=1e-5, abs=1e-6)
     assert surf.meta["direction_kind"] == "axis-test" and surf.path is None
+
+
+def test_a_new_kind_labels_its_axes_and_marks_its_points_in_plots(axis_kind, tmp_path):
+    """plot() asks the plane's kind for its axis labels, also for a surface loaded from its file; the points the
+    kind marks are evaluated and drawn."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model, (x, y) = SmallNet(), small_data()
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y))
+    surf = ls.plane(directions="axis-test", resolution=3, progress=False)
+    assert surf.models.labels == ["first", "last"] and surf.meta["models"] == surf.models
+    at = {n: p.detach().clone() for n, p in model.named_parameters()}
+    at[ls.moved[0]].view(-1)[0] += 1.0  # the first mark, (1, 0)
+    assert surf.models.losses[0] == pytest.approx(direct_loss(model, at, x, y), rel=1e-5, abs=1e-6)
+    for shown in (surf, lw.load(surf.save(tmp_path / "axes.npz"))):
+        ax = shown.plot()
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("first entry", "last entry")
+        assert [t.get_text() for t in ax.texts if t.get_gid() == "model-label"] == ["first", "last"]
+        plt.close(ax.figure)
+    ax = lw.Surface(surf.alphas, surf.betas, surf.losses).plot()  # no kind: the plain axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("α", "β")
+    plt.close(ax.figure)
 
 
 def test_the_widget_ships_the_kinds_declaration(axis_kind):

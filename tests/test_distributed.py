@@ -50,6 +50,20 @@ def test_dask_plane_equals_local_and_streams_tiles(client, small):
     assert remote.losses[7, 3] == pytest.approx(direct_loss(model, params, x, y), rel=1e-5)
 
 
+def test_connect_on_dask_equals_local(client, small):
+    """connect's curve and straight line evaluated on the workers (the bend trained here, BatchNorm statistics
+    re-estimated at every point there) give the local values."""
+    model, data = small
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
+    other = SmallNet(seed=4)
+    local = ls.connect(other, steps=7, epochs=1, progress=False)
+    remote = ls.connect(other, steps=7, epochs=1, progress=False, client=client)
+    np.testing.assert_array_equal(remote.losses, local.losses)
+    assert remote.meta["line_losses"] == local.meta["line_losses"] and remote.meta["barrier"] == local.meta["barrier"]
+    assert remote.execution.executor == "dask" and remote.meta["dask"]["workers"] == 2
+    assert remote.meta["buffers"] == "recompute" and remote.meta["evaluator"] == "auto"
+
+
 def test_tiles_are_split_into_tasks_for_balance():
     """7 tiles of 63 points on 2 workers would leave one idle for the last tile: 8 tasks per worker thread wanted."""
     tiles = [(i, i + 63) for i in range(0, 441, 63)]
@@ -67,11 +81,12 @@ def test_tiles_are_split_into_tasks_for_balance():
 def test_each_worker_builds_once_per_run(client):
     ls = _digits_cnn(100)
     surf = ls.plane(resolution=(40, 8), progress=False, client=client)  # 5 tiles on 2 workers
-    builds = surf.execution.dask["builds"]
+    builds = surf.execution.facts["builds"]
     assert surf.execution.executor == "dask" and surf.meta["dask"]["builds"] == builds
+    assert surf.execution.note(surf.meta["device"]) == " on 2 Dask workers"
     assert set(builds) <= set(client.nthreads()) and all(n == 1 for n in builds.values()) and len(builds) >= 1
     again = ls.plane(resolution=(40, 8), progress=False, client=client)  # a new run is a new job: built again
-    assert all(n == 1 for n in again.execution.dask["builds"].values())
+    assert all(n == 1 for n in again.execution.facts["builds"].values())
 
 
 def test_dask_line_interpolate_and_vmap_equal_local(client, small):

@@ -9,12 +9,12 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 import landscape_widgets as lw
-from landscape_widgets import batched, chooser
+from landscape_widgets import batched
 from landscape_widgets.gpu import affine as al
 from landscape_widgets.gpu.affine import AffinePoints
 from landscape_widgets.batched import VmapEvaluator
 
-from helpers import assert_same, moving, snapshot, small_data
+from helpers import assert_same, auto_as_on_cuda, moving, snapshot, small_data
 from test_batched import _plane_reference
 from test_gpu_im2col import BnCNN
 
@@ -326,15 +326,15 @@ def bn_cnn_plane(resolution=(6, 7), **kw):
     return loop, ev, coords
 
 
-@pytest.mark.usefixtures("tune_small_tiles", "every_rule_measured")
 @pytest.mark.parametrize("fastest", ["affine", "im2col", "vmap"])
-def test_autotune_times_every_rule(monkeypatch, fastest):
+def test_autotune_times_every_rule(monkeypatch, fastest, tune_small_tiles, every_rule_measured):
     """With rule=None, autotune splits its first tile between the rules that apply, keeps the fastest one (a fake
     clock decides here), and the values stay the loop's."""
-    loop, ev, coords = bn_cnn_plane(autotune=True)
-    assert ev._rules == ["affine", "im2col", "vmap"]
     ticks = {"t": 0.0}
-    real_vmap, real_loop = VmapEvaluator._vmap_tile, batched.PointEvaluator._eval_tile
+    loop, ev, coords = bn_cnn_plane(autotune=True, **tune_small_tiles, **every_rule_measured,
+                                    clock=lambda: ticks["t"])
+    assert ev._rules == ["affine", "im2col", "vmap"]
+    real_vmap, real_loop = VmapEvaluator._vmap_tile, batched.PointEvaluator.evaluate
 
     def vmap_tile(self, coords):
         ticks["t"] += (1.0 if self.rule == fastest else 5.0) * len(coords)
@@ -344,9 +344,8 @@ def test_autotune_times_every_rule(monkeypatch, fastest):
         ticks["t"] += 100.0 * len(coords)
         return real_loop(self, coords)
 
-    monkeypatch.setattr(batched.time, "perf_counter", lambda: ticks["t"])
     monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
-    monkeypatch.setattr(batched.PointEvaluator, "_eval_tile", loop_tile)
+    monkeypatch.setattr(batched.PointEvaluator, "evaluate", loop_tile)
     got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
     assert ev.mode == "vmap" and ev.rule == fastest
     assert {k: v for k, v in ev.timings.items() if k.startswith("vmap_") and k != "vmap_s_per_point"} == {
@@ -354,60 +353,50 @@ def test_autotune_times_every_rule(monkeypatch, fastest):
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.usefixtures("every_rule_measured")
-def test_autotune_rules_for_a_model_without_convolutions():
+def test_autotune_rules_for_a_model_without_convolutions(every_rule_measured):
     model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
     x, y = small_data()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x.flatten(1), y), device="cpu")
     private = ls.problem.private()
-    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True)._rules == ["affine", "vmap"]
-    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap")._rules == ["vmap"]
+    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True,
+                         **every_rule_measured)._rules == ["affine", "vmap"]
+    assert VmapEvaluator(private, ls.data, ls.loss_fn, [], autotune=True, rule="vmap",
+                         **every_rule_measured)._rules == ["vmap"]
 
 
-def as_on_cuda(evaluator, device, buffers=None):
-    """``chooser.resolve_evaluator`` as on a CUDA device."""
-    return chooser.resolve_evaluator(evaluator, "cuda", buffers=buffers)
-
-
-@pytest.mark.usefixtures("tune_small_tiles")
-def test_autotune_choice_is_kept_for_the_next_call(monkeypatch):
+def test_autotune_choice_is_kept_for_the_next_call(monkeypatch, tune_small_tiles):
     """A Landscape keeps what "auto" chose: the next plane (a widget's next preview) starts on it, without timing
     every path again; other moving tensors (ignore=None moves the biases too) are tuned afresh."""
-    import landscape_widgets.engine as E
-
-    monkeypatch.setattr(E, "resolve_evaluator", as_on_cuda)
+    auto = auto_as_on_cuda(**tune_small_tiles)
     tunes = []
     real = VmapEvaluator._tune
     monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
     model, data = BnCNN(), small_data()
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), data, device="cpu")
     loop = ls.plane(resolution=(6, 7), progress=False, evaluator="loop")
-    first = ls.plane(resolution=(6, 7), progress=False, evaluator="auto")
-    second = ls.plane(resolution=(6, 7), progress=False, evaluator="auto", seed=1)
+    first = ls.plane(resolution=(6, 7), progress=False, evaluator=auto)
+    second = ls.plane(resolution=(6, 7), progress=False, evaluator=auto, seed=1)
     assert tunes == [42] and second.meta["evaluator_timings"]["reused"] is True
     assert second.meta["evaluator"] == first.meta["evaluator"]
     assert second.meta.get("vmap_rule") == first.meta.get("vmap_rule")
     np.testing.assert_allclose(first.losses, loop.losses, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(second.losses, ls.plane(resolution=(6, 7), progress=False, evaluator="loop",
                                                        seed=1).losses, rtol=1e-5, atol=1e-6)
-    ls.plane(resolution=(6, 7), progress=False, evaluator="auto", ignore=None)
+    ls.plane(resolution=(6, 7), progress=False, evaluator=auto, ignore=None)
     assert tunes == [42, 42]
 
 
 def test_a_preview_sized_tile_runs_on_the_default_rule_and_leaves_tuning_to_a_large_one(monkeypatch):
     """Below AUTO_MIN_POINTS (a widget's 9x9 preview) "auto" neither times the rules nor keeps a choice; the first
     large tile does both."""
-    import landscape_widgets.engine as E
-
-    monkeypatch.setattr(E, "resolve_evaluator", as_on_cuda)
-    monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 50)
+    auto = auto_as_on_cuda(auto_min_points=50)
     tunes = []
     real = VmapEvaluator._tune
     monkeypatch.setattr(VmapEvaluator, "_tune", lambda self, c: tunes.append(len(c)) or real(self, c))
     ls = lw.Landscape(BnCNN(), nn.CrossEntropyLoss(), small_data(), device="cpu")
-    preview = ls.plane(resolution=(7, 7), progress=False, evaluator="auto")
+    preview = ls.plane(resolution=(7, 7), progress=False, evaluator=auto)
     assert tunes == [] and not ls.problem.tune_cache and preview.meta["vmap_rule"] == "vmap"
-    ls.plane(resolution=(8, 8), progress=False, evaluator="auto")
+    ls.plane(resolution=(8, 8), progress=False, evaluator=auto)
     assert tunes == [64] and ls.problem.tune_cache
     np.testing.assert_allclose(preview.losses, ls.plane(resolution=(7, 7), progress=False, evaluator="loop").losses,
                                rtol=1e-5, atol=1e-6)

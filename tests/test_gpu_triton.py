@@ -11,7 +11,7 @@ from torch.nn import functional as F
 import landscape_widgets as lw
 from landscape_widgets import chooser
 from landscape_widgets.gpu import triton as triton_conv
-from landscape_widgets.batched import VmapEvaluator
+from landscape_widgets.batched import VmapEvaluator, VmapExecutor
 from landscape_widgets.chooser import tuned_rules
 
 from helpers import assert_same, snapshot, small_data
@@ -22,10 +22,10 @@ triton = pytest.importorskip("triton")
 
 
 @pytest.fixture(params=[False, True], ids=["unrolled", "flat"])
-def interpret(request, monkeypatch):
-    """Triton's interpreter, in both loop forms of the kernel."""
-    monkeypatch.setattr(triton_conv, "INTERPRETER_FLAT", request.param)
+def interpret(request):
+    """Triton's interpreter, in both loop forms of the kernel: the kernel state that runs it."""
     assert triton_conv.available("cpu"), "conftest sets TRITON_INTERPRET=1 before Triton is imported"
+    return triton_conv.KernelState(interpreter_flat=request.param)
 
 
 def _loop(x, cc, stack, bias, stride, padding, dilation):
@@ -61,7 +61,7 @@ def test_kernel_equals_a_loop_of_conv2d(interpret, case, layout, bias):
     stack = torch.randn(3, cout, c, *kernel, generator=g)
     cc = torch.cat([torch.ones(b, 1), torch.randn(b, 2, generator=g)], 1)
     bias = {None: None, "shared": torch.randn(cout, generator=g), "per point": torch.randn(b, cout, generator=g)}[bias]
-    got = triton_conv.conv2d_points(x, cc, stack, bias, stride, padding, dilation)
+    got = triton_conv.conv2d_points(x, cc, stack, bias, stride, padding, dilation, state=interpret)
     want = _loop(x, cc, stack, bias, stride, padding, dilation)
     assert got is not None and got.shape == want.shape
     # float32 rounding of sums of up to 250 products: relative to the output's scale
@@ -92,16 +92,16 @@ def test_random_layers_equal_a_loop_of_conv2d(interpret):
         cc = torch.cat([torch.ones(b, 1), torch.randn(b, len(stack) - 1, generator=g)], 1)
         bias = rng.choice([None, torch.randn(cout, generator=g), torch.randn(b, cout, generator=g)])
         want = _loop(x, cc, stack, bias, stride, padding, dilation)
-        got = triton_conv.conv2d_points(x, cc, stack, bias, stride, padding, dilation)
+        got = triton_conv.conv2d_points(x, cc, stack, bias, stride, padding, dilation, state=interpret)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item() + 1e-7)
         done += 1
 
 
 def test_where_the_kernel_does_not_apply_it_returns_none(interpret):
     x, cc, stack = torch.randn(2, 1, 3, 6, 6), torch.ones(2, 1), torch.randn(1, 4, 3, 2, 2)
-    assert triton_conv.conv2d_points(x.double(), cc, stack.double(), None, 1, 0, 1) is None  # float32 only
-    assert triton_conv.conv2d_points(x, cc, stack, None, 1, "same", 1) is None  # even kernel: pads one side more
-    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 0, 1) is not None
+    assert triton_conv.conv2d_points(x.double(), cc, stack.double(), None, 1, 0, 1, state=interpret) is None  # f32
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, "same", 1, state=interpret) is None  # pads one side more
+    assert triton_conv.conv2d_points(x, cc, stack, None, 1, 0, 1, state=interpret) is not None
 
 
 def test_unavailable_without_a_gpu_or_the_interpreter(monkeypatch):
@@ -136,12 +136,12 @@ def test_auto_times_only_measured_rules():
     assert tuned_rules(nn.Sequential(nn.ReLU()), "cuda") == []
 
 
-@pytest.mark.usefixtures("every_rule_measured")
-def test_once_measured_auto_offers_the_rules_that_apply():
+def test_once_measured_auto_offers_the_rules_that_apply(every_rule_measured):
     cnn, mlp = BnCNN(), nn.Sequential(nn.Linear(4, 3))
-    assert tuned_rules(cnn, torch.device("cuda")) == ["affine", "triton", "im2col", "vmap"]
-    assert tuned_rules(cnn, torch.device("cpu")) == ["affine", "im2col", "vmap"]
-    assert tuned_rules(mlp, torch.device("cuda")) == ["affine", "vmap"]  # no convolution for the kernel to take
+    measured = every_rule_measured["measured_rules"]
+    assert tuned_rules(cnn, torch.device("cuda"), measured) == ["affine", "triton", "im2col", "vmap"]
+    assert tuned_rules(cnn, torch.device("cpu"), measured) == ["affine", "im2col", "vmap"]
+    assert tuned_rules(mlp, torch.device("cuda"), measured) == ["affine", "vmap"]  # no convolution for the kernel
     assert chooser.requested_rule("vmap:triton") == "triton" and chooser.requested_rule("auto") is None
     with pytest.raises(ValueError, match="'vmap:affine'"):
         chooser.check_evaluator("vmap:fast")
@@ -160,16 +160,17 @@ def test_rule_plane_line_and_interpolation_equal_the_loop(interpret, monkeypatch
     calls = []
     real = triton_conv.conv2d_points
     monkeypatch.setattr(triton_conv, "conv2d_points", lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k))
+    rule = VmapExecutor("vmap:triton", rule="triton", kernels=interpret)
     loop = ls.plane(resolution=(4, 3), progress=False, evaluator="loop")
     assert not calls
-    vm = ls.plane(resolution=(4, 3), progress=False, evaluator="vmap:triton")
+    vm = ls.plane(resolution=(4, 3), progress=False, evaluator=rule)
     assert vm.meta["vmap_rule"] == "triton" and set(calls) == {4, 6}
     np.testing.assert_allclose(vm.losses, loop.losses, rtol=1e-5, atol=1e-6)
     line_loop = ls.line(steps=5, progress=False, evaluator="loop")
-    line_vm = ls.line(steps=5, progress=False, evaluator="vmap:triton")
+    line_vm = ls.line(steps=5, progress=False, evaluator=rule)
     np.testing.assert_allclose(line_vm.losses, line_loop.losses, rtol=1e-5, atol=1e-6)
     it_loop = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="loop")
-    it_vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator="vmap:triton")
+    it_vm = ls.interpolate(start.state_dict(), steps=7, progress=False, evaluator=rule)
     np.testing.assert_allclose(it_vm.losses, it_loop.losses, rtol=1e-5, atol=1e-6)
     assert vm.execution.fallbacks is None and it_vm.execution.rule == "triton"
     assert_same(model, snap)
@@ -182,7 +183,7 @@ def test_a_kernel_that_fails_falls_back_to_cudnn_form_with_a_warning(interpret, 
 
     monkeypatch.setattr(triton_conv, "_kernel", broken)
     x, cc, stack = torch.randn(2, 1, 3, 6, 6), torch.ones(2, 1), torch.randn(1, 4, 3, 3, 3)
-    state = triton_conv.KernelState()
+    state = interpret
     with pytest.warns(RuntimeWarning, match="falls back to cuDNN.*PassManager"):
         assert triton_conv.conv2d_points(x, cc, stack, None, 1, 0, 1, state=state) is None
     assert list(state.failures.values()) == ["RuntimeError: PassManager::run failed"]
@@ -204,7 +205,7 @@ def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(inte
     checks = []
     real_verify = triton_conv._verify
     monkeypatch.setattr(triton_conv, "_verify", lambda *a: checks.append(1) or real_verify(*a))
-    state = triton_conv.KernelState()
+    state = interpret
     bad_x = x.clone()
     bad_x[0, 0, 0, 0, 0] = bad_x[2, 1, 1, 1, 1] = float("nan")
     torch.testing.assert_close(triton_conv.conv2d_points(bad_x, cc, stack, None, 1, 1, 1, state=state),
@@ -233,11 +234,10 @@ def test_a_kernel_that_computes_wrong_values_is_caught_once_per_layer_shape(inte
     assert "WrongResult" in next(iter(state.failures.values()))
 
 
-@pytest.mark.usefixtures("tune_small_tiles", "every_rule_measured")
-def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
+def test_autotune_leaves_out_a_rule_that_raises(monkeypatch, tune_small_tiles, every_rule_measured):
     """A rule whose kernels fail on this device is left out of the first tile's timing, with a warning and its
     error in the timings; its share of the tile is computed by the rule that won."""
-    loop, ev, coords = bn_cnn_plane(autotune=True)
+    loop, ev, coords = bn_cnn_plane(autotune=True, **tune_small_tiles, **every_rule_measured)
     real = VmapEvaluator._chunk_losses
 
     def chunk_losses(self, c, x, y):
@@ -253,13 +253,13 @@ def test_autotune_leaves_out_a_rule_that_raises(monkeypatch):
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.usefixtures("tune_small_tiles", "every_rule_measured")
-def test_a_rule_failing_inside_the_forward_leaves_the_loss_under_vmap(monkeypatch):
+def test_a_rule_failing_inside_the_forward_leaves_the_loss_under_vmap(monkeypatch, tune_small_tiles,
+                                                                      every_rule_measured):
     """A rule whose layer raises inside the vmapped forward is left out; the loss, which vmap traces fine, stays
     inside vmap for the other rules (the failure is not mistaken for a loss that vmap cannot trace)."""
     from landscape_widgets.gpu import im2col as batched_conv
 
-    loop, ev, coords = bn_cnn_plane(autotune=True)
+    loop, ev, coords = bn_cnn_plane(autotune=True, **tune_small_tiles, **every_rule_measured)
 
     def broken(*args):
         raise RuntimeError("no kernel image is available for execution on the device")
@@ -271,9 +271,8 @@ def test_a_rule_failing_inside_the_forward_leaves_the_loss_under_vmap(monkeypatc
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.usefixtures("tune_small_tiles")
-def test_autotune_falls_back_to_the_loop_when_every_rule_fails(monkeypatch):
-    loop, ev, coords = bn_cnn_plane(autotune=True)
+def test_autotune_falls_back_to_the_loop_when_every_rule_fails(monkeypatch, tune_small_tiles):
+    loop, ev, coords = bn_cnn_plane(autotune=True, **tune_small_tiles)
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.warns(RuntimeWarning, match="cannot batch this model.*boom"):
         values = ev.run(coords, tile_size=42)

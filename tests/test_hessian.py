@@ -55,7 +55,7 @@ def test_hvp_matches_dense_hessian(backend, make, batched):
 def test_hvp_on_micro_batches_matches_dense_hessian(monkeypatch, make, coupled):
     """Thresholds lowered so that 23 samples are cut into chunks of 8, 8 and 7: one graph per chunk, weighted by
     its samples, is still the full-batch Hessian; a loss that couples the batch keeps one graph."""
-    import landscape_widgets.evaluator as E
+    import landscape_widgets.accelerations as E
 
     monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
     monkeypatch.setattr(E, "MICRO_BYTES", 1)

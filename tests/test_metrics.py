@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 import landscape_widgets as lw
-from landscape_widgets import batched as B, evaluator as E
+from landscape_widgets import accelerations as E, batched as B
 
 from helpers import SmallNet, assert_same, force_micro_batches, small_data, snapshot
 from zoo import models as Z

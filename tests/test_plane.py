@@ -188,7 +188,7 @@ def test_tiles_stream_and_cancel(small):
 
 def test_exact_accelerations_do_not_change_values(small):
     """The input-affine shortcut and the channels-last layout are exact up to float rounding."""
-    import landscape_widgets.evaluator as E
+    from landscape_widgets.loop import LoopExecutor
 
     model, data = small
     conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
@@ -198,12 +198,7 @@ def test_exact_accelerations_do_not_change_values(small):
         for ignore in ("biasbn", None):
             ls = lw.Landscape(m, CE, data)
             fast = ls.plane(resolution=4, ignore=ignore, progress=False)
-            orig = E.PointEvaluator.__init__.__kwdefaults__["accelerate"]
-            E.PointEvaluator.__init__.__kwdefaults__["accelerate"] = False
-            try:
-                slow = ls.plane(resolution=4, ignore=ignore, progress=False)
-            finally:
-                E.PointEvaluator.__init__.__kwdefaults__["accelerate"] = orig
+            slow = ls.plane(resolution=4, ignore=ignore, progress=False, evaluator=LoopExecutor(accelerate=False))
             np.testing.assert_allclose(fast.losses, slow.losses, rtol=2e-6, atol=1e-7)
 
 
@@ -211,24 +206,24 @@ def test_point_writes_go_through_one_flat_buffer_and_leave_no_trace(small):
     """A point is written into views of one flat buffer; afterwards the private copy has its own contiguous,
     non-inference tensors again (a leftover channels-last weight once changed a later run's rounding), and the
     order of computations does not change any value."""
-    from landscape_widgets.evaluator import PointEvaluator, _FlatWrites
+    from landscape_widgets.accelerations import FlatWrites
 
     model, data = small
     ls = lw.Landscape(model, CE, data)
     start = SmallNet(seed=4)
     alone = ls.interpolate(start, steps=6, buffers="recompute", progress=False).losses
     seen = []
-    real = _FlatWrites.write
+    real = FlatWrites.write
 
     def spy(plan, c):
         seen.append([(t.data_ptr() - plan.groups[0][0].data_ptr()) // 4 for t, _own in plan.swapped])
         return real(plan, c)
 
-    _FlatWrites.write = spy
+    FlatWrites.write = spy
     try:
         ls.plane(resolution=3, ignore=None, progress=False)  # channels-last (a conv net), shortcuts
     finally:
-        _FlatWrites.write = real
+        FlatWrites.write = real
     assert seen and all(off == sorted(off) and len(set(off)) == len(off) for off in seen)  # distinct slices
     assert all(o % 16 == 0 for o in seen[0])  # each view 64-byte aligned
     private = ls.problem.private()
@@ -240,22 +235,22 @@ def test_point_writes_go_through_one_flat_buffer_and_leave_no_trace(small):
 
 
 def test_input_affine_shortcut_is_found_and_used():
-    from landscape_widgets.evaluator import _input_layers
+    from landscape_widgets.accelerations import input_layers
     from landscape_widgets.objective import Objective
 
     forward = Objective(loss_fn=nn.CrossEntropyLoss())
     mlp = nn.Sequential(nn.Linear(5, 3), nn.ReLU(), nn.Linear(3, 2))
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
-    assert _input_layers(mlp, forward, x) == [(mlp[0], x)]
+    assert input_layers(mlp, forward, x) == [(mlp[0], x)]
     flat_first = nn.Sequential(nn.Flatten(), nn.Linear(5, 2))  # input reshaped first: not the data itself
-    assert _input_layers(flat_first, forward, x.reshape(4, 1, 5)) == []
+    assert input_layers(flat_first, forward, x.reshape(4, 1, 5)) == []
 
 
 def test_allocator_is_warmed_once_per_process_on_cpus_only(monkeypatch):
-    """One 30 MiB block, allocated and freed untouched, before the first CPU run (see evaluator.warm_allocator)."""
+    """One 30 MiB block, allocated and freed untouched, before the first CPU run (see runtime.warm_allocator)."""
     import platform
 
-    import landscape_widgets.evaluator as E
+    import landscape_widgets.runtime as E
 
     calls = []
     real = torch.empty
@@ -289,11 +284,10 @@ def _whole_batch_only(out, y):
 def test_micro_batches_only_where_they_equal_the_full_batch(monkeypatch, coupled):
     """Thresholds lowered so that the small test batch (40 samples) is cut into chunks of 8: the plane must equal
     a direct full-batch evaluation; a model that couples the samples of a batch must not be micro-batched."""
-    import landscape_widgets.evaluator as E
+    import landscape_widgets.loop as E
+    from landscape_widgets.accelerations import Tuning
 
-    monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
-    monkeypatch.setattr(E, "MICRO_BYTES", 1)
-    monkeypatch.setattr(E, "MICRO_MIN_SAMPLES", 8)
+    chunks_of_8 = E.LoopExecutor(tuning=Tuning(micro_min_bytes=0, micro_bytes=1, micro_min_samples=8))
     used = []
     real = E.PointEvaluator._plan_micro_batches
 
@@ -306,7 +300,7 @@ def test_micro_batches_only_where_they_equal_the_full_batch(monkeypatch, coupled
     model = _BatchCoupled() if coupled is True else SmallNet()
     x, y = small_data()
     ls = lw.Landscape(model, _whole_batch_only if coupled == "loss" else CE, (x, y))
-    surf = ls.plane(resolution=3, ignore=None, progress=False)
+    surf = ls.plane(resolution=3, ignore=None, progress=False, evaluator=chunks_of_8)
     assert used == [None] if coupled else used == [[8] * 5]
     base = {n: p.detach() for n, p in model.named_parameters()}
     for i, j in [(0, 0), (1, 2), (2, 1)]:
@@ -318,7 +312,7 @@ def test_micro_batches_only_where_they_equal_the_full_batch(monkeypatch, coupled
 @pytest.mark.slow
 def test_digits_cnn_is_micro_batched_and_exact():
     """The real case: the digits CNN's 15 MB activation on all 1797 digits is evaluated in cache-sized chunks."""
-    import landscape_widgets.evaluator as E
+    import landscape_widgets.loop as E
     from landscape_widgets import examples
 
     x, y = examples.digits(flat=False)
@@ -330,17 +324,17 @@ def test_digits_cnn_is_micro_batched_and_exact():
     ev = loop_evaluator(ls, private, d)
     coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5]])
     seen = []
-    real = E.PointEvaluator._eval_tile
+    real = E.PointEvaluator.evaluate
 
     def spy(self, c):
         seen.append(None if self._micro is None else len(self._micro))
         return real(self, c)
 
-    E.PointEvaluator._eval_tile = spy
+    E.PointEvaluator.evaluate = spy
     try:
         got = ev.run(coords)
     finally:
-        E.PointEvaluator._eval_tile = real
+        E.PointEvaluator.evaluate = real
     assert seen and all(k is not None and k >= 2 for k in seen)
     for (a, b), value in zip(coords, got):
         params = {n: private.base[n] + a * d[0][n] + b * d[1][n] for n in private.base}
@@ -351,28 +345,26 @@ def test_digits_cnn_is_micro_batched_and_exact():
 def test_probes_run_once_per_evaluator(monkeypatch, micro):
     """A Dask worker calls run() once per tile on one evaluator: the micro-batch plan and the input-layer trace
     are made on the first run only, and later runs give the values of a fresh evaluator."""
-    import landscape_widgets.evaluator as E
+    import landscape_widgets.accelerations as A
+    import landscape_widgets.loop as E
 
-    if micro:
-        monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
-        monkeypatch.setattr(E, "MICRO_BYTES", 1)
-        monkeypatch.setattr(E, "MICRO_MIN_SAMPLES", 8)
-    monkeypatch.setattr(E, "SHORTCUT_MIN_FAN_IN", 0)  # SmallNet's input layers take the shortcut
+    micro_settings = {"micro_min_bytes": 0, "micro_bytes": 1, "micro_min_samples": 8} if micro else {}
+    tuning = A.Tuning(shortcut_min_fan_in=0, **micro_settings)  # SmallNet's input layers take the shortcut
     calls = {"plan": 0, "trace": 0}
-    real_plan, real_trace = E.PointEvaluator._plan_micro_batches, E._input_layers
+    real_plan, real_trace = E.PointEvaluator._plan_micro_batches, A.input_layers
     monkeypatch.setattr(E.PointEvaluator, "_plan_micro_batches",
                         lambda self: calls.__setitem__("plan", calls["plan"] + 1) or real_plan(self))
-    monkeypatch.setattr(E, "_input_layers", lambda *a: calls.__setitem__("trace", calls["trace"] + 1) or real_trace(*a))
+    monkeypatch.setattr(A, "input_layers", lambda *a: calls.__setitem__("trace", calls["trace"] + 1) or real_trace(*a))
     model = SmallNet()
     ls = lw.Landscape(model, CE, small_data())
     private = ls.problem.private()
     d = [{n: torch.randn(t.shape, generator=torch.Generator().manual_seed(k)) for n, t in private.base.items()}
          for k in (1, 2)]
-    ev = loop_evaluator(ls, private, d)
+    ev = loop_evaluator(ls, private, d, tuning=tuning)
     coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5], [0.5, 0.5]])
     first, second = ev.run(coords[:2]), ev.run(coords[2:])
     assert calls == {"plan": 1, "trace": 0 if micro else 1}  # shortcuts are not used with micro-batches
-    fresh = loop_evaluator(ls, ls.problem.private(), d).run(coords)
+    fresh = loop_evaluator(ls, ls.problem.private(), d, tuning=tuning).run(coords)
     np.testing.assert_array_equal(np.concatenate([first, second]), fresh)
 
 

@@ -215,3 +215,35 @@ def test_the_widget_puts_each_panel_on_a_new_surface(hessian_ls):
     w.show = "loss"
     w.show = "curvature"
     assert w.curvature_map is kept
+
+
+def test_typed_fields_come_from_files_that_hold_only_the_meta_record(tmp_path):
+    """Files keep one JSON record: a file written before results had typed fields (its meta keys alone) loads with
+    every field set from them, and a result's fields and its meta never disagree."""
+    meta = {"kind": "plane", "direction_kind": "hessian", "model_sha256": "abc", "device": "cpu",
+            "num_parameters": 7, "lambda_max": 2.5, "lambda_min": "-inf", "span_rule": "s = ...", "cosine": 0.0,
+            "models": {"labels": ["model", "model_b"], "coords": [[0.0, 0.0], [1.0, 0.0]], "losses": [1.0, 2.0]},
+            "data": {"num_samples": 8, "subset_of": 80}, "trust": {"kappa": [1.0, 2.0]}, "trust_error": None}
+    a = np.linspace(-1, 1, 3)
+    path = tmp_path / "old.npz"
+    np.savez(path, __kind__=np.array("Surface"), __format__=np.array(1), __meta__=np.array(json.dumps(meta)),
+             alphas=a, betas=a, losses=np.ones((3, 3)))
+    surf = lw.load(path)
+    assert surf.kind == "plane" and surf.direction_kind == "hessian" and surf.fingerprint == "abc"
+    assert surf.curvatures == (2.5, -math.inf) and surf.span_rule == "s = ..." and surf.num_parameters == 7
+    assert surf.models.labels == ["model", "model_b"] and surf.models.losses == [1.0, 2.0]
+    assert surf.models == meta["models"] and surf.data["subset_of"] == 80 and surf.trust == {"kappa": [1.0, 2.0]}
+    assert surf.meta == meta  # the record stays as the file holds it
+
+    curve_meta = {"kind": "connect", "barrier": 0.5, "barrier_at": 0.4, "line_losses": [1.0, "nan", 3.0],
+                  "line_barrier": 1.5}
+    np.savez(tmp_path / "curve.npz", __kind__=np.array("Curve"), __meta__=np.array(json.dumps(curve_meta)),
+             alphas=a, losses=np.ones(3))
+    curve = lw.load(tmp_path / "curve.npz")
+    assert curve.kind == "connect" and curve.barrier == 0.5 and curve.line_barrier == 1.5 and curve.models is None
+    np.testing.assert_array_equal(curve.line_losses, [1.0, np.nan, 3.0])
+
+    built = lw.Curve(a, np.ones(3), {"kind": "line"}, models=lw.results.Marks(["model", "model_b"], [0.0, 1.0]))
+    assert built.meta["models"] == {"labels": ["model", "model_b"], "coords": [0.0, 1.0]} == built.models
+    with pytest.raises(TypeError, match="has no field"):
+        lw.Curve(a, np.ones(3), modles=None)

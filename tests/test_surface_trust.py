@@ -92,7 +92,8 @@ def test_spread_panel_needs_random_planes_of_these_weights(case):
     model, x, y, _ = case
     ls = lw.Landscape(model, CE, (x, y))
     spread = ls.seed_spread(2, resolution=3, span=0.5)
-    spread.meta["direction_kind"] = "pca"
+    spread = lw.SeedSpread(spread.alphas, spread.betas, spread.seeds, spread.losses, spread.meta,
+                           direction_kind="pca")  # a spread of directions not made from the seed alone
     with pytest.raises(ValueError, match="needs directions made from the seed alone"):
         ls.trust(spread)
     with pytest.raises(TypeError, match="an lw.Surface .* or an lw.SeedSpread"):

@@ -1,7 +1,8 @@
 """Direction kinds: one module per method, each a :class:`~.kind.DirectionKind` object in ``KINDS``.
 
-A new kind is one module with a ``DirectionKind`` subclass (what it needs, its defaults and controls, ``make`` and
-``describe``), registered here or with :func:`register`; nothing else in the library names it.
+A new kind is one module with a ``DirectionKind`` subclass (what it needs, its defaults and controls, ``make``, and
+how it presents its plane: ``describe``, ``axis_labels``, ``marks``, ``curvatures``), registered here or with
+:func:`register`; nothing else in the library names it.
 
 Besides the named kinds, ``directions=`` may be the directions themselves (``EXPLICIT``: dicts ``{parameter name:
 tensor}``) or other models (``MODELS``: modules, or dicts as ``module.state_dict()`` returns them, which carry its
@@ -13,14 +14,15 @@ from ..results import Surface
 from .explicit import ExplicitKind, check_direction, explicit_directions
 from .gaussian import RandomKind, random_directions
 from .hessian import HessianKind, hessian_directions
-from .kind import CONTROLS, NEEDS, DirectionKind, FunctionKind, Made
+from .kind import CONTROLS, KINDS, NEEDS, UNNAMED, DirectionKind, FunctionKind, Made, kind_named
 from .models import ModelsKind, check_not_weights, given_models, line_axis, model_directions
 from .normalization import NORMALIZATIONS, check_ignore, check_normalization, cosine, normalize
 from .pca import PCAKind, pca_directions
 
-KINDS = {k.name: k for k in (RandomKind(), HessianKind(), PCAKind())}
+KINDS.update({k.name: k for k in (RandomKind(), HessianKind(), PCAKind())})
 EXPLICIT = ExplicitKind()
 MODELS = ModelsKind()
+UNNAMED.update({MODELS.name: MODELS, EXPLICIT.name: EXPLICIT})
 
 
 def register(kind, fn=None, **declarations):
@@ -51,11 +53,6 @@ def kind_of(spec, argname="directions") -> DirectionKind:
     return EXPLICIT
 
 
-def kind_named(name) -> DirectionKind:
-    """The kind a result's ``direction_kind`` names: a registered one, ``MODELS`` or ``EXPLICIT``; None if unknown."""
-    return KINDS.get(name) or {MODELS.name: MODELS, EXPLICIT.name: EXPLICIT}.get(name)
-
-
 def make_directions(spec, private, count, *, argname, **options) -> Made:
     """``count`` directions of the kind ``spec`` (a name, or the dict / pair of dicts themselves)."""
     check_normalization(options.get("normalization"))
@@ -64,18 +61,25 @@ def make_directions(spec, private, count, *, argname, **options) -> Made:
         return _same_as(spec, private, count, argname)
     kind = kind_of(spec, argname)
     if kind is MODELS:
-        return MODELS.make(private, count, given=given_models(spec, argname), argname=argname, **options)
+        return _by(MODELS, MODELS.make(private, count, given=given_models(spec, argname), argname=argname,
+                                       **options))
     if kind is not EXPLICIT:
         if kind.max_count is not None and count > kind.max_count:
             raise ValueError(f"the {kind.name!r} kind gives at most {kind.max_count} directions, {count} were asked "
                              "for")
-        return kind.make(private, count, **options)
+        return _by(kind, kind.make(private, count, **options))
     given = [spec] if isinstance(spec, dict) else list(spec) if isinstance(spec, (tuple, list)) else None
     if given is None or len(given) != count:
         want = "a dict {parameter name: tensor}" if count == 1 else "a pair (d1, d2) of dicts {parameter name: tensor}"
         raise TypeError(f"{argname} must be a kind name ({', '.join(repr(k) for k in KINDS)}) or {want}")
     check_not_weights(given, private, argname)
-    return EXPLICIT.make(private, count, given=given, argname=argname, **options)
+    return _by(EXPLICIT, EXPLICIT.make(private, count, given=given, argname=argname, **options))
+
+
+def _by(kind, made) -> Made:
+    """``made`` with the kind that made it, which presents it (labels, marks, curvatures)."""
+    made.kind = made.kind or kind
+    return made
 
 
 def _same_as(surface, private, count, argname) -> Made:
@@ -87,7 +91,8 @@ def _same_as(surface, private, count, argname) -> Made:
     dirs = [check_direction(dict(d), private, f"{argname}.directions[{k}]") for k, d in enumerate(surface.directions)]
     meta = dict(surface.direction_meta) if surface.direction_meta is not None else \
         {"direction_kind": "explicit", "seed": None, "normalization": "none", "ignore": None}
-    return Made(dirs, meta, span=surface.span, path=surface.path)
+    kind = kind_named(surface.direction_kind if surface.direction_meta is not None else EXPLICIT.name)
+    return Made(dirs, meta, span=surface.span, path=surface.path, kind=kind or EXPLICIT)
 
 
 __all__ = ["CONTROLS", "EXPLICIT", "KINDS", "MODELS", "NEEDS", "NORMALIZATIONS", "DirectionKind", "FunctionKind",

@@ -8,25 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_seed
 from .kind import DirectionKind, Made
 from .normalization import normalize
 
 DEFAULT_NORMALIZATION = "filter"
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        try:
-            import numpy as np
-            if isinstance(seed, np.integer):
-                seed = int(seed)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}") from None
-    if not 0 <= seed < 2 ** 63:
-        raise ValueError(f"seed={seed} is out of range; pass an int in [0, 2**63)")
-    return seed
 
 
 def random_directions(private, count, *, seed=0, normalization=None, ignore="biasbn", **_) -> Made:

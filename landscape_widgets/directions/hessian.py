@@ -21,7 +21,7 @@ import torch
 from ..hessian.hvp import HessianOperator
 from ..hessian.lanczos import extreme_eigenpairs
 from ..hessian.spectrum import seed_streams
-from .gaussian import check_seed
+from .._checks import check_seed
 from .kind import DirectionKind, Made
 from .normalization import normalize
 
@@ -87,11 +87,13 @@ class HessianKind(DirectionKind):
         return hessian_directions(private, count, **options)
 
     def describe(self, meta, span=None):
-        lmax, lmin = meta.get("lambda_max"), meta.get("lambda_min")
-        eig = f"λmax {float(lmax):.4g}, λmin {float(lmin):.4g}" if lmax is not None and lmin is not None else ""
+        known = self.curvatures(meta)
+        eig = f"λmax {float(known[0]):.4g}, λmin {float(known[1]):.4g}" if known is not None else ""
         return f"Hessian plane (eigenvectors of λmax, λmin) {eig}"
 
     def curvatures(self, meta):
-        if meta.get("lambda_max") is None or meta.get("lambda_min") is None:
-            return None
-        return meta["lambda_max"], meta["lambda_min"]
+        lmax, lmin = meta.get("lambda_max"), meta.get("lambda_min")
+        return None if lmax is None or lmin is None else (lmax, lmin)
+
+    def axis_labels(self, meta):
+        return "α  (eigenvector of λ_max)", "β  (eigenvector of λ_min)"

@@ -1,6 +1,7 @@
-"""What a direction kind is: an object that declares what it needs, its defaults and its controls, and makes
-directions.  Landscape, the surface widget, the trust panel and the front end read these declarations; none of them
-switches on a kind's name."""
+"""What a direction kind is: an object that declares what it needs, its defaults and its controls, makes
+directions and presents them (a description, axis labels, the marks on its plane, the curvatures it found).
+Landscape, the static plots, the surface widget, the trust panel and the front end read these declarations; none of
+them switches on a kind's name.  A kind reads only its own record (the ``meta`` of its :class:`Made`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,15 @@ import numpy as np
 
 NEEDS = ("loss", "trajectory")  # "loss": the objective, the data, the caller's cancel flag and progress setting
 CONTROLS = ("seed", "normalization", "seeds")  # the surface widget's controls a kind may offer
+# the registry lives here, below every result module, so that presentation (plots) can look a kind up by the name
+# a result records without importing the kinds' implementations
+KINDS = {}  # the kinds a ``directions=`` string names (``directions.register`` adds to them)
+UNNAMED = {}  # the kinds of given directions and of other models, which no ``directions=`` string names
+
+
+def kind_named(name) -> "DirectionKind":
+    """The kind a result's ``direction_kind`` names: a registered one or an unnamed one; None if unknown."""
+    return KINDS.get(name) or UNNAMED.get(name)
 
 
 @dataclass
@@ -16,12 +26,14 @@ class Made:
     """The directions of one call: ``dirs`` (one ``{name: tensor}`` per axis), ``meta`` (facts the result keeps),
     the kind's default ``span`` (one ``(lo, hi)`` per axis; None: -1..1), a ``path`` ``[n, count]`` drawn on
     the plane (None: no path) and, for kinds that move buffers (``DirectionKind.moves_buffers``), ``buffer_dirs``
-    ``{buffer name: [one tensor per axis]}`` (BatchNorm statistics moved with the same coordinates)."""
+    ``{buffer name: [one tensor per axis]}`` (BatchNorm statistics moved with the same coordinates); ``kind``:
+    the :class:`DirectionKind` that made them (set by ``directions.make_directions``)."""
     dirs: list
     meta: dict
     span: tuple = None
     path: np.ndarray = None
     buffer_dirs: dict = None
+    kind: "DirectionKind" = None
 
 
 class DirectionKind:
@@ -54,6 +66,15 @@ class DirectionKind:
 
     def curvatures(self, meta: dict):
         """``(lambda_max, lambda_min)`` the kind already computed for this surface, or None."""
+        return None
+
+    def axis_labels(self, meta: dict) -> tuple:
+        """The labels of the plane's two axes (``meta``: the kind's record), as a static plot prints them."""
+        return "α", "β"
+
+    def marks(self, meta: dict):
+        """The points the kind marks on its line or plane (:class:`~landscape_widgets.results.Marks`, losses not
+        yet evaluated), or None."""
         return None
 
     def spec(self) -> dict:

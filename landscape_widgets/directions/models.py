@@ -6,9 +6,10 @@ Over the moved parameters, in raw units (no normalization), by one Gram-Schmidt 
 
     d1 = theta_b - theta,   a_c = <theta_c - theta, d1> / |d1|^2,   d2 = (theta_c - theta) - a_c d1
 
-so that theta sits at (0, 0), theta_b at (1, 0) and theta_c at (a_c, 1).  ``meta["models"]`` records these marks:
-``{"labels": ["model", "model_b", "model_c"], "coords": [[0, 0], [1, 0], [a_c, 1]]}`` (a line: ``coords`` ``[0, 1]``);
-``Landscape.plane`` adds ``"losses"``, the loss at each mark.  Floating buffers (BatchNorm statistics) get the same
+so that theta sits at (0, 0), theta_b at (1, 0) and theta_c at (a_c, 1).  The kind's record keeps these marks as
+``"models"``: ``{"labels": ["model", "model_b", "model_c"], "coords": [[0, 0], [1, 0], [a_c, 1]]}`` (a line:
+``coords`` ``[0, 1]``); the result's ``models`` (:class:`~landscape_widgets.results.Marks`) adds ``losses``, the
+loss at each mark.  Floating buffers (BatchNorm statistics) get the same
 construction (:attr:`~.kind.Made.buffer_dirs`), so ``buffers="interpolate"`` gives each model its own statistics at
 its mark.  Parameters that do not move must be equal in the three models.
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from .._model import state_from, strip_prefixes, unwrap
+from ..results import Marks
 from .kind import DirectionKind, Made
 from .normalization import flat_dot
 
@@ -169,9 +171,8 @@ def model_directions(private, count, *, given=(), argname="directions", buffers=
         coords = [0.0, 1.0]
         span = ((-MARGIN, 1.0 + MARGIN),)
     meta = {"direction_kind": "models", "seed": None, "normalization": "none", "ignore": None,
-            "direction_norms": norms, "models": {"labels": list(labels), "coords": coords}}
-    if a_c is not None:
-        meta["a_c"] = a_c
+            "direction_norms": norms, "models": {"labels": list(labels), "coords": coords},
+            **({} if a_c is None else {"a_c": a_c})}
     return Made(dirs, meta, span=span, buffer_dirs=buffer_dirs)
 
 
@@ -198,9 +199,12 @@ class ModelsKind(DirectionKind):
     def make(self, private, count, *, given=(), **options) -> Made:
         return model_directions(private, count, given=list(given), **options)
 
+    def marks(self, meta):
+        return Marks.of(meta.get("models"))
+
     def describe(self, meta, span=None):
-        marks = meta.get("models") or {}
-        labels = marks.get("labels") or list(LABELS)
+        marks = self.marks(meta)
+        labels = (marks.labels if marks is not None else None) or list(LABELS)
         a_c = meta.get("a_c")
         where = f", {labels[-1]} at α={float(a_c):.3g}, β=1" if a_c is not None else ""
         return f"plane through {', '.join(labels)} (raw units{where})"

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from ..embedding import SnapshotPCA, blocks
-from .gaussian import check_seed
+from .._checks import check_seed
 from .kind import DirectionKind, Made
 from .normalization import ignored, normalize
 
 DEFAULT_NORMALIZATION = "none"
 MARGIN = 0.25  # of the path's extent on each side, so the path never touches the edge of the grid
 BASELINE_DRAWS = 10
+PC_NAMES = ("1st", "2nd", "3rd")
 
 
 def random_walk_explained_variance(n, dim, count, *, seed=0, draws=BASELINE_DRAWS) -> np.ndarray:
@@ -114,6 +115,12 @@ class PCAKind(DirectionKind):
 
     def make(self, private, count, **options) -> Made:
         return pca_directions(private, count, **options)
+
+    def axis_labels(self, meta):
+        explained = meta.get("explained_variance")
+        if explained and len(explained) >= 2:  # Li et al.'s "1st PC: 95.36 %"
+            return tuple(f"{axis}  ({PC_NAMES[k]} PC: {100 * explained[k]:.2f} %)" for k, axis in enumerate("αβ"))
+        return super().axis_labels(meta)
 
     def describe(self, meta, span=None):
         pct = lambda v: "/".join(f"{100 * float(x):.1f}%" for x in (v or [])[:2])  # noqa: E731

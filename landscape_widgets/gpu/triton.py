@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from ..evaluator import is_oom
+from ..runtime import is_oom
 
 BLOCK_M = 128  # output pixels per program: the M dim of the tensor-core tile (interpreter; autotuned on GPUs)
 
@@ -60,17 +60,18 @@ def _interpreting() -> bool:
 # (inductor's cap: triton#1254 miscompiles that loop with 8); else the taps unrolled.
 CONFIGS = ((128, 4, 2, False), (256, 8, 2, False), (64, 4, 3, False), (128, 4, 3, True), (64, 4, 4, True),
            (256, 4, 3, True))
-INTERPRETER_FLAT = False  # the loop form the interpreter runs (the tests run both)
 
 
 class KernelState:
     """What an evaluator learned about the kernel on its device: ``failures`` (kernel variant -> why it failed
     there; that variant then keeps cuDNN's form) and ``verified`` (variants whose output agreed with ``F.conv2d``
-    at two points, see :func:`_verify`)."""
+    at two points, see :func:`_verify`); ``interpreter_flat``: the loop form Triton's interpreter runs (FLAT of
+    ``CONFIGS``; on GPUs the autotuner picks it)."""
 
-    def __init__(self):
+    def __init__(self, interpreter_flat=False):
         self.failures = {}
         self.verified = set()
+        self.interpreter_flat = interpreter_flat
 
 
 @functools.lru_cache(maxsize=2)
@@ -173,7 +174,7 @@ def conv2d_points(x, cc, stack, bias, stride, padding, dilation, *, state=None):
                 DIL_H=dil[0], DIL_W=dil[1], HAS_BIAS=bias is not None, PRECISION="tf32" if tf32 else "ieee",
                 BLOCK_N=block_n, BLOCK_K=block_k)
     if interpret:
-        meta.update(BLOCK_M=BLOCK_M, FLAT=INTERPRETER_FLAT)
+        meta.update(BLOCK_M=BLOCK_M, FLAT=state.interpreter_flat)
 
     def grid(cfg):
         return _cdiv(m, cfg["BLOCK_M"]), _cdiv(cout, block_n), batch

@@ -1,15 +1,14 @@
 """``spectrum`` and ``trust`` of a :class:`~landscape_widgets.engine.Problem` (what ``Landscape.spectrum`` and
-``Landscape.trust`` call)."""
+``Landscape.trust`` call).  Below the direction kinds: what a panel needs from them (a seed spread's directions,
+the curvatures a kind found) comes in as arguments and typed result fields."""
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
 
-from .._checks import check_int
-from ..directions import KINDS, make_directions
-from ..directions.gaussian import check_seed
-from ..evaluator import Timer
+from .._checks import check_int, check_seed
+from ..runtime import Timer
 from ..results import SeedSpread, Surface
 from .hutchinson import METHODS
 from .hvp import HessianOperator
@@ -54,22 +53,24 @@ def spectrum(problem, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=
             if callback is not None:
                 callback({"stage": name, "done": done, "total": total, "hvps": op.hvps})
 
-        fields, meta = compute_spectrum(op, k, bottom, density=density, trace=trace, seed=seed, steps=steps, runs=runs,
-                                        trace_samples=trace_samples, trace_method=trace_method, tol=tol,
-                                        report=report)
-    meta["timings"]["total_s"] = round(timer(), 6)
-    return Spectrum(**fields, meta=problem.describe(private, kind="spectrum", **meta))
+        fields, record = compute_spectrum(op, k, bottom, density=density, trace=trace, seed=seed, steps=steps,
+                                          runs=runs, trace_samples=trace_samples, trace_method=trace_method, tol=tol,
+                                          report=report)
+    record["timings"]["total_s"] = round(timer(), 6)
+    return Spectrum(**fields, meta=problem.describe(private, kind="spectrum", **record))
 
 
 def _same_weights(result, private, what):
-    sha = result.meta.get("model_sha256")
+    sha = result.fingerprint
     if sha is not None and sha != private.fingerprint():
         raise ValueError(f"{what} was computed at other weights than the model's current ones; recompute it "
                          "with this Landscape (the trust panel describes the model as it is now)")
 
 
-def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
-          progress=True, callback=None) -> dict:
+def trust(problem, surface, *, spread_directions=None, spectrum=None, seed=0, trace_samples=99, tol=1e-6,
+          cancel=None, progress=True, callback=None) -> dict:
+    """The trust panel of ``surface``: a Surface, or a SeedSpread with ``spread_directions(private)``, which gives
+    d1, d2 of every seed's plane in turn (a spread does not keep them; the direction kinds make them again)."""
     spread = isinstance(surface, SeedSpread)
     if not spread and not isinstance(surface, Surface):
         raise TypeError(f"surface must be an lw.Surface (from Landscape.plane) or an lw.SeedSpread (from "
@@ -86,10 +87,11 @@ def trust(problem, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6
         _same_weights(spectrum, private, "spectrum")
     lambdas = None
     if spread:
-        dirs = _spread_directions(surface, private)
+        if spread_directions is None:
+            raise ValueError("the trust panel of a seed spread needs its planes' directions; use Landscape.trust")
+        dirs = list(spread_directions(private))
     else:
-        kind = KINDS.get(surface.meta.get("direction_kind"))
-        lambdas = None if kind is None else kind.curvatures(surface.meta)
+        lambdas = surface.curvatures  # those the direction kind found (Hessian directions): no second solve
         dirs = [{n: t.to(device=private.device, dtype=private.base[n].dtype) for n, t in d.items()}
                 for d in surface.directions]
     tol = _check_tol(tol)
@@ -146,25 +148,6 @@ def _warm_start(problem, num_parameters):
         if vectors is not None and all(len(v) == num_parameters for v in vectors):
             return vectors
     return None
-
-
-def _spread_directions(spread, private):
-    """d1, d2 of every seed's plane in turn, regenerated from the seed and the spread's settings as ``plane`` made
-    them (a spread keeps no directions: K pairs of model-sized tensors)."""
-    meta = spread.meta
-    name = meta.get("direction_kind")
-    kind = KINDS.get(name)
-    if kind is None or not kind.seeded or meta.get("normalization") is None:
-        seeded = [k.name for k in KINDS.values() if k.seeded]
-        raise ValueError(f"the trust panel of a seed spread needs directions made from the seed alone ({seeded}; "
-                         f"this one has {name!r}); pass a spread from Landscape.seed_spread(directions="
-                         f"{seeded[0]!r})")
-    dirs = []
-    for s in spread.seeds:
-        made = make_directions(name, private, 2, argname="directions", seed=int(s),
-                               normalization=meta["normalization"], ignore=meta.get("ignore"))
-        dirs += list(made.dirs)
-    return dirs
 
 
 __all__ = ["spectrum", "trust"]

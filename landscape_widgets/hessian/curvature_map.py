@@ -33,10 +33,9 @@ import numbers
 import numpy as np
 import torch
 
-from .._checks import axis, check_resolution
-from ..directions.gaussian import check_seed
+from .._checks import axis, check_resolution, check_seed
 from ..driver import Cancelled, is_cancelled
-from ..evaluator import Timer
+from ..runtime import Timer
 from ..results import CurvatureMap, Surface, eig_ratio
 from .hvp import HessianOperator, NonFiniteHessian
 from .lanczos import extreme_eigenpairs
@@ -135,7 +134,7 @@ def _directions(surface, private) -> list:
     if surface.span is None or len(surface.alphas) < 2 or len(surface.betas) < 2:
         raise ValueError("surface has no grid (alphas and betas with at least 2 points each); pass a surface from "
                          "Landscape.plane")
-    sha = surface.meta.get("model_sha256")
+    sha = surface.fingerprint
     if sha is not None and sha != private.fingerprint():
         raise ValueError("surface was computed at other weights than the model's current ones; its plane is "
                          "theta + a d1 + b d2 around those weights: recompute it with Landscape.plane")
@@ -229,7 +228,7 @@ def curvature_map(problem, surface, *, resolution=None, tol=1e-2, seed=0, progre
     elapsed = timer()
     meta = problem.describe(
         private, kind="curvature_map", resolution=[nx, ny], tol=tol, seed=seed, eigensolver=EIGENSOLVER,
-        reference_settings=LI_ET_AL_SETTINGS, direction_kind=surface.meta.get("direction_kind"),
+        reference_settings=LI_ET_AL_SETTINGS, direction_kind=surface.direction_kind,
         surface_resolution=[len(surface.alphas), len(surface.betas)], hvps=int(hvps.sum()),
         hvps_per_point=hvps.tolist(), non_finite=non_finite, unconverged=unconverged,
         timings={"total_s": round(elapsed, 6), "per_point_s": round(elapsed / total, 6),

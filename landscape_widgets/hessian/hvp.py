@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .. import evaluator
+from .. import accelerations
+from ..accelerations import plan_micro_batches
 from ..driver import Cancelled, is_cancelled
-from ..evaluator import plan_micro_batches, warm_allocator
+from ..runtime import warm_allocator
 from ..objective import as_objective
 
 BACKENDS = ("graph", "func")
@@ -117,7 +118,7 @@ class HessianOperator:
         if self.device.type == "cpu":
             with torch.inference_mode():
                 chunks = plan_micro_batches(self.private.module, self.objective, x, y, n,
-                                            min_samples=min(HVP_MIN_SAMPLES, evaluator.MICRO_MIN_SAMPLES))
+                                            min_samples=min(HVP_MIN_SAMPLES, accelerations.MICRO_MIN_SAMPLES))
         if chunks is None:
             return [(self._first_order(x, y), 1.0)]
         return [(self._first_order(a, b), m / n) for a, b, m in chunks]

@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluator import Timer
-from ..results import Result, register_result
+from ..runtime import Timer
+from ..results import BASE_FIELDS, Field, Result, register_result
 from .hutchinson import hutchinson_trace
 from .lanczos import extreme_eigenpairs
 from .slq import lanczos_quadrature, smoothed_density
+
+
+def _converged(stages) -> bool:
+    """Whether the extreme-eigenvalue stages of the record ``stages`` met their convergence test (absent: assumed)."""
+    return all(stages.get(s, {}).get("converged", True) for s in ("top", "bottom"))
+
+
+def _seconds(timings):
+    return timings.get("total_s")
 
 
 @register_result
@@ -18,13 +27,22 @@ class Spectrum(Result):
     ``bottom`` smallest, ascending (negative = directions of negative curvature); ``trace`` and ``trace_stderr``:
     ``tr(H)`` by Hutchinson/Hutch++; ``density_grid``, ``density``: the SLQ spectral density (integrates to 1 over
     the grid; None without ``density=True``); ``meta``: steps, runs, seeds, products, timings.
+
+    Typed fields (keyword arguments, else read from ``meta``): ``tol`` (the eigenvalues' relative accuracy),
+    ``trace_samples`` and ``trace_method`` (what estimated the trace; None without one), ``converged`` (both
+    extreme-eigenvalue stages met their test), ``hvps_total``, ``steps`` and ``runs`` (SLQ's; None without a
+    density), ``seconds`` (the whole computation); plus ``fingerprint``, ``device``, ``num_parameters``.
     """
 
     _arrays = ("top_eigenvalues", "bottom_eigenvalues", "trace", "trace_stderr")
     _optional = ("density_grid", "density", "slq_nodes", "slq_weights")
+    _fields = BASE_FIELDS + (Field("tol", read=float), Field("trace_samples", read=int), Field("trace_method"),
+                             Field("converged", "stages", read=_converged, mirror=False),
+                             Field("hvps_total", read=int), Field("steps", read=int), Field("runs", read=int),
+                             Field("seconds", "timings", read=_seconds, mirror=False))
 
     def __init__(self, top_eigenvalues, bottom_eigenvalues, trace, trace_stderr, density_grid=None, density=None,
-                 meta=None, slq_nodes=None, slq_weights=None):
+                 meta=None, slq_nodes=None, slq_weights=None, **fields):
         self.top_eigenvalues = np.asarray(top_eigenvalues, dtype=np.float64)
         self.bottom_eigenvalues = np.asarray(bottom_eigenvalues, dtype=np.float64)
         self.trace = float(trace)
@@ -35,6 +53,7 @@ class Spectrum(Result):
         self.slq_nodes = None if slq_nodes is None else np.asarray(slq_nodes, dtype=np.float64)
         self.slq_weights = None if slq_weights is None else np.asarray(slq_weights, dtype=np.float64)
         self.meta = dict(meta or {})
+        self._set_fields(self._field_names(fields))
 
     @classmethod
     def _from_payload(cls, arrays, meta):

@@ -80,7 +80,7 @@ def _ratio_words(panel) -> str:
 
 def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed=0, trace_samples=99, tol=1e-6,
                 report=None, warm=None, vectors=None, trace_method=None):
-    """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; stored in ``surface.meta``).
+    """The trust panel for ``directions`` (dicts) as a plain dict (JSON-ready; ``Surface.trust``).
 
     ``spectrum`` (an ``lw.Spectrum`` at the same weights), ``lambdas=(lambda_max, lambda_min)`` and
     ``trace=(trace, stderr)`` save the eigenvalue and trace computations; ``tol`` is the accuracy the eigenvalues
@@ -100,10 +100,9 @@ def trust_panel(op, directions, *, spectrum=None, lambdas=None, trace=None, seed
     if spectrum is not None:
         lmax, lmin = spectrum.lambda_max, spectrum.lambda_min
         trace, stderr = spectrum.trace, spectrum.trace_stderr
-        tol = spectrum.meta.get("tol", tol)
-        trace_samples = spectrum.meta.get("trace_samples", trace_samples)
-        trace_method = spectrum.meta.get("trace_method", trace_method)
-        converged = all(spectrum.meta.get("stages", {}).get(s, {}).get("converged", True) for s in ("top", "bottom"))
+        tol = spectrum.tol if spectrum.tol is not None else tol
+        trace_samples, trace_method = spectrum.trace_samples, spectrum.trace_method
+        converged = spectrum.converged is not False
     elif lambdas is not None:
         lmax, lmin = (float(v) for v in lambdas)
     else:

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from landscape_widgets import batched, chooser, evaluator as E
+from landscape_widgets import accelerations as E
 from landscape_widgets.gpu import affine as al
-import landscape_widgets.engine as engine
 
-from helpers import force_micro_batches
+from helpers import auto_as_on_cuda, force_micro_batches
 from zoo import models as Z
 from zoo.checks import assert_close, check_moved, untouched, use_evaluator
 from zoo.reference import Reference, interpolation_buffers, interpolation_point, normalize_dict, point
@@ -187,12 +186,12 @@ def test_flat_writes(name, monkeypatch):
     originals, the tied GPT-2 embedding, BatchNorm buffers in the interpolation all see it."""
     made = []
 
-    class Spy(E._FlatWrites):
+    class Spy(E.FlatWrites):
         def __init__(self, moving, *args, **kwargs):
             super().__init__(moving, *args, **kwargs)
             made.append(len(self.swapped))
 
-    monkeypatch.setattr(E, "_FlatWrites", Spy)
+    monkeypatch.setattr(E, "FlatWrites", Spy)
     case = Z.build(name)
     _run_all(case, Reference(case))
     assert made and max(made) > 1, f"flat writes never re-pointed several tensors ({made})"
@@ -200,11 +199,9 @@ def test_flat_writes(name, monkeypatch):
 
 # -- evaluator="auto" (the CUDA path, simulated on the CPU) ----------------------------------------------------------
 @pytest.fixture
-def cuda_auto(monkeypatch):
-    """evaluator="auto" resolved as on CUDA (vmap with autotune), and tiles of 32 points already tuned."""
-    monkeypatch.setattr(engine, "resolve_evaluator",  # "auto" as on CUDA
-                        lambda ev, device, **kw: chooser.resolve_evaluator(ev, "cuda", **kw))
-    monkeypatch.setattr(batched, "AUTO_MIN_POINTS", 32)
+def cuda_auto():
+    """evaluator="auto" as it resolves on CUDA (vmap with autotune), tuning tiles of 32 points already."""
+    return auto_as_on_cuda(auto_min_points=32)
 
 
 AUTO_CASES = ["shared_linear", "batchnorm", "gpt2", "lstm"]
@@ -218,7 +215,7 @@ def test_auto_tuner_values(name, cuda_auto):
     case = Z.build(name)
     ref = Reference(case)
     with untouched(case.model):
-        surf = case.landscape().plane(seed=5, resolution=(6, 6), evaluator="auto", progress=False)
+        surf = case.landscape().plane(seed=5, resolution=(6, 6), evaluator=cuda_auto, progress=False)
     assert surf.meta["evaluator"].startswith("auto"), surf.meta["evaluator"]
     assert "evaluator_timings" in surf.meta
     assert_close(surf.losses, _plane_ref(ref, surf), what=f"{name} auto")
@@ -231,7 +228,7 @@ def test_auto_small_tile_values(name, cuda_auto):
     case = Z.build(name)
     ref = Reference(case)
     with untouched(case.model):
-        curve = case.landscape().line(seed=3, steps=5, evaluator="auto", progress=False)
+        curve = case.landscape().line(seed=3, steps=5, evaluator=cuda_auto, progress=False)
     assert_close(curve.losses, _line_ref(ref, curve), what=f"{name} auto preview")
 
 
