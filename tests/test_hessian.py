@@ -1,4 +1,4 @@
-"""Hessian compute (issue 4) against exact answers: the dense Hessian of small models with biases and an
+"""Hessian compute against exact answers: the dense Hessian of small models with biases and an
 eval-mode BatchNorm, from torch.autograd.functional.hessian in float64 (tests/_hessian_cases.py)."""
 import threading
 

@@ -1,4 +1,4 @@
-"""The "hessian" direction kind (issue 4): unit eigenvectors of lambda_max and of the most negative eigenvalue,
+"""The "hessian" direction kind: unit eigenvectors of lambda_max and of the most negative eigenvalue,
 checked against the dense Hessian (tests/_hessian_cases.py) and against second differences of the surface."""
 import math
 

@@ -1,4 +1,4 @@
-"""SurfaceWidget's own trust panel (issue 4: "beside every surface"): the curvatures along its two directions
+"""SurfaceWidget's own trust panel: the curvatures along its two directions
 against the dense Hessian's quadratic forms, the eigenvalues against eigvalsh, and its life cycle."""
 import numpy as np
 import pytest
