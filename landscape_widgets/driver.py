@@ -69,11 +69,6 @@ class Execution:
             return ""
         return f" on {device}" + (f", {how}" if how else "")
 
-    @property
-    def dask(self):
-        """``facts`` of a Dask run, else None (what status lines read before :meth:`note`)."""
-        return self.facts if self.executor == "dask" else None
-
     def as_dict(self) -> dict:
         return asdict(self)
 

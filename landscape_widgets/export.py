@@ -44,7 +44,6 @@ try {
     const host = document.getElementById(node.dataset.lwState);
     const state = mod.reviveBuffers(JSON.parse(node.textContent));
     const model = fakeModel(state);
-    (window.lwModels = window.lwModels || []).push(model); // for scripts and browser tests driving the page
     try {
       await mod.default.render({ model, el: host });
     } catch (err) {

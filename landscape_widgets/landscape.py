@@ -6,6 +6,7 @@ user's weights (:meth:`~landscape_widgets.engine.Problem.private`), builds its d
 """
 from __future__ import annotations
 
+import copy as _copy
 import numbers
 
 import numpy as np
@@ -94,6 +95,13 @@ class Landscape:
         return self.problem if data is self.data else self.problem.on(data)
 
     # -- public API -------------------------------------------------------------------------------------------
+    def copy(self) -> "Landscape":
+        """The same model, loss, data and caches, with a private copy of the weights of its own: computations on
+        the two (a widget's worker thread, the notebook) never share one."""
+        clone = _copy.copy(self)
+        clone.problem = self.problem.copy()
+        return clone
+
     def loss(self) -> float:
         """The loss at the model's own weights."""
         plan = Plan("loss", self.problem.private(), [], np.zeros((1, 0)), tile_size=1, evaluator="loop")

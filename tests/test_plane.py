@@ -431,18 +431,15 @@ def test_the_surface_widget_previews_on_a_subset_and_says_so(small):
     assert _on_subset(w.preview) == f" on 16 of {len(x)} samples" and _on_subset(w.surface) == ""
 
 
-def test_auto_preview_size_follows_the_time_of_one_pass(small, monkeypatch):
-    """preview_samples="auto": as many samples as make 81 points take about PREVIEW_SECONDS (one timed pass);
+def test_auto_preview_size_follows_the_time_of_one_pass(small):
+    """preview_samples="auto": as many samples as make 81 points take about ``preview_seconds`` (one timed pass);
     all of them when that is more than there are."""
-    from landscape_widgets.widgets import surface as S
-
     model, (x, y) = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y))
     w = lw.SurfaceWidget(ls, resolution=5, trust=False)
     assert w._preview_size() is None
     w.close()
-    monkeypatch.setattr(S, "PREVIEW_SECONDS", 1e-9)  # as on a model whose pass is very slow
-    w = lw.SurfaceWidget(ls, resolution=13, trust=False)
+    w = lw.SurfaceWidget(ls, resolution=13, trust=False, preview_seconds=1e-9)  # as on a very slow model
     try:
         assert w._preview_size() == 1 and w.preview.meta["data"]["num_samples"] == 1
         assert w.surface.meta["data"]["num_samples"] == len(x)

@@ -5,7 +5,7 @@ from torch import nn
 
 import landscape_widgets as lw
 from _hessian_cases import classification_data, small_mlp
-from landscape_widgets.widgets._base import status_log
+from landscape_widgets.widgets.status import status_log
 
 
 def _ls():

@@ -14,7 +14,7 @@ from torch import nn
 import landscape_widgets as lw
 from helpers import assert_same, snapshot
 from landscape_widgets.driver import Cancelled
-from landscape_widgets.widgets._base import REASON_CHARS, failure_panel, failure_reason
+from landscape_widgets.widgets.status import REASON_CHARS, failure_panel, failure_reason
 
 CE = nn.CrossEntropyLoss()
 FAST = {"k": 2, "bottom": 1, "steps": 10, "runs": 1}

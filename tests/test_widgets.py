@@ -118,7 +118,7 @@ def test_newer_change_cancels_running_computation(ls):
         w = lw.SurfaceWidget(ls, resolution=5)
         await finished(w)
         handle = w._handle
-        w._handle = lambda msg: (events.append((msg[0], msg[1])), handle(msg))[1]
+        w._handle = lambda msg: (events.append((msg.generation, msg.event.kind)), handle(msg))[1]
         fired = []
 
         def newer_change(change):
@@ -401,7 +401,7 @@ w = lw.SurfaceWidget(ls, resolution=5)
 events = []
 _handle = w._handle
 def _record(msg):
-    events.append((msg[0], msg[1]))
+    events.append((msg.generation, msg.event.kind))
     _handle(msg)
 w._handle = _record
 """
@@ -473,6 +473,26 @@ def test_real_kernel_stays_responsive_and_newer_change_wins(tmp_path, monkeypatc
         km.shutdown_kernel(now=True)
 
 
+def test_auto_preview_takes_the_subset_its_time_allows(small):
+    """preview_samples="auto" on the real path: two timed passes over the data size the preview's subset so that
+    its 81 points take about ``preview_seconds``."""
+    from landscape_widgets.widgets.status import status_log
+
+    model, (x, y) = small
+    ls = lw.Landscape(model, CE, (x, y), device="cpu")
+    lines = []
+    with status_log(lambda w, status: lines.append(status)):
+        w = lw.SurfaceWidget(ls, resolution=13, trust=False, preview_seconds=1e-9)  # as on a very slow model
+    assert w.preview.meta["data"]["num_samples"] == 1 and w.surface.meta["data"]["num_samples"] == len(x)
+    assert any(f"coarse 9×9 preview on 1 of {len(x)} samples" in s for s in lines)
+    roomy = lw.SurfaceWidget(ls, resolution=13, trust=False, preview_seconds=1e9)
+    assert "subset_of" not in roomy.preview.meta["data"]
+    with pytest.raises(ValueError, match="preview_seconds"):
+        lw.SurfaceWidget(ls, preview_seconds=0)
+    w.close()
+    roomy.close()
+
+
 def test_status_says_where_and_how_a_plane_ran(small):
     """A plane on the CPU's per-point loop (the default) says nothing more; a batched one names its device and
     rule (what "auto" chose on a GPU), as the surface's meta records it."""
@@ -490,14 +510,14 @@ def test_status_says_where_and_how_a_plane_ran(small):
     on = lambda device, done: engine_note(lw.Surface([0], [0], [[0]], meta={"device": device}, execution=done))
     assert on("cuda:0", Execution("vmap", "auto: vmap", rule="triton")) == " on cuda:0, batched (triton)"
     assert on("cuda:0", Execution("loop", "auto: loop")) == " on cuda:0, per-point loop"
-    assert on("cpu", Execution("dask", "auto", dask={"workers": 1})) == " on 1 Dask worker"
+    assert on("cpu", Execution("dask", "auto", facts={"workers": 1}, where="1 Dask worker")) == " on 1 Dask worker"
     assert on("cpu", None) == ""  # a loaded result
     w.close()
     v.close()
 
 
 def test_the_bundle_travels_once_unless_the_front_end_cannot_share_it(monkeypatch, ls):
-    from landscape_widgets.widgets import _base as base
+    from landscape_widgets.widgets import bundle as base
 
     w1, w2 = lw.SurfaceWidget(ls, resolution=5, trust=False), lw.CurveWidget(ls, steps=5)
     try:

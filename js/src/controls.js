@@ -1,17 +1,40 @@
 // SurfaceWidget's controls as the kernel declares them (no plotly here: tested on its own).
 
-// what the kernel offers (SurfaceWidget's _controls): the limits, the normalizations, and which controls change the
-// directions of the plane's kind; one source for both sides
-export function surfaceControls(spec) {
-  const kind = (spec && spec.kind) || { name: "random", controls: ["seed", "normalization", "seeds"] };
-  const limits = (spec && spec.limits) || {};
+/** A view's controls as the kernel declares them (its ``_controls`` trait, ControlSpec.to_json()): each control's
+ *  limits ({min, max} for an input) and choices ([[value, label], ...]), and the traits whose change redraws the
+ *  plot.  The front end keeps no limits or choices of its own. */
+export function viewControls(spec) {
+  const s = spec || {};
+  const limits = s.limits || {};
+  const choices = s.choices || {};
   return {
-    kind,
-    resolution: limits.resolution || [5, 201],
-    span: limits.span || [1e-3, 1e3],
-    seeds: limits.seeds || [1, 16],
-    normalizations: (spec && spec.normalizations) || ["filter", "layer", "model", "none"],
-    quantities: (spec && spec.quantities) || ["loss"],
+    spec: s,
+    limits: (name) => (limits[name] ? { min: limits[name][0], max: limits[name][1] } : {}),
+    choices: (name) => choices[name] || [],
+    redraw: Array.isArray(s.redraw) ? s.redraw : [],
+  };
+}
+
+// SurfaceWidget's _controls: the limits, the normalizations, the views and which controls change the directions of
+// the plane's kind.  A state saved before the kernel sent them (an older notebook) gets a random plane's.
+const SAVED_BEFORE_SPECS = { kind: { name: "random", controls: ["seed", "normalization", "seeds"] },
+                             limits: { resolution: [5, 201], span: [1e-3, 1e3], seeds: [1, 16] },
+                             normalizations: ["filter", "layer", "model", "none"], quantities: ["loss"],
+                             views: ["contour", "heatmap", "surface"] };
+
+export function surfaceControls(spec) {
+  const s = spec || SAVED_BEFORE_SPECS;
+  const limits = s.limits || {};
+  const views = viewControls(s).choices("view");
+  return {
+    ...viewControls(s),
+    kind: s.kind || SAVED_BEFORE_SPECS.kind,
+    resolution: limits.resolution,
+    span: limits.span,
+    seeds: limits.seeds,
+    normalizations: s.normalizations || [],
+    quantities: s.quantities || ["loss"],
+    views: views.length ? views : (s.views || []).map((v) => [v, v]),
   };
 }
 

@@ -1,13 +1,16 @@
 // CurveWidget view: 1-D loss profiles (interpolations, random lines), several overlaid with a legend.
 import { curveFigure } from "./figure.js";
+import { viewControls } from "./controls.js";
 import { createFrame } from "./view.js";
 
 export function renderCurve({ model, el }) {
   const f = createFrame({ model, el, view: "curve" });
-  f.range("steps", "lw-steps", "steps", { min: 3, max: 401 });
+  const c = viewControls(model.get("_controls"));
+  f.range("steps", "lw-steps", "steps", c.limits("steps"));
   const parseSpan = (k) => (v) => { const s = [...(model.get("span") || [0, 1])]; s[k] = Number(v); return s; };
-  const lo = f.h("input", { type: "number", class: "lw-span-start", step: 0.1, "aria-label": "span start" });
-  const hi = f.h("input", { type: "number", class: "lw-span-stop", step: 0.1, "aria-label": "span stop" });
+  const span = c.limits("span");
+  const lo = f.h("input", { type: "number", class: "lw-span-start", step: 0.1, ...span, "aria-label": "span start" });
+  const hi = f.h("input", { type: "number", class: "lw-span-stop", step: 0.1, ...span, "aria-label": "span stop" });
   const syncSpan = () => { const s = model.get("span") || [0, 1]; lo.value = s[0]; hi.value = s[1]; };
   for (const [k, input] of [[0, lo], [1, hi]]) {
     input.addEventListener("change", () => { model.set("span", parseSpan(k)(input.value)); model.save_changes(); });
@@ -17,15 +20,14 @@ export function renderCurve({ model, el }) {
   syncSpan(); f.listen("change:span", syncSpan);
   f.control("α from", lo, f.h("span", { text: "to" }), hi);
   if (model.get("_random")) {
-    const seed = f.number("seed", "lw-seed", "seed", { min: 0, step: 1 });
+    const seed = f.number("seed", "lw-seed", "seed", { ...c.limits("seed"), step: 1 });
     f.button("lw-new-seed", "new seed", () => { model.set("seed", Math.floor(Math.random() * 1e6)); model.save_changes(); },
              { parent: seed.wrap });
-    f.select("normalization", "lw-normalization", "normalization",
-             [["filter", "filter"], ["layer", "layer"], ["model", "model"], ["none", "none"]]);
+    f.select("normalization", "lw-normalization", "normalization", c.choices("normalization"));
   }
   f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
-  const quantities = model.get("_quantities") || ["loss"];
-  if (quantities.length > 1) f.select("show", "lw-show", "show", quantities.map((q) => [q, q]), { kernel: false });
+  const quantities = c.choices("show");
+  if (quantities.length > 1) f.select("show", "lw-show", "show", quantities, { kernel: false });
 
   let drawn = null;
   f.setBuild((theme) => {
@@ -39,6 +41,6 @@ export function renderCurve({ model, el }) {
     plotDiv.dataset.cols = String(drawn.curves[0].losses.byteLength / 4);
     plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
   });
-  for (const k of ["_curves", "_state", "log_scale", "title", "show"]) f.listen(`change:${k}`, f.request);
+  for (const k of c.redraw) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

@@ -1,19 +1,21 @@
-// anywidget entry point: one bundle for every landscape_widgets view; the `_view` trait picks the view.
-import { renderCurve } from "./curve.js";
-import { renderSpectrum } from "./spectrum.js";
-import { renderSurface } from "./surface.js";
-import { renderTrajectory } from "./trajectory.js";
+// anywidget entry point: one bundle for every landscape_widgets view; the `_view` trait picks the view.  Every file in
+// views/ is bundled (esbuild's glob import) and is the view of that name: a new view is one file there and its
+// Python widget.
+function unknown(el, name) {
+  el.textContent = `landscape_widgets: unknown view ${JSON.stringify(name)} (widget and bundle out of sync?)`;
+  return undefined;
+}
 
-const VIEWS = { surface: renderSurface, curve: renderCurve, spectrum: renderSpectrum, trajectory: renderTrajectory };
-
-function render({ model, el }) {
+async function render({ model, el }) {
   const name = model.get("_view");
-  const view = VIEWS[name];
-  if (!view) {
-    el.textContent = `landscape_widgets: unknown view ${JSON.stringify(name)} (widget and bundle out of sync?)`;
-    return undefined;
+  if (typeof name !== "string" || !/^[a-z][a-z0-9_-]*$/.test(name)) return unknown(el, name);
+  let view;
+  try {
+    view = await import(`./views/${name}.js`);
+  } catch (_) {
+    return unknown(el, name);
   }
-  return view({ model, el });
+  return view.render({ model, el });
 }
 
 export { reviveBuffers } from "./codec.js";

@@ -1,13 +1,13 @@
 // SpectrumWidget view: Hessian eigenvalues, the SLQ spectral density on a log axis, the trace with its error bar,
 // and the trust panel of a surface (curvatures of its directions, and a warning when the slice hides a saddle).
 import { toFloat32 } from "./codec.js";
+import { viewControls } from "./controls.js";
 import { baseLayout, escapeForPlotly } from "./figure.js";
 import { reasonBox, spectrumFailure, trustFailure } from "./reason.js";
 import { injectCss } from "./style.js";
 import { createFrame } from "./view.js";
 import { fmt, injectTrustStyle, traceLabel, trustRows, warningBox } from "./trust.js";
 
-export const LIMITS = { k: [1, 50], bottom: [0, 50], steps: [10, 300], runs: [1, 100] };
 const TOP = "#1f77b4";
 const BOTTOM = "#d62728";
 const KAPPA = "#2ca02c";
@@ -117,13 +117,13 @@ export function renderSpectrum({ model, el }) {
   injectSpectrumStyle();
   injectTrustStyle();
   const f = createFrame({ model, el, view: "spectrum" });
-  const n = model.get("_trace")?.num_parameters;
-  const maxK = (hi) => (n ? Math.min(hi, n) : hi);
-  f.number("k", "lw-k", "top k", { min: LIMITS.k[0], max: maxK(LIMITS.k[1]), step: 1 });
-  f.number("bottom", "lw-bottom", "bottom", { min: LIMITS.bottom[0], max: maxK(LIMITS.bottom[1]), step: 1 });
-  f.range("steps", "lw-steps", "Lanczos steps", { min: LIMITS.steps[0], max: LIMITS.steps[1] });
-  f.number("runs", "lw-runs", "runs", { min: LIMITS.runs[0], max: LIMITS.runs[1], step: 1 });
-  f.number("seed", "lw-seed", "seed", { min: 0, step: 1 });
+  // the kernel's limits: k and bottom at most the Hessian's size
+  const c = viewControls(model.get("_controls"));
+  f.number("k", "lw-k", "top k", { ...c.limits("k"), step: 1 });
+  f.number("bottom", "lw-bottom", "bottom", { ...c.limits("bottom"), step: 1 });
+  f.range("steps", "lw-steps", "Lanczos steps", c.limits("steps"));
+  f.number("runs", "lw-runs", "runs", { ...c.limits("runs"), step: 1 });
+  f.number("seed", "lw-seed", "seed", { ...c.limits("seed"), step: 1 });
   f.checkbox("density", "lw-density", "density", { kernel: true });
   f.checkbox("log_scale", "lw-log", "log axis", { kernel: false });
 
@@ -170,7 +170,7 @@ export function renderSpectrum({ model, el }) {
     plotDiv.dataset.state = f.offline ? "offline" : drawn.state || "done";
   });
   syncPanel();
-  for (const k of ["_top", "_bottom", "_density", "_trace", "_trust", "_state", "log_scale"]) {
+  for (const k of c.redraw) {
     f.listen(`change:${k}`, f.request);
     f.listen(`change:${k}`, syncPanel);
   }

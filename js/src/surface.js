@@ -8,7 +8,7 @@ export function renderSurface({ model, el }) {
   const f = createFrame({ model, el, view: "surface" });
   const c = surfaceControls(model.get("_controls"));
   f.range("resolution", "lw-resolution", "resolution", { min: c.resolution[0], max: c.resolution[1] });
-  const seed = f.number("seed", "lw-seed", "seed", { min: 0, step: 1 });
+  const seed = f.number("seed", "lw-seed", "seed", { ...c.limits("seed"), step: 1 });
   f.button("lw-new-seed", "new seed", () => {
     model.set("seed", Math.floor(Math.random() * 1e6)); // a UI choice, not a computation: Math.random is fine here
     model.save_changes();
@@ -17,8 +17,7 @@ export function renderSurface({ model, el }) {
   f.number("seeds", "lw-seeds", "seeds", { min: c.seeds[0], max: c.seeds[1], step: 1 });
   f.number("span", "lw-span", "span ±", { min: c.span[0], max: c.span[1], step: 0.1 });
   f.checkbox("log_scale", "lw-log", "log scale", { kernel: false });
-  f.select("view", "lw-view-select", "view", [["contour", "contour"], ["heatmap", "heatmap"], ["surface", "3-D surface"]],
-           { kernel: false });
+  f.select("view", "lw-view-select", "view", c.views, { kernel: false });
   // loss, the Landscape's metrics (same passes), the curvature map (computed in the kernel when first shown)
   const quantities = showOptions(c.quantities, { offline: f.offline, hasCurvature: !!(model.get("_curvature") || {}).ratio });
   if (quantities.length > 1) f.select("show", "lw-show", "show", quantities, { kernel: false });
@@ -65,6 +64,6 @@ export function renderSurface({ model, el }) {
     drawn = s;
     return surfaceFigure(s, theme, size);
   }, (plotDiv) => markGrid(plotDiv, drawn, f.offline));
-  for (const k of ["_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr", "_marks", "show", "_metrics", "_curvature"]) f.listen(`change:${k}`, f.request);
+  for (const k of c.redraw) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

@@ -2,15 +2,16 @@
 // measures (trustworthiness, reconstruction error, explained variance) that say how far to trust the picture.
 import { baseLayout, escapeForPlotly } from "./figure.js";
 import { formatLoss, toFloat32 } from "./codec.js";
+import { viewControls } from "./controls.js";
 import { createFrame, markGrid } from "./view.js";
 
 const RUN_COLORS = ["#7f7f7f", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
-const AXIS_NAMES = { pca: "PC", umap: "UMAP", autoencoder: "AE" };
 
-function axisTitles(m, dims) {
+/** "PC 1 (40.0% of variance)", ...; ``names``: method -> axis name, from the kernel's controls spec. */
+function axisTitles(m, dims, names = {}) {
   const ev = m.explained_variance;
   return Array.from({ length: dims }, (_, k) => {
-    const base = `${AXIS_NAMES[m.method] || "dim"} ${k + 1}`;
+    const base = `${names[m.method] || "dim"} ${k + 1}`;
     return ev && ev[k] != null ? `${base} (${(100 * ev[k]).toFixed(1)}% of variance)` : base;
   });
 }
@@ -67,7 +68,7 @@ export function trajectoryFigure(s, theme) {
     if (dims === 3) trace.z = col(2);
     return trace;
   });
-  const titles = axisTitles(s.measures || {}, dims);
+  const titles = axisTitles(s.measures || {}, dims, s.axisNames);
   const layout = baseLayout(theme);
   const ax = (t) => ({ title: { text: t }, gridcolor: theme.grid, zerolinecolor: theme.grid, color: theme.foreground });
   if (dims === 3) {
@@ -85,14 +86,15 @@ export function trajectoryFigure(s, theme) {
 
 export function renderTrajectory({ model, el }) {
   const f = createFrame({ model, el, view: "trajectory" });
-  f.select("method", "lw-method", "method", [["pca", "PCA"], ["umap", "UMAP"], ["autoencoder", "autoencoder"]]);
-  f.select("dims", "lw-dims", "dims", [["2", "2-D"], ["3", "3-D"]]);
-  const nn = f.number("n_neighbors", "lw-neighbors", "UMAP neighbours", { min: 2, max: 200, step: 1 });
+  const c = viewControls(model.get("_controls"));
+  f.select("method", "lw-method", "method", c.choices("method"));
+  f.select("dims", "lw-dims", "dims", c.choices("dims"));
+  const nn = f.number("n_neighbors", "lw-neighbors", "UMAP neighbours", { ...c.limits("n_neighbors"), step: 1 });
   // only UMAP has neighbours (the .lw-control display rule would override the hidden attribute)
   const syncNeighbors = () => { nn.wrap.style.display = model.get("method") === "umap" ? "" : "none"; };
   syncNeighbors(); f.listen("change:method", syncNeighbors);
-  f.number("seed", "lw-seed", "seed", { min: 0, step: 1 });
-  f.select("color_by", "lw-color-by", "colour by", [["step", "step"], ["loss", "loss"]], { kernel: false });
+  f.number("seed", "lw-seed", "seed", { ...c.limits("seed"), step: 1 });
+  f.select("color_by", "lw-color-by", "colour by", c.choices("color_by"), { kernel: false });
   const measures = f.h("div", { class: "lw-measures", role: "note" });
   measures.style.cssText = "font-size: 12px; margin: 0 0 6px; overflow-wrap: anywhere;";
   f.plotDiv.before(measures);
@@ -103,11 +105,12 @@ export function renderTrajectory({ model, el }) {
   f.setBuild((theme) => {
     const s = { coords: model.get("_coords"), shape: model.get("_shape") || [0, 0], steps: model.get("_steps"),
                 losses: model.get("_losses"), run: model.get("_run_index"), labels: model.get("_labels"),
-                measures: model.get("_measures"), colorBy: model.get("color_by"), state: model.get("_state") };
+                measures: model.get("_measures"), colorBy: model.get("color_by"), state: model.get("_state"),
+                axisNames: c.spec.axis_names };
     if (!s.shape[0] || !s.coords) return null;
     drawn = s;
     return trajectoryFigure(s, theme);
   }, (plotDiv) => markGrid(plotDiv, drawn, f.offline));
-  for (const k of ["_coords", "_shape", "_state", "_measures", "color_by", "title"]) f.listen(`change:${k}`, f.request);
+  for (const k of c.redraw) f.listen(`change:${k}`, f.request);
   return f.dispose;
 }

@@ -1,6 +1,7 @@
 // Shared widget frame: root, title, control helpers, plot lifecycle (newPlot once, then react), resize, theme.
 import Plotly from "./plotly.js";
 import { adoptStyles, injectStyle } from "./style.js";
+import { statusText } from "./status.js";
 import { readTheme, watchTheme } from "./theme.js";
 
 const NARROW_WIDGET_PX = 460; // a side panel: the status wraps instead of being cut (style.js)
@@ -83,7 +84,9 @@ export function createFrame({ model, el, view }) {
   const syncStatus = () => {
     const state = model.get("_state") || "";
     root.dataset.state = state;
-    status.textContent = model.get("_status") || "";
+    const line = model.get("_status_line") || {};
+    status.textContent = statusText(line);
+    status.dataset.stage = line.stage || "";
     status.title = status.textContent; // the whole line on hover where it is cut
     const total = model.get("_total") || 0;
     const done = model.get("_done") || 0;
@@ -96,7 +99,7 @@ export function createFrame({ model, el, view }) {
   };
   syncTitle(); syncStatus();
   listen("change:title", syncTitle);
-  for (const k of ["_state", "_status", "_done", "_total", "error"]) listen(`change:${k}`, syncStatus);
+  for (const k of ["_state", "_status_line", "_done", "_total", "error"]) listen(`change:${k}`, syncStatus);
 
   // -- controls ------------------------------------------------------------------------------------------
   const commit = (key, value) => { model.set(key, value); model.save_changes(); };
@@ -120,7 +123,7 @@ export function createFrame({ model, el, view }) {
     return wrap;
   }
   /** kernel: the control needs the kernel (disabled offline). */
-  function range(key, cls, label, { min, max, step = 1, kernel = true }) {
+  function range(key, cls, label, { min, max, step = 1, kernel = true } = {}) {
     const input = h("input", { type: "range", class: cls, min, max, step, "aria-label": label });
     const value = h("span", { class: "lw-value" });
     const sync = () => { input.value = model.get(key); value.textContent = model.get(key); };
@@ -131,7 +134,7 @@ export function createFrame({ model, el, view }) {
     control(label, input, value);
     return input;
   }
-  function number(key, cls, label, { min, max, step, kernel = true, parse = Number }) {
+  function number(key, cls, label, { min, max, step, kernel = true, parse = Number } = {}) {
     const input = h("input", { type: "number", class: cls, min, max, step, "aria-label": label });
     const sync = () => { input.value = model.get(key); };
     input.addEventListener("change", () => commit(key, parse(input.value)));
@@ -170,6 +173,10 @@ export function createFrame({ model, el, view }) {
   // -- plot lifecycle --------------------------------------------------------------------------------------
   let build = null, created = false, busy = false, again = false, pending = false, deferred = false;
   let alive = true, renders = 0, afterDraw = null, replotKey, builtSize = { width: 0, height: 0 };
+  let userCamera = null; // the 3-D camera as the user last left it (plotly_relayout), kept through a fresh plot
+  const trackCamera = () => plotDiv.on?.("plotly_relayout", (ev) => {
+    if (ev && ev["scene.camera"]) userCamera = JSON.parse(JSON.stringify(ev["scene.camera"]));
+  });
   let theme = readTheme(root);
   async function flush() {
     pending = false;
@@ -187,11 +194,13 @@ export function createFrame({ model, el, view }) {
       // a 3-D scene that changed size is drawn afresh, with the user's camera: after Plotly.react its WebGL
       // scene kept the old viewport and drew tiny or cut after a side panel was resized
       const rekeyed = fig.replotKey !== undefined && fig.replotKey !== replotKey;
-      const camera = fig.layout.scene && created && resized && !rekeyed ? plotDiv._fullLayout?.scene?.camera : null;
-      if (camera) fig.layout.scene.camera = JSON.parse(JSON.stringify(camera));
+      const fresh3d = !!fig.layout.scene && created && resized && !rekeyed;
+      if (fresh3d && userCamera) fig.layout.scene.camera = JSON.parse(JSON.stringify(userCamera));
       // fig.replotKey (optional): when it changes, a fresh newPlot instead of react (see figure.js)
-      if (!created || camera || rekeyed) {
+      if (!created || fresh3d || rekeyed) {
         await Plotly.newPlot(plotDiv, fig.data, fig.layout, CONFIG);
+        if (rekeyed) userCamera = null; // a new scene (another shape) starts from its own camera
+        trackCamera(); // newPlot drops the div's listeners
         created = true;
       } else await Plotly.react(plotDiv, fig.data, fig.layout, CONFIG);
       replotKey = fig.replotKey;

@@ -1,9 +1,22 @@
 import { describe, expect, it } from "vitest";
-import { CURVATURE_LABEL, showOptions, shownQuantity, surfaceControls } from "../src/controls.js";
+import { CURVATURE_LABEL, showOptions, shownQuantity, surfaceControls, viewControls } from "../src/controls.js";
 import { surfaceFigure } from "../src/figure.js";
 
 const THEME_FOR_SHOW = { background: "rgb(255, 255, 255)", foreground: "rgb(0, 0, 0)", muted: "rgb(9, 9, 9)",
                          grid: "rgb(200, 200, 200)", fontFamily: "sans-serif" };
+
+describe("viewControls", () => {
+  it("gives each control the kernel's limits and choices, and the traits that redraw", () => {
+    const c = viewControls({ limits: { steps: [3, 401] }, choices: { show: [["loss", "loss"], ["acc", "acc"]] },
+                             redraw: ["_curves"] });
+    expect(c.limits("steps")).toEqual({ min: 3, max: 401 });
+    expect(c.limits("seed")).toEqual({});
+    expect(c.choices("show")).toEqual([["loss", "loss"], ["acc", "acc"]]);
+    expect(c.choices("normalization")).toEqual([]);
+    expect(c.redraw).toEqual(["_curves"]);
+    expect(viewControls(undefined).redraw).toEqual([]);
+  });
+});
 
 describe("surfaceControls", () => {
   it("takes the limits, normalizations and the kind's controls from the kernel", () => {

@@ -12,7 +12,8 @@ function state(extra = {}) {
   return { coords: bytes([0, 0, 1, 1, 2, 4, 5, 5, 6, 7]), shape: [5, 2], steps: bytes([0, 1, 2, 0, 1]),
            losses: bytes([1, 0.1, NaN, 10, 1]), run: bytes([0, 0, 0, 1, 1]), labels: ["sgd", "<b>adam</b>"],
            measures: { method: "pca", trustworthiness: 0.98765, n_neighbors: 2, reconstruction_error: 0.25,
-                       explained_variance: [0.5, 0.25], strides: [1, 2] }, colorBy: "step", ...extra };
+                       explained_variance: [0.5, 0.25], strides: [1, 2] }, colorBy: "step",
+           axisNames: { pca: "PC", umap: "UMAP", autoencoder: "AE" }, ...extra };  // the kernel's controls spec
 }
 
 describe("trajectoryFigure", () => {

@@ -10,12 +10,16 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int, check_range
-from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, Rejected, browser_choice, browser_int,
-                    check_normalization_choice, engine_note, f32, gaps_note, private_landscape)
+from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, check_normalization_choice, engine_note, f32,
+                    private_landscape)
+from .controls import Choice, ControlSpec, IntRange, Pair, common_controls
+from .jobs import Done, Part, Preview, Tile
+from .status import Status, gaps_text
 
 STEPS = (3, 401)
 SPAN_LIMIT = 1e3
 PREVIEW = 11
+REDRAW = ("_curves", "_state", "log_scale", "title", "show")  # the traits whose change redraws the plot
 
 
 def _span_pair(value, name="span"):
@@ -44,7 +48,7 @@ class CurveWidget(RandomDirectionWidget):
     _display_traits = RandomDirectionWidget._display_traits + ("_curves", "show")
 
     def __init__(self, ls, start=None, *, steps=51, span=(-0.5, 1.5), title=None, label=None, seed=0,
-                 normalization=None, compute=None, show="loss"):
+                 normalization=None, compute=None, show="loss", jobs=None):
         self._compute_kw = check_compute(compute)
         self._specs = []
         self.curves = []
@@ -54,7 +58,8 @@ class CurveWidget(RandomDirectionWidget):
         self._mgrid = None
         self._last_send = 0.0
         super().__init__(steps=steps, span=list(span) if isinstance(span, (tuple, list)) else span, seed=seed,
-                         normalization=check_normalization_choice(normalization), title="" if title is None else title)
+                         normalization=check_normalization_choice(normalization), title="" if title is None else title,
+                         controls=curve_controls(["loss"]), jobs=jobs)
         self._add_spec(ls, start, label)
         self.show = show
         self._schedule()
@@ -100,6 +105,8 @@ class CurveWidget(RandomDirectionWidget):
         self._random = self._random or start is None
         names = list(self._quantities) + [n for n in spec["ls"].objective.metric_names if n not in self._quantities]
         self._quantities = names
+        self._spec = curve_controls(names)
+        self._controls = self._spec.to_json()
 
     # -- checks ------------------------------------------------------------------------------------------------
     @t.validate("steps")
@@ -117,18 +124,6 @@ class CurveWidget(RandomDirectionWidget):
                              f"{', '.join(map(repr, self._quantities))} (metrics are those given to "
                              "lw.Landscape(metrics=...))")
         return proposal["value"]
-
-    def _browser_check(self, name, value):
-        if name == "steps":
-            return browser_int(value, name, *STEPS)
-        if name == "show":
-            return browser_choice(value, name, list(self._quantities))
-        if name == "span":
-            try:
-                return _span_pair(value), None
-            except (TypeError, ValueError) as exc:
-                raise Rejected(str(exc)) from None
-        return super()._browser_check(name, value)
 
     # -- computation -------------------------------------------------------------------------------------------
     def _params(self):
@@ -153,13 +148,13 @@ class CurveWidget(RandomDirectionWidget):
 
     def _job(self, p, emit, cancel):
         if p["steps"] > PREVIEW:
-            emit("preview", [self._one(s, p, PREVIEW, cancel) for s in p["specs"]])
+            emit(Preview([self._one(s, p, PREVIEW, cancel) for s in p["specs"]]))
         done = []
         for k, spec in enumerate(p["specs"]):
-            done.append(self._one(spec, p, p["steps"], cancel, lambda tile, k=k: emit("tile", (k, tile)),
+            done.append(self._one(spec, p, p["steps"], cancel, lambda tile, k=k: emit(Tile(tile, k)),
                                   self._compute_kw))
-            emit("curve", (k, done[-1]))
-        emit("done", done)
+            emit(Part(k, done[-1]))
+        emit(Done(done))
 
     def _entry(self, spec, curve_alphas, losses, kind, metrics=None):
         return {"label": spec["label"], "kind": kind, "alphas": f32(curve_alphas), "losses": f32(losses),
@@ -168,62 +163,79 @@ class CurveWidget(RandomDirectionWidget):
     def _entries(self, spec, curve) -> list:
         """What a curve draws: its own entry; a Bézier curve with its straight line beside it, barriers in the
         legend."""
-        if curve.meta.get("kind") != "connect":
-            return [self._entry(spec, curve.alphas, curve.losses, curve.meta["kind"], curve.metrics)]
-        m = curve.meta
+        if curve.kind != "connect":
+            return [self._entry(spec, curve.alphas, curve.losses, curve.kind, curve.metrics)]
         bezier = dict(self._entry(spec, curve.alphas, curve.losses, "connect"),
-                      label=f"{spec['label']} (barrier {m['barrier']:.3g})")
-        line = dict(self._entry(spec, curve.alphas, m["line_losses"], "connect"),
-                    label=f"straight line (barrier {m['line_barrier']:.3g})")
+                      label=f"{spec['label']} (barrier {curve.barrier:.3g})")
+        line = dict(self._entry(spec, curve.alphas, curve.line_losses, "connect"),
+                    label=f"straight line (barrier {curve.line_barrier:.3g})")
         return [bezier, line]
 
-    def _apply(self, kind, payload, p, t0):
+    def _event_handlers(self):
+        return {**super()._event_handlers(), Preview: self._on_preview, Tile: self._on_tile, Part: self._on_part,
+                Done: self._on_done}
+
+    def _on_preview(self, event, p, t0):
+        specs, steps = p["specs"], p["steps"]
+        self._partial = [self._entries(s, c) for s, c in zip(specs, event.result)]
+        with self.hold_sync():  # the arrays last: an observer of _curves sees the state that goes with them
+            self._done, self._total = 0, steps * len(specs)
+            self._state = "preview"
+            self._set_status(Status(f"coarse {PREVIEW}-point preview; computing {steps} points per curve…",
+                                    stage="preview"))
+            self._curves = [e for entries in self._partial for e in entries]
+
+    def _on_tile(self, event, p, t0):
         specs, steps = p["specs"], p["steps"]
         total = steps * len(specs)
-        if kind == "preview":
-            self._partial = [self._entries(s, c) for s, c in zip(specs, payload)]
-            with self.hold_sync():  # the arrays last: an observer of _curves sees the state that goes with them
-                self._done, self._total = 0, total
-                self._state = "preview"
-                self._status = f"coarse {PREVIEW}-point preview; computing {steps} points per curve…"
-                self._curves = [e for entries in self._partial for e in entries]
-        elif kind == "tile":
-            k, tile = payload
-            if self._partial is None:
-                self._partial = [None] * len(specs)
-            if self._grid is None or self._grid_k != k:
-                self._grid_k, self._grid = k, np.full(steps, np.nan, dtype=np.float32)
-                self._mgrid = {n: np.full(steps, np.nan, dtype=np.float32) for n in tile.metrics}
-            self._grid[tile.start:tile.stop] = tile.values
-            for n, v in tile.metrics.items():
-                self._mgrid[n][tile.start:tile.stop] = v
-            done = k * steps + tile.done
-            now = time.perf_counter()
-            with self.hold_sync():
-                self._done, self._total = done, total
-                self._status = f"computing: {done} of {total} points"
-                if now - self._last_send >= SEND_INTERVAL_S and done < total:
-                    self._last_send = now
-                    a0, a1 = p["span"]
-                    kind_k = "line" if specs[k]["start"] is None else "interpolation"
-                    self._partial[k] = [self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k,
-                                                    self._mgrid)]
-                    self._state = "partial"
-                    self._curves = [e for entries in self._partial if entries is not None for e in entries]
-        elif kind == "curve":
-            k, curve = payload
-            if self._partial is None:
-                self._partial = [None] * len(specs)
-            self._partial[k] = self._entries(specs[k], curve)
-            self._grid = None
-        elif kind == "done":
-            self.curves = payload
-            self._grid = None
-            with self.complete_sync():
-                self._done = self._total = total
-                self._state = "done"
-                n = len(specs)
-                self._status = (f"{n} curve{'s' if n > 1 else ''} × {steps} points in "
-                                f"{time.perf_counter() - t0:.2f} s" + engine_note(payload[0])
-                                + gaps_note(np.concatenate([c.losses for c in payload])))
-                self._curves = [e for s, c in zip(specs, payload) for e in self._entries(s, c)]
+        k, tile = event.part, event.tile
+        if self._partial is None:
+            self._partial = [None] * len(specs)
+        if self._grid is None or self._grid_k != k:
+            self._grid_k, self._grid = k, np.full(steps, np.nan, dtype=np.float32)
+            self._mgrid = {n: np.full(steps, np.nan, dtype=np.float32) for n in tile.metrics}
+        self._grid[tile.start:tile.stop] = tile.values
+        for n, v in tile.metrics.items():
+            self._mgrid[n][tile.start:tile.stop] = v
+        done = k * steps + tile.done
+        now = time.perf_counter()
+        with self.hold_sync():
+            self._done, self._total = done, total
+            self._set_status(Status(f"computing: {done} of {total} points", stage="points"))
+            if now - self._last_send >= SEND_INTERVAL_S and done < total:
+                self._last_send = now
+                a0, a1 = p["span"]
+                kind_k = "line" if specs[k]["start"] is None else "interpolation"
+                self._partial[k] = [self._entry(specs[k], np.linspace(a0, a1, steps), self._grid, kind_k,
+                                                self._mgrid)]
+                self._state = "partial"
+                self._curves = [e for entries in self._partial if entries is not None for e in entries]
+
+    def _on_part(self, event, p, t0):
+        specs = p["specs"]
+        if self._partial is None:
+            self._partial = [None] * len(specs)
+        self._partial[event.part] = self._entries(specs[event.part], event.result)
+        self._grid = None
+
+    def _on_done(self, event, p, t0):
+        specs, steps, payload = p["specs"], p["steps"], event.result
+        self.curves = payload
+        self._grid = None
+        n = len(specs)
+        status = Status(f"{n} curve{'s' if n > 1 else ''} × {steps} points in {time.perf_counter() - t0:.2f} s"
+                        + engine_note(payload[0]), stage="done")
+        status = status.note("gaps", gaps_text(np.concatenate([c.losses for c in payload])))
+        with self.complete_sync():
+            self._done = self._total = steps * n
+            self._state = "done"
+            self._set_status(status)
+            self._curves = [e for s, c in zip(specs, payload) for e in self._entries(s, c)]
+
+
+def curve_controls(quantities) -> ControlSpec:
+    """The curve view's controls: steps, the span's two ends, the random line's seed and normalization, and what
+    it can show (the loss and the Landscapes' metrics)."""
+    controls = {**common_controls(seed=True, normalization=True), "steps": IntRange(*STEPS),
+                "span": Pair(SPAN_LIMIT, _span_pair), "show": Choice.of(list(quantities))}
+    return ControlSpec(controls, redraw=REDRAW)

@@ -7,25 +7,14 @@ from __future__ import annotations
 import ipywidgets
 
 from ..export import write_html
-from ._base import LiveWidget, shared_jobs, start_worker
+from ._base import LiveWidget
+from .jobs import SharedJobs, start_worker
 from .curve import CurveWidget
 from .spectrum import SpectrumWidget
 from .surface import SurfaceWidget
 from .trajectory import TrajectoryWidget
 
 MIN_COLUMN_PX = 340  # two columns from ~700 px on; a side panel (~350-500 px) gets one
-
-
-class _SharedJobs:
-    """A view's handle on the dashboard's job queue: it submits jobs but cannot stop the shared worker (closing
-    one view must not stall the others; the dashboard's close() or its garbage collection stops it)."""
-
-    def __init__(self, jobs):
-        self.jobs = jobs
-
-    def put(self, item):
-        if item is not None:
-            self.jobs.put(item)
 
 
 class Dashboard(ipywidgets.GridBox):
@@ -51,28 +40,25 @@ class Dashboard(ipywidgets.GridBox):
         # one engine: every job of every view, the first ones included, runs in one worker thread, one after another,
         # so the views never fight over the CPU (a dashboard that computed its first four results at once did)
         self._jobs = start_worker(self)
-        with shared_jobs(_SharedJobs(self._jobs)):
-            self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
-                                     else "Random line through the model")
-            # the trust panel stays under its plane, as everywhere else
-            self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane")
-            # the spectrum follows the surface and shows the plane's own panel (the same numbers): one value of
-            # kappa, lambda_max, lambda_min and the panel's tr(H)/N per page
-            self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum",
-                                            **(spectrum_options or {})) if spectrum else None)
-            self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", **(trajectory_options or {}))
-                               if trajectory is not None else None)
-            # with one recorded run: the plane of its two principal directions, with the path drawn (Li et al. §7)
-            single = trajectory if not isinstance(trajectory, (list, tuple)) else (
-                trajectory[0] if len(trajectory) == 1 else None)
-            self.pca_surface = (SurfaceWidget(ls, directions="pca", trajectory=single, resolution=resolution,
-                                              title="PCA plane of the optimization path")
-                                if single is not None else None)
-            self.views = [w for w in (self.curve, self.surface, self.pca_surface, self.spectrum, self.trajectory)
-                          if w is not None]
-        for w in self.views:  # a view that computed nothing yet (no running loop) joins the engine too
-            if getattr(w, "_jobs", None) is None:
-                w._jobs = _SharedJobs(self._jobs)
+        jobs = SharedJobs(self._jobs)
+        self.curve = CurveWidget(ls, start, title="Interpolation: start → model" if start is not None
+                                 else "Random line through the model", jobs=jobs)
+        # the trust panel stays under its plane, as everywhere else
+        self.surface = SurfaceWidget(ls, resolution=resolution, title="Filter-normalized random plane", jobs=jobs)
+        # the spectrum follows the surface and shows the plane's own panel (the same numbers): one value of
+        # kappa, lambda_max, lambda_min and the panel's tr(H)/N per page
+        self.spectrum = (SpectrumWidget(ls, surface=self.surface, title="Hessian spectrum", jobs=jobs,
+                                        **(spectrum_options or {})) if spectrum else None)
+        self.trajectory = (TrajectoryWidget(trajectory, title="Optimization path", jobs=jobs,
+                                            **(trajectory_options or {})) if trajectory is not None else None)
+        # with one recorded run: the plane of its two principal directions, with the path drawn (Li et al. §7)
+        single = trajectory if not isinstance(trajectory, (list, tuple)) else (
+            trajectory[0] if len(trajectory) == 1 else None)
+        self.pca_surface = (SurfaceWidget(ls, directions="pca", trajectory=single, resolution=resolution,
+                                          title="PCA plane of the optimization path", jobs=jobs)
+                            if single is not None else None)
+        self.views = [w for w in (self.curve, self.surface, self.pca_surface, self.spectrum, self.trajectory)
+                      if w is not None]
         super().__init__(children=self.views, layout=ipywidgets.Layout(
             grid_template_columns=f"repeat(auto-fit, minmax({MIN_COLUMN_PX}px, 1fr))", grid_gap="12px",
             width="100%"))

@@ -12,19 +12,40 @@ Each ``tr(H)/N`` shown names its estimator and its number of products.  The brow
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import traitlets as t
 
 from .._checks import check_int
-from ..directions import KINDS
+from ..directions import kind_named
 from ..driver import Cancelled
-from ._base import (SEND_INTERVAL_S, SeededWidget, browser_bool, browser_int, f32, failure_panel, failure_reason,
-                    finite, private_landscape)
+from ._base import SEND_INTERVAL_S, SeededWidget, f32, finite, private_landscape
+from .controls import ControlSpec, Flag, IntRange, common_controls
+from .jobs import Done, Event, Progress
+from .status import Status, failure_panel, failure_reason
 
 K = (1, 50)
 BOTTOM = (0, 50)
 STEPS = (10, 300)
 RUNS = (1, 100)
+REDRAW = ("_top", "_bottom", "_density", "_trace", "_trust", "_state", "log_scale")  # redraw the plot and panel
+STAGES = {"top": "Lanczos: top {k} eigenvalues", "bottom": "Lanczos: bottom {bottom}", "trace": "Hutch++ trace",
+          "density": "SLQ density: step {done} of {total}"}  # the status of each stage of Landscape.spectrum
+
+
+@dataclass(frozen=True)
+class SpectrumFailed(Event):
+    """Why the spectrum could not be computed (the job then fails as a whole)."""
+    reason: str
+    kind = "spectrum_failed"
+
+
+def spectrum_controls(num_parameters) -> ControlSpec:
+    """The spectrum view's controls; ``k`` and ``bottom`` at most the Hessian's size."""
+    controls = {**common_controls(seed=True), "k": IntRange(K[0], min(K[1], num_parameters)),
+                "bottom": IntRange(BOTTOM[0], min(BOTTOM[1], num_parameters)), "steps": IntRange(*STEPS),
+                "runs": IntRange(*RUNS), "density": Flag()}
+    return ControlSpec(controls, redraw=REDRAW)
 
 
 class SpectrumWidget(SeededWidget):
@@ -61,7 +82,7 @@ class SpectrumWidget(SeededWidget):
     _compute_traits = ("k", "bottom", "density", "steps", "runs", "seed")
 
     def __init__(self, ls, *, k=5, bottom=1, density=True, steps=90, runs=10, seed=0, surface=None, log_scale=True,
-                 title=None):
+                 title=None, jobs=None):
         self._ls = private_landscape(ls)
         self._num_parameters = ls.num_parameters  # the moved ones: the Hessian's size
         self._surface = self._check_surface(surface)
@@ -72,7 +93,8 @@ class SpectrumWidget(SeededWidget):
         self._cached = None  # (settings, spectrum): a new surface alone does not recompute the spectrum
         self._last_send = 0.0
         super().__init__(k=k, bottom=bottom, density=density, steps=steps, runs=runs, seed=seed, log_scale=log_scale,
-                         title="" if title is None else title)
+                         title="" if title is None else title, controls=spectrum_controls(self._num_parameters),
+                         jobs=jobs)
         from .surface import SurfaceWidget
         self._trusted = None  # the surface the shown trust panel belongs to
         if isinstance(self._surface, SurfaceWidget):
@@ -117,15 +139,6 @@ class SpectrumWidget(SeededWidget):
     def _v_runs(self, proposal):
         return check_int(proposal["value"], "runs", low=RUNS[0], high=RUNS[1], hint=" (SLQ runs averaged)")
 
-    def _browser_check(self, name, value):
-        limits = {"k": (K[0], min(K[1], self._num_parameters)), "bottom": (BOTTOM[0], min(BOTTOM[1],
-                  self._num_parameters)), "steps": STEPS, "runs": RUNS}
-        if name in limits:
-            return browser_int(value, name, *limits[name])
-        if name == "density":
-            return browser_bool(value, name)
-        return super()._browser_check(name, value)
-
     # -- computation ------------------------------------------------------------------------------------------------
     def _pending_status(self, p):
         return f"computing top {p['k']} / bottom {p['bottom']} eigenvalues" + (" and the density" if p["density"]
@@ -140,17 +153,17 @@ class SpectrumWidget(SeededWidget):
         spec = None
         if self._cached is not None and self._cached[0] == p:
             spec = self._cached[1]
-            if spec.meta.get("model_sha256") != ls.problem.fingerprint():
+            if spec.fingerprint != ls.problem.fingerprint():
                 spec = None  # the model was trained since: recompute
         if spec is None:
             try:
                 spec = ls.spectrum(k=p["k"], bottom=p["bottom"], density=p["density"], steps=p["steps"],
-                                   runs=p["runs"], seed=p["seed"], callback=lambda ev: emit("progress", ev),
+                                   runs=p["runs"], seed=p["seed"], callback=lambda ev: emit(Progress(ev)),
                                    cancel=cancel, progress=False)
             except Cancelled:
                 raise
             except Exception as exc:
-                emit("failed", failure_reason(exc))
+                emit(SpectrumFailed(failure_reason(exc)))
                 raise  # and the view's usual error state
         surface = self._current_surface()
         self._trusted = surface
@@ -164,7 +177,7 @@ class SpectrumWidget(SeededWidget):
                 raise
             except Exception as exc:  # the spectrum is still worth showing
                 reason = dict(failure_panel(exc), of=of)
-        emit("done", (spec, panel, reason))
+        emit(Done((spec, panel, reason)))
 
     def _panel(self, surface, spec, cancel):
         """The trust panel of ``surface``.  A followed SurfaceWidget that shows its own panel under the plane: that
@@ -183,45 +196,50 @@ class SpectrumWidget(SeededWidget):
         title = getattr(self._surface, "title", "") if self._surface is not surface else ""
         if title:
             return title
-        kind = KINDS.get(surface.meta.get("direction_kind"))
+        kind = kind_named(surface.direction_kind)
         return kind.describe(surface.meta) if kind is not None else "plane along given directions"
 
-    def _apply(self, kind, payload, p, t0):
-        if kind == "progress":
-            now = time.perf_counter()
-            if now - self._last_send < SEND_INTERVAL_S:
-                return
-            self._last_send = now
-            stage, done, total = payload["stage"], payload["done"], payload["total"]
-            words = {"top": f"Lanczos: top {p['k']} eigenvalues", "bottom": f"Lanczos: bottom {p['bottom']}",
-                     "trace": "Hutch++ trace", "density": f"SLQ density: step {done} of {total}"}
-            with self.hold_sync():
-                self._state = "partial"
-                self._done, self._total = (done, total) if stage == "density" else (0, 0)
-                self._status = f"{words.get(stage, stage)} · {payload['hvps']} Hessian-vector products so far"
-        elif kind == "failed":
-            self.spectrum_error, self.trust_error = payload, None
-        elif kind == "done":
-            spec, panel, reason = payload
-            self.spectrum, self.trust = spec, panel
-            self.spectrum_error, self.trust_error = None, reason and reason["error"]
-            self._cached = (p, spec)
-            n = spec.meta["num_parameters"]
-            with self.hold_sync():
-                self._top = [float(v) for v in spec.top_eigenvalues]
-                self._bottom = [float(v) for v in spec.bottom_eigenvalues]
-                # the estimator and its products: a page may show another tr(H)/N (a plane's trust panel)
-                self._trace = finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
-                                      "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n,
-                                      "method": spec.meta.get("trace_method"),
-                                      "samples": spec.meta.get("trace_samples")})
-                self._trust = finite(panel or reason or {})
-                self._info = finite({"hvps": spec.meta["hvps_total"], "seconds": spec.meta["timings"]["total_s"],
-                                      "steps": spec.meta["steps"], "runs": spec.meta["runs"]})
-                self._grid = f32(spec.density_grid) if spec.density is not None else b""
-                self._density = f32(spec.density) if spec.density is not None else b""
-                self._done = self._total = 1
-                self._state = "done"
-                self._status = (f"{spec.meta['hvps_total']} Hessian-vector products in "
-                                f"{time.perf_counter() - t0:.2f} s · {n:,} parameters"
-                                + (" · trust panel unavailable" if reason else ""))
+    def _event_handlers(self):
+        return {**super()._event_handlers(), Progress: self._on_progress, SpectrumFailed: self._on_spectrum_failed,
+                Done: self._on_done}
+
+    def _on_progress(self, event, p, t0):
+        now = time.perf_counter()
+        if now - self._last_send < SEND_INTERVAL_S:
+            return
+        self._last_send = now
+        info = event.info
+        stage, done, total = info["stage"], info["done"], info["total"]
+        words = STAGES[stage].format(k=p["k"], bottom=p["bottom"], done=done, total=total) if stage in STAGES else stage
+        with self.hold_sync():
+            self._state = "partial"
+            self._done, self._total = (done, total) if stage == "density" else (0, 0)
+            self._set_status(Status(words, stage=stage).note("hvps", f"{info['hvps']} Hessian-vector products so far"))
+
+    def _on_spectrum_failed(self, event, p, t0):
+        self.spectrum_error, self.trust_error = event.reason, None
+
+    def _on_done(self, event, p, t0):
+        spec, panel, reason = event.result
+        self.spectrum, self.trust = spec, panel
+        self.spectrum_error, self.trust_error = None, reason and reason["error"]
+        self._cached = (p, spec)
+        n = spec.num_parameters
+        with self.hold_sync():
+            self._top = [float(v) for v in spec.top_eigenvalues]
+            self._bottom = [float(v) for v in spec.bottom_eigenvalues]
+            # the estimator and its products: a page may show another tr(H)/N (a plane's trust panel)
+            self._trace = finite({"trace": spec.trace, "stderr": spec.trace_stderr, "per_parameter": spec.trace / n,
+                                  "stderr_per_parameter": spec.trace_stderr / n, "num_parameters": n,
+                                  "method": spec.trace_method, "samples": spec.trace_samples})
+            self._trust = finite(panel or reason or {})
+            self._info = finite({"hvps": spec.hvps_total, "seconds": spec.seconds, "steps": spec.steps,
+                                 "runs": spec.runs})
+            self._grid = f32(spec.density_grid) if spec.density is not None else b""
+            self._density = f32(spec.density) if spec.density is not None else b""
+            self._done = self._total = 1
+            self._state = "done"
+            self._set_status(Status(f"{spec.hvps_total} Hessian-vector products in "
+                                    f"{time.perf_counter() - t0:.2f} s", stage="done")
+                             .note("parameters", f"{n:,} parameters")
+                             .note("trust", "trust panel unavailable" if reason else None))

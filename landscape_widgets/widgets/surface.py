@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import traitlets as t
@@ -16,12 +17,16 @@ import traitlets as t
 from .._checks import check_int
 from ..directions import KINDS, MODELS, NORMALIZATIONS, kind_named, kind_of, make_directions
 from ..driver import Cancelled
-from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, browser_choice, browser_float, browser_int,
-                    check_normalization_choice, engine_note, f32, failure_panel, finite, gaps_note, private_landscape)
+from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, check_normalization_choice, engine_note,
+                    f32, finite, private_landscape)
+from .controls import Choice, ControlSpec, FloatRange, IntRange, common_controls
+from .jobs import Done, Event, Preview, Tile
+from .status import Status, failure_panel, gaps_text
 
 RESOLUTION = (5, 201)
 SPAN = (1e-3, 1e3)
 VIEWS = ("contour", "heatmap", "surface")
+VIEW_LABELS = {"surface": "3-D surface"}
 SEEDS = (1, 16)  # seed spread: how many random planes at once ("does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 PREVIEW_SECONDS = 0.8  # ... on a fixed random subset small enough for the preview to take about this long
@@ -29,6 +34,71 @@ TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible er
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
 CURVATURE = "curvature"  # ``show`` value of the curvature map layer
 CURVATURE_RESOLUTION = 7  # the curvature map's grid: one Lanczos run for both ends per point (20+ products)
+
+
+@dataclass(frozen=True)
+class SeedTile(Event):
+    """A tile of the plane of the ``seed_index``-th seed of a seed spread."""
+    seed_index: int
+    tile: Any
+    kind = "spread_tile"
+
+
+@dataclass(frozen=True)
+class SeedSpread(Event):
+    """The seed spread: per-cell median and IQR over the seeds' planes."""
+    spread: Any
+    kind = "spread"
+
+
+@dataclass(frozen=True)
+class TrustPartial(Event):
+    """The trust panel as it grows: the kappas, then the eigenvalues."""
+    panel: dict
+    kind = "trust_partial"
+
+
+@dataclass(frozen=True)
+class TrustPanel(Event):
+    """The finished plane's trust panel."""
+    panel: dict
+    kind = "trust"
+
+
+@dataclass(frozen=True)
+class TrustFailed(Event):
+    """Why the trust panel could not be computed: ``{error, detail}``."""
+    panel: dict
+    kind = "trust_error"
+
+
+@dataclass(frozen=True)
+class CurvaturePoint(Event):
+    """A point of the curvature map: ``{done, total}``."""
+    info: dict
+    kind = "curvature_point"
+
+
+@dataclass(frozen=True)
+class CurvatureMap(Event):
+    """The curvature map of ``surface``."""
+    surface: Any
+    cmap: Any
+    kind = "curvature"
+
+
+@dataclass(frozen=True)
+class CurvatureFailed(Event):
+    """Why the curvature map of ``surface`` could not be computed: ``{error, detail}``."""
+    surface: Any
+    panel: dict
+    kind = "curvature_error"
+
+
+def _positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _span(value):
@@ -51,7 +121,8 @@ class SurfaceWidget(RandomDirectionWidget):
 
     Changing any compute control, in the browser or from Python (``w.resolution = 41``), recomputes in the kernel:
     a 9x9 preview first (on a fixed random subset of ``preview_samples`` samples, said in the status; "auto": as
-    many as make the preview take about 0.8 s, from the time of one warm pass over the data; None: all of them), then
+    many as make the preview take about ``preview_seconds``, 0.8 s by default, from the time of one warm pass
+    over the data; None: all of them), then
     the full grid on all the data, streamed row by row.  ``w.surface`` is the latest full
     :class:`~landscape_widgets.Surface`; ``w.wait()`` blocks until it is there.  ``compute={"client": client}``
     evaluates the full grids on Dask workers (docs/scaling.md); the previews stay in the kernel.
@@ -78,7 +149,7 @@ class SurfaceWidget(RandomDirectionWidget):
     CNN on 2 CPU cores), plus two per extra seed: for a large model on a large data set pass ``trust=False`` and
     call ``ls.trust(w.surface)`` when wanted.  A panel that cannot be computed (a model without a double backward,
     such as SDPA attention on a CPU) leaves the plane as it is: the panel's place says why, and so do
-    ``w.trust_error`` and ``w.surface.meta["trust_error"]``.
+    ``w.trust_error`` and ``w.surface.trust_error``.
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -99,7 +170,6 @@ class SurfaceWidget(RandomDirectionWidget):
     show = t.Unicode("loss").tag(sync=True)  # "loss", a metric's name or "curvature"
     _metrics = t.Dict().tag(sync=True)  # metric name -> float32 bytes shaped like _losses
     _curvature = t.Dict().tag(sync=True)  # the curvature map shown: {alphas, betas, shape, ratio, lambda_max, ...}
-    _controls = t.Dict().tag(sync=True)  # what the front end may offer: controls_spec()
     _trust = t.Dict().tag(sync=True)  # the trust panel of the plane shown, {} while it is computed or off,
     # {"error": reason, "detail": whole message} when it could not be computed
 
@@ -110,7 +180,7 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True,
-                 preview_samples="auto", show="loss"):
+                 preview_samples="auto", show="loss", preview_seconds=None, jobs=None):
         self._models = None  # the other models of a plane through models
         if not isinstance(directions, str):
             if kind_of(directions) is not MODELS:
@@ -131,6 +201,8 @@ class SurfaceWidget(RandomDirectionWidget):
             preview_samples = check_int(preview_samples, "preview_samples", low=1,
                                         hint=" (samples the coarse preview uses; 'auto' or None: all)")
         self._preview_samples = preview_samples
+        self._preview_seconds = PREVIEW_SECONDS if preview_seconds is None else _positive(preview_seconds,
+                                                                                         "preview_seconds")
         self._ls = private_landscape(ls)
         if self._models is not None:  # bad models fail here, with the plane's own message, not in the worker
             make_directions(self._models, self._ls.problem.private(), 2, argname="directions")
@@ -157,7 +229,7 @@ class SurfaceWidget(RandomDirectionWidget):
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
                          span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title,
                          directions=directions, seeds=seeds, show=show,
-                         _controls=controls_spec(kind, self._quantities))
+                         controls=surface_controls(kind, self._quantities), jobs=jobs)
         self.observe(self._on_show, names=["show"])
         self._schedule()
 
@@ -196,20 +268,6 @@ class SurfaceWidget(RandomDirectionWidget):
             raise ValueError(f"view={proposal['value']!r} is not known; pass one of {', '.join(map(repr, VIEWS))}")
         return proposal["value"]
 
-    # -- browser-side checks: clamp or reject, the message goes to the widget's error box ----------------------
-    def _browser_check(self, name, value):
-        if name == "resolution":
-            return browser_int(value, name, *RESOLUTION)
-        if name == "span":
-            return browser_float(value, name, *SPAN)
-        if name == "seeds":
-            return browser_int(value, name, *SEEDS)
-        if name == "view":
-            return browser_choice(value, name, VIEWS)
-        if name == "show":
-            return browser_choice(value, name, self._quantities)
-        return super()._browser_check(name, value)
-
     # -- computation -------------------------------------------------------------------------------------------
     def _params(self):
         kind = kind_named(self.directions)
@@ -223,28 +281,28 @@ class SurfaceWidget(RandomDirectionWidget):
         kw = {"seed": p["seed"], "normalization": p["normalization"], "span": p["span"], "progress": False,
               "cancel": cancel, **self._kind_kw,
               "directions": p["directions"] if self._models is None else self._models}
-        full = {"resolution": p["resolution"], "callback": lambda tile: emit("tile", tile), **self._compute_kw}
+        full = {"resolution": p["resolution"], "callback": lambda tile: emit(Tile(tile)), **self._compute_kw}
         if p["curvature"] and self.surface is not None and self._surface_params == _plane_params(p):
             # the curvature layer asked for on the plane shown: that plane, its panel, then the map
             surf, panel = self.surface, self.trust
-            emit("done", surf)
+            emit(Done(surf))
             if self._with_trust:
-                emit(*(("trust", panel) if panel is not None else self._trust_panel(surf, cancel, emit)))
+                emit(TrustPanel(panel) if panel is not None else self._trust_panel(surf, cancel, emit))
             self._curvature_layer(surf, emit, cancel)
             return
         if p["resolution"] <= PREVIEW and p["seeds"] == 1:
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
         preview = self._ls.plane(resolution=PREVIEW, samples=self._preview_size(), **kw)
-        emit("preview", preview)
+        emit(Preview(preview))
         if p["seeds"] > 1:  # Böttcher & Wheeler's caveat made visible: K random planes, median and spread
             seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
             spread = self._ls.seed_spread(
                 seeds, resolution=p["resolution"], span=p["span"], normalization=p["normalization"], cancel=cancel,
-                callback=lambda k, tile: emit("spread_tile", (k, tile)), **self._compute_kw)
-            emit("spread", spread)
+                callback=lambda k, tile: emit(SeedTile(k, tile)), **self._compute_kw)
+            emit(SeedSpread(spread))
             if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
-                emit(*self._trust_panel(spread, cancel, emit))
+                emit(self._trust_panel(spread, cancel, emit))
             return
         if kind_named(p["directions"]).seeded or self._models is not None:  # made again: cheap
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
@@ -255,7 +313,7 @@ class SurfaceWidget(RandomDirectionWidget):
         self._done_with_trust(surf, emit, cancel)
 
     def _preview_size(self):
-        """``preview_samples``; "auto": a subset whose 81 points take about PREVIEW_SECONDS, from the time of one
+        """``preview_samples``; "auto": a subset whose 81 points take about ``preview_seconds``, from the time of one
         warm pass over all the data (measured once per widget)."""
         if self._preview_samples != "auto":
             return self._preview_samples
@@ -268,16 +326,16 @@ class SurfaceWidget(RandomDirectionWidget):
                 self._ls.loss()
                 per_pass = max(min(per_pass, time.perf_counter() - t), 1e-6)
             n = self._ls.data.num_samples or 0
-            want = n * PREVIEW_SECONDS / (PREVIEW * PREVIEW * per_pass)
+            want = n * self._preview_seconds / (PREVIEW * PREVIEW * per_pass)
             self._auto_preview = None if want >= n or n == 0 else max(1, int(want))
         return self._auto_preview
 
     def _done_with_trust(self, surf, emit, cancel):
         """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products; then the
         curvature map when it is shown."""
-        emit("done", surf)
+        emit(Done(surf))
         if self._with_trust:
-            emit(*self._trust_panel(surf, cancel, emit))
+            emit(self._trust_panel(surf, cancel, emit))
         if self.show == CURVATURE:
             self._curvature_layer(surf, emit, cancel)
 
@@ -286,25 +344,25 @@ class SurfaceWidget(RandomDirectionWidget):
         leaves the plane as it is."""
         try:
             cmap = self._ls.curvature_map(surf, resolution=CURVATURE_RESOLUTION, progress=False, cancel=cancel,
-                                          callback=lambda info: emit("curvature_point", info))
+                                          callback=lambda info: emit(CurvaturePoint(info)))
         except Cancelled:
             raise
         except Exception as exc:
-            emit("curvature_error", (surf, failure_panel(exc)))
+            emit(CurvatureFailed(surf, failure_panel(exc)))
             return
-        emit("curvature", (surf, cmap))
+        emit(CurvatureMap(surf, cmap))
 
     def _trust_panel(self, surf, cancel, emit=None):
-        """("trust", panel), or ("trust_error", {error, detail}) when the Hessian-vector products fail: the panel
+        """TrustPanel(panel), or TrustFailed({error, detail}) when the Hessian-vector products fail: the panel
         is an addition to a plane already drawn, and its failure must not turn that plane into an error."""
         try:
-            return "trust", self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL,
+            return TrustPanel(self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL,
                                            progress=False,
-                                           callback=None if emit is None else lambda part: emit("trust_partial", part))
+                                           callback=None if emit is None else lambda part: emit(TrustPartial(part))))
         except Cancelled:
             raise
         except Exception as exc:
-            return "trust_error", failure_panel(exc)
+            return TrustFailed(failure_panel(exc))
 
     def _pending_status(self, p):
         stage = kind_named(p["directions"]).preparing
@@ -321,124 +379,150 @@ class SurfaceWidget(RandomDirectionWidget):
         meta.setdefault("normalization", p["normalization"])
         return kind_named(p["directions"]).describe(meta, span=p["span"])
 
-    def _apply(self, kind, payload, p, t0):
-        n = p["resolution"]
-        if kind == "preview":
-            self.preview = payload
-            with self.hold_sync():  # the arrays last: an observer of _losses sees the state that goes with them
-                self._done, self._total = 0, n * n
-                self._state = "preview"
-                self._status = f"coarse {PREVIEW}×{PREVIEW} preview{_on_subset(payload)}; computing {n}×{n}…"
-                self._show(payload.alphas, payload.betas, payload.losses, payload)
-            self._grid = self._mgrid = None
-            (a0, a1), (b0, b1) = payload.span
-            self._axes = (np.linspace(a0, a1, n), np.linspace(b0, b1, n))
-            self._fill = upsample(payload.losses, payload.alphas, payload.betas, *self._axes)
-            self._mfill = {k: upsample(v, payload.alphas, payload.betas, *self._axes)
-                           for k, v in payload.metrics.items()}
-        elif kind == "tile":
-            if self._grid is None:
-                # rows not computed yet keep showing the preview (hover says "pending"), not an empty plot
-                self._grid = (np.full(n * n, np.nan, dtype=np.float32) if self._fill is None
-                              else self._fill.astype(np.float32).ravel())
-                if self._fill is None:
-                    s = p["span"] if p["span"] is not None else 1.0
-                    self._axes = (np.linspace(-s, s, n), np.linspace(-s, s, n))
-            self._grid[payload.start:payload.stop] = payload.values
-            if self._mgrid is None:
-                fill = self._mfill or {}
-                self._mgrid = {k: (fill[k].astype(np.float32).ravel() if k in fill
-                                   else np.full(n * n, np.nan, dtype=np.float32)) for k in payload.metrics}
-            for k, v in payload.metrics.items():
-                self._mgrid[k][payload.start:payload.stop] = v
-            now = time.perf_counter()
-            with self.hold_sync():
-                self._done, self._total = payload.done, payload.total
-                self._status = (f"computing {n}×{n}: {payload.done} of {payload.total} points"
-                                + ("; rows not computed yet show the preview" if self._fill is not None else ""))
-                if now - self._last_send >= SEND_INTERVAL_S and payload.done < payload.total:
-                    self._last_send = now
-                    self._state = "partial"
-                    self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n),
-                               metrics={k: v.reshape(n, n) for k, v in self._mgrid.items()})
-        elif kind == "spread_tile":
-            k, tile = payload
-            with self.hold_sync():
-                self._done, self._total = k * tile.total + tile.done, p["seeds"] * tile.total
-                self._status = f"seed spread: plane {k + 1} of {p['seeds']}, {tile.done} of {tile.total} points"
-        elif kind == "spread":
-            from ..results import Surface
-            self.spread = payload
-            self.trust = self.trust_error = None
-            self.surface = Surface(payload.alphas, payload.betas, payload.median, None,
-                                   dict(payload.meta, kind="seed_median"))
-            sharp = ", ".join(f"{v:.3g}" for v in payload.sharpness)
-            with self.complete_sync():
-                self._done = self._total = payload.losses.size
-                self._state = "done"
-                self._status = (f"median of {p['seeds']} random planes (seeds {payload.seeds[0]}–{payload.seeds[-1]}, "
-                                f"IQR on hover) in {time.perf_counter() - t0:.2f} s · sharpness per seed "
-                                f"(Keskar et al. Metric 2.1): {sharp}" + gaps_note(payload.median)
-                                + (" · trust panel: computing…" if self._with_trust else ""))
-                self._iqr = f32(payload.iqr)
-                self._show(payload.alphas, payload.betas, payload.median,
-                           metrics={k: _nanmedian(v) for k, v in payload.metrics.items()})
-                if p["curvature"]:
-                    self._status += " · curvature map: drawn for a single plane (seeds = 1)"
-        elif kind == "done":
-            self.surface = payload
-            self._surface_params = _plane_params(p)
-            self.trust = self.trust_error = None
-            self._grid = self._mgrid = None
-            with self.complete_sync():
-                self._done = self._total = payload.losses.size
-                self._state = "done"
-                self._status = (f"{n}×{n} in {time.perf_counter() - t0:.2f} s{engine_note(payload)} · "
-                                f"{self._describe(p, payload)}" + gaps_note(payload.losses)
-                                + (" · trust panel: computing…" if self._with_trust else "")
-                                + (" · curvature map: computing…" if p["curvature"] else ""))
-                self._show(payload.alphas, payload.betas, payload.losses, payload)
-        elif kind == "curvature_point":
-            with self.hold_sync():
-                self._status = _without_curvature(self._status) + (
-                    f" · curvature map: {payload['done']} of {payload['total']} points")
-        elif kind == "curvature":
-            surf, cmap = payload
-            self.curvature_map, self._curvature_of, self.curvature_error = cmap, self._shown(surf), None
-            with self.complete_sync():
-                nx, ny = cmap.ratio.shape
-                self._curvature = {"alphas": f32(cmap.alphas), "betas": f32(cmap.betas), "shape": [nx, ny],
-                                   "ratio": f32(cmap.ratio), "lambda_max": f32(cmap.lambda_max),
-                                   "lambda_min": f32(cmap.lambda_min)}
-                span = (f"|λmin/λmax| {np.nanmin(cmap.ratio):.3g}–{np.nanmax(cmap.ratio):.3g}"
-                        if np.isfinite(cmap.ratio).any() else "no finite values")
-                self._status = _without_curvature(self._status) + f" · curvature map {nx}×{ny}: {span}"
-        elif kind == "curvature_error":
-            surf, panel = payload
-            self.curvature_map, self._curvature_of, self.curvature_error = None, self._shown(surf), panel["error"]
-            with self.complete_sync():
-                self._curvature = {}
-                self._status = _without_curvature(self._status) + f" · curvature map unavailable: {panel['error']}"
-        elif kind == "trust_partial":  # the panel as it grows: the kappas, then the eigenvalues
-            with self.hold_sync():
-                self._trust = finite(payload)
-        elif kind == "trust":
-            self.trust, self.trust_error = payload, None
-            if self.surface is not None and (self.surface.trust is not payload or "trust_error" in self.surface.meta):
-                self._with_panel(self.surface.with_trust(payload))
-            with self.complete_sync():
-                self._trust = finite(payload)  # before the status: what reads the status sees the panel
-                hiding = payload.get("hides_saddle_seeds")
-                self._status = self._status.replace(" · trust panel: computing…", "") + (
-                    "" if not payload.get("hides_saddle") else " · ⚠ this slice hides a saddle" if hiding is None
-                    else f" · ⚠ the planes of {len(hiding)} of {len(payload['seeds'])} seeds hide a saddle")
-        elif kind == "trust_error":
-            self.trust, self.trust_error = None, payload["error"]
-            if self.surface is not None:
-                self._with_panel(self.surface.with_trust(None, error=payload["error"]))
-            with self.complete_sync():  # the plane stays "done": only its panel is missing
-                self._status = self._status.replace(" · trust panel: computing…", "") + " · trust panel unavailable"
-                self._trust = payload
+    def _event_handlers(self):
+        return {**super()._event_handlers(), Preview: self._on_preview, Tile: self._on_tile,
+                SeedTile: self._on_seed_tile, SeedSpread: self._on_spread, Done: self._on_done,
+                CurvaturePoint: self._on_curvature_point, CurvatureMap: self._on_curvature,
+                CurvatureFailed: self._on_curvature_failed, TrustPartial: self._on_trust_partial,
+                TrustPanel: self._on_trust, TrustFailed: self._on_trust_failed}
+
+    def _on_preview(self, event, p, t0):
+        n, payload = p["resolution"], event.result
+        self.preview = payload
+        with self.hold_sync():  # the arrays last: an observer of _losses sees the state that goes with them
+            self._done, self._total = 0, n * n
+            self._state = "preview"
+            self._set_status(Status(f"coarse {PREVIEW}×{PREVIEW} preview{_on_subset(payload)}; computing {n}×{n}…",
+                                    stage="preview"))
+            self._show(payload.alphas, payload.betas, payload.losses, payload)
+        self._grid = self._mgrid = None
+        (a0, a1), (b0, b1) = payload.span
+        self._axes = (np.linspace(a0, a1, n), np.linspace(b0, b1, n))
+        self._fill = upsample(payload.losses, payload.alphas, payload.betas, *self._axes)
+        self._mfill = {k: upsample(v, payload.alphas, payload.betas, *self._axes)
+                       for k, v in payload.metrics.items()}
+
+    def _on_tile(self, event, p, t0):
+        n, tile = p["resolution"], event.tile
+        if self._grid is None:
+            # rows not computed yet keep showing the preview (hover says "pending"), not an empty plot
+            self._grid = (np.full(n * n, np.nan, dtype=np.float32) if self._fill is None
+                          else self._fill.astype(np.float32).ravel())
+            if self._fill is None:
+                s = p["span"] if p["span"] is not None else 1.0
+                self._axes = (np.linspace(-s, s, n), np.linspace(-s, s, n))
+        self._grid[tile.start:tile.stop] = tile.values
+        if self._mgrid is None:
+            fill = self._mfill or {}
+            self._mgrid = {k: (fill[k].astype(np.float32).ravel() if k in fill
+                               else np.full(n * n, np.nan, dtype=np.float32)) for k in tile.metrics}
+        for k, v in tile.metrics.items():
+            self._mgrid[k][tile.start:tile.stop] = v
+        now = time.perf_counter()
+        with self.hold_sync():
+            self._done, self._total = tile.done, tile.total
+            self._set_status(Status(f"computing {n}×{n}: {tile.done} of {tile.total} points"
+                                    + ("; rows not computed yet show the preview" if self._fill is not None else ""),
+                                    stage="grid"))
+            if now - self._last_send >= SEND_INTERVAL_S and tile.done < tile.total:
+                self._last_send = now
+                self._state = "partial"
+                self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n),
+                           metrics={k: v.reshape(n, n) for k, v in self._mgrid.items()})
+
+    def _on_seed_tile(self, event, p, t0):
+        k, tile = event.seed_index, event.tile
+        with self.hold_sync():
+            self._done, self._total = k * tile.total + tile.done, p["seeds"] * tile.total
+            self._set_status(Status(f"seed spread: plane {k + 1} of {p['seeds']}, {tile.done} of {tile.total} points",
+                                    stage="spread"))
+
+    def _on_spread(self, event, p, t0):
+        from ..results import Surface
+        payload = self.spread = event.spread
+        self.trust = self.trust_error = None
+        self.surface = Surface(payload.alphas, payload.betas, payload.median, None, payload.meta, kind="seed_median")
+        sharp = ", ".join(f"{v:.3g}" for v in payload.sharpness)
+        status = Status(f"median of {p['seeds']} random planes (seeds {payload.seeds[0]}–{payload.seeds[-1]}, "
+                        f"IQR on hover) in {time.perf_counter() - t0:.2f} s", stage="done")
+        status = (status.note("sharpness", f"sharpness per seed (Keskar et al. Metric 2.1): {sharp}")
+                  .note("gaps", gaps_text(payload.median))
+                  .note("trust", "trust panel: computing…" if self._with_trust else None)
+                  .note("curvature", "curvature map: drawn for a single plane (seeds = 1)" if p["curvature"] else None))
+        with self.complete_sync():
+            self._done = self._total = payload.losses.size
+            self._state = "done"
+            self._set_status(status)
+            self._iqr = f32(payload.iqr)
+            self._show(payload.alphas, payload.betas, payload.median,
+                       metrics={k: _nanmedian(v) for k, v in payload.metrics.items()})
+
+    def _on_done(self, event, p, t0):
+        n, payload = p["resolution"], event.result
+        self.surface = payload
+        self._surface_params = _plane_params(p)
+        self.trust = self.trust_error = None
+        self._grid = self._mgrid = None
+        status = Status(f"{n}×{n} in {time.perf_counter() - t0:.2f} s{engine_note(payload)}", stage="done")
+        status = (status.note("directions", self._describe(p, payload))
+                  .note("gaps", gaps_text(payload.losses))
+                  .note("trust", "trust panel: computing…" if self._with_trust else None)
+                  .note("curvature", "curvature map: computing…" if p["curvature"] else None))
+        with self.complete_sync():
+            self._done = self._total = payload.losses.size
+            self._state = "done"
+            self._set_status(status)
+            self._show(payload.alphas, payload.betas, payload.losses, payload)
+
+    def _on_curvature_point(self, event, p, t0):
+        info = event.info
+        with self.hold_sync():
+            self._set_status(self.status_line.note("curvature",
+                                                   f"curvature map: {info['done']} of {info['total']} points"))
+
+    def _on_curvature(self, event, p, t0):
+        surf, cmap = event.surface, event.cmap
+        self.curvature_map, self._curvature_of, self.curvature_error = cmap, self._shown(surf), None
+        with self.complete_sync():
+            nx, ny = cmap.ratio.shape
+            self._curvature = {"alphas": f32(cmap.alphas), "betas": f32(cmap.betas), "shape": [nx, ny],
+                               "ratio": f32(cmap.ratio), "lambda_max": f32(cmap.lambda_max),
+                               "lambda_min": f32(cmap.lambda_min)}
+            span = (f"|λmin/λmax| {np.nanmin(cmap.ratio):.3g}–{np.nanmax(cmap.ratio):.3g}"
+                    if np.isfinite(cmap.ratio).any() else "no finite values")
+            self._set_status(self.status_line.note("curvature", f"curvature map {nx}×{ny}: {span}"))
+
+    def _on_curvature_failed(self, event, p, t0):
+        surf, panel = event.surface, event.panel
+        self.curvature_map, self._curvature_of, self.curvature_error = None, self._shown(surf), panel["error"]
+        with self.complete_sync():
+            self._curvature = {}
+            self._set_status(self.status_line.note("curvature", f"curvature map unavailable: {panel['error']}"))
+
+    def _on_trust_partial(self, event, p, t0):  # the panel as it grows: the kappas, then the eigenvalues
+        with self.hold_sync():
+            self._trust = finite(event.panel)
+
+    def _on_trust(self, event, p, t0):
+        payload = event.panel
+        self.trust, self.trust_error = payload, None
+        if self.surface is not None and (self.surface.trust is not payload or self.surface.trust_error is not None):
+            self._with_panel(self.surface.with_trust(payload))
+        with self.complete_sync():
+            self._trust = finite(payload)  # before the status: what reads the status sees the panel
+            hiding = payload.get("hides_saddle_seeds")
+            warning = (None if not payload.get("hides_saddle") else "⚠ this slice hides a saddle" if hiding is None
+                       else f"⚠ the planes of {len(hiding)} of {len(payload['seeds'])} seeds hide a saddle")
+            self._set_status(self.status_line.note("trust", warning))
+
+    def _on_trust_failed(self, event, p, t0):
+        payload = event.panel
+        self.trust, self.trust_error = None, payload["error"]
+        if self.surface is not None:
+            self._with_panel(self.surface.with_trust(None, error=payload["error"]))
+        with self.complete_sync():  # the plane stays "done": only its panel is missing
+            self._set_status(self.status_line.note("trust", "trust panel unavailable"))
+            self._trust = payload
 
     def _with_panel(self, surf):
         """``surf``, the plane shown with its trust panel (a new Surface), in place of ``self.surface``; what belonged
@@ -465,17 +549,16 @@ class SurfaceWidget(RandomDirectionWidget):
             self._iqr = b""
         path = getattr(surf, "path", None) if surf is not None else None
         if surf is not None:
-            marks = surf.meta.get("models") or {}
-            self._marks = finite([{"label": str(label), "alpha": float(c[0]), "beta": float(c[1]),
-                                   "loss": float(v) if v is not None else None}
-                                  for label, c, v in zip(marks.get("labels", []), marks.get("coords", []),
-                                                         marks.get("losses", []))])
+            marks = surf.models
+            self._marks = [] if marks is None else finite([
+                {"label": str(label), "alpha": float(c[0]), "beta": float(c[1]), "loss": float(v) if v is not None else None}
+                for label, c, v in zip(marks.labels, marks.coords, marks.losses or [])])
             if path is None:
                 self._path, self._path_steps, self._path_losses = b"", [], b""
             else:
-                meta = surf.meta
-                steps = meta.get("path_steps") or list(range(len(path)))
-                losses_p = np.array([float(v) for v in (meta.get("path_losses") or [np.nan] * len(path))])
+                steps = surf.path_steps or list(range(len(path)))
+                losses_p = (np.full(len(path), np.nan) if surf.path_losses is None
+                            else np.asarray(surf.path_losses, dtype=np.float64))
                 self._path_steps = [int(v) for v in steps]
                 self._path_losses = f32(losses_p)
                 self._path = f32(np.asarray(path, dtype=np.float64))
@@ -484,21 +567,29 @@ class SurfaceWidget(RandomDirectionWidget):
         self._losses = f32(losses)
 
 
+REDRAW = ("_losses", "_shape", "_done", "_state", "log_scale", "view", "title", "_path", "_iqr", "_marks", "show",
+          "_metrics", "_curvature")  # the traits whose change redraws the plot
+
+
+def surface_controls(kind, quantities=("loss", CURVATURE)) -> ControlSpec:
+    """The surface view's controls: the limits, the normalizations, the views and what the plot can show (the loss,
+    the Landscape's metrics, the curvature map), with the kind's own declaration (which controls change its
+    directions)."""
+    controls = {**common_controls(seed=True, normalization=True), "resolution": IntRange(*RESOLUTION),
+                "span": FloatRange(*SPAN), "seeds": IntRange(*SEEDS), "view": Choice.of(VIEWS, VIEW_LABELS),
+                "show": Choice.of(quantities)}
+    return ControlSpec(controls, redraw=REDRAW, kind=kind.spec(), normalizations=list(NORMALIZATIONS),
+                       views=list(VIEWS), quantities=list(quantities))
+
+
 def controls_spec(kind, quantities=("loss", CURVATURE)) -> dict:
-    """The surface view's controls and their limits, for the front end (one source for both sides): the kind's
-    own declaration (which controls change its directions), the limits, the normalizations and what the plot
-    can show (the loss, the Landscape's metrics, the curvature map)."""
-    return {"kind": kind.spec(), "limits": {"resolution": list(RESOLUTION), "span": list(SPAN), "seeds": list(SEEDS)},
-            "normalizations": list(NORMALIZATIONS), "views": list(VIEWS), "quantities": list(quantities)}
+    """:func:`surface_controls` as the front end receives it (the ``_controls`` trait)."""
+    return surface_controls(kind, quantities).to_json()
 
 
 def _plane_params(p) -> dict:
     """The settings that make the plane (all but the layers drawn on it)."""
     return {k: v for k, v in p.items() if k != "curvature"}
-
-
-def _without_curvature(status) -> str:
-    return re.sub(r" · curvature map[^·]*", "", status)
 
 
 def _nanmedian(values):
@@ -511,7 +602,7 @@ def _nanmedian(values):
 
 def _on_subset(surf) -> str:
     """' on 512 of 60,000 samples' for a preview computed on a subset of the data, else ''."""
-    data = surf.meta.get("data") or {}
+    data = surf.data or {}
     if data.get("subset_of") is None:
         return ""
     return f" on {data['num_samples']:,} of {data['subset_of']:,} samples"

@@ -14,10 +14,25 @@ import traitlets as t
 
 from .._checks import check_int
 from ..embedding import METHODS, check_trajectories, embed
-from ._base import SEED_MAX, Rejected, SeededWidget, browser_choice, browser_int, f32
+from ._base import SeededWidget, f32
+from .controls import Choice, ControlSpec, IntRange, common_controls
+from .jobs import Done, Preview
+from .status import Status
 
 NEIGHBORS = (2, 200)
 COLOR_BY = ("step", "loss")
+DIMS = (2, 3)
+METHOD_LABELS = {"pca": "PCA", "umap": "UMAP", "autoencoder": "autoencoder"}
+AXIS_NAMES = {"pca": "PC", "umap": "UMAP", "autoencoder": "AE"}  # the plot's axis titles: "PC 1", "UMAP 2"
+REDRAW = ("_coords", "_shape", "_state", "_measures", "color_by", "title")  # the traits whose change redraws the plot
+
+
+def trajectory_controls() -> ControlSpec:
+    """The trajectory view's controls: the embedding method, dims, UMAP's neighbours, seed and colouring."""
+    controls = {**common_controls(seed=True), "method": Choice.of(METHODS, METHOD_LABELS),
+                "dims": Choice.of(DIMS, {d: f"{d}-D" for d in DIMS}), "n_neighbors": IntRange(*NEIGHBORS),
+                "color_by": Choice.of(COLOR_BY)}
+    return ControlSpec(controls, redraw=REDRAW, axis_names={m: AXIS_NAMES.get(m, "dim") for m in METHODS})
 
 
 def _finite_or_none(v):
@@ -48,7 +63,7 @@ class TrajectoryWidget(SeededWidget):
     _compute_traits = ("method", "dims", "n_neighbors", "seed")
 
     def __init__(self, trajectory, *, method="pca", dims=2, n_neighbors=15, seed=0, color_by="step", labels=None,
-                 title=None, **embed_options):
+                 title=None, jobs=None, **embed_options):
         self._trajs = check_trajectories(trajectory)
         if labels is not None and len(labels) != len(self._trajs):
             raise ValueError(f"labels has {len(labels)} entries for {len(self._trajs)} trajectories")
@@ -57,7 +72,7 @@ class TrajectoryWidget(SeededWidget):
         self.embedding = None
         self.preview = None
         super().__init__(method=method, dims=dims, n_neighbors=n_neighbors, seed=seed, color_by=color_by,
-                         title="" if title is None else title)
+                         title="" if title is None else title, controls=trajectory_controls(), jobs=jobs)
         self._schedule()
 
     # -- Python-side checks --------------------------------------------------------------------------------------
@@ -69,7 +84,7 @@ class TrajectoryWidget(SeededWidget):
 
     @t.validate("dims")
     def _v_dims(self, proposal):
-        return check_int(proposal["value"], "dims", low=2, high=3, hint=" (2-D or 3-D picture)")
+        return check_int(proposal["value"], "dims", low=DIMS[0], high=DIMS[-1], hint=" (2-D or 3-D picture)")
 
     @t.validate("n_neighbors")
     def _v_n_neighbors(self, proposal):
@@ -80,21 +95,6 @@ class TrajectoryWidget(SeededWidget):
         if proposal["value"] not in COLOR_BY:
             raise ValueError(f"color_by={proposal['value']!r} is not known; pass 'step' or 'loss'")
         return proposal["value"]
-
-    def _browser_check(self, name, value):
-        if name == "method":
-            return browser_choice(value, name, METHODS)
-        if name == "dims":  # a <select> sends text
-            if value in (2, 3, "2", "3"):
-                return int(value), None
-            raise Rejected(f"dims must be 2 or 3, got {value!r}")
-        if name == "n_neighbors":
-            return browser_int(value, name, *NEIGHBORS)
-        if name == "seed":
-            return browser_int(value, name, 0, SEED_MAX)
-        if name == "color_by":
-            return browser_choice(value, name, COLOR_BY)
-        return super()._browser_check(name, value)
 
     # -- computation -------------------------------------------------------------------------------------------
     def _params(self):
@@ -109,37 +109,41 @@ class TrajectoryWidget(SeededWidget):
 
     def _job(self, p, emit, cancel):
         if p["method"] != "pca":
-            emit("preview", self._embed("pca", p))
+            emit(Preview(self._embed("pca", p)))
         if cancel.is_set():
             return
-        emit("done", self._embed(p["method"], p))
+        emit(Done(self._embed(p["method"], p)))
 
-    def _apply(self, kind, emb, p, t0):
+    def _event_handlers(self):
+        return {**super()._event_handlers(), Preview: self._on_preview, Done: self._on_done}
+
+    def _on_preview(self, event, p, t0):
+        emb = self.preview = event.result
         with self.hold_sync():
-            if kind == "preview":
-                self.preview = emb
-                self._done, self._total = 0, 1
-                self._state = "preview"
-                self._status = f"PCA preview; computing {p['method']} in {p['dims']}-D…"
-            else:
-                self.embedding = emb
-                self._done = self._total = 1
-                self._state = "done"
-                self._status = (f"{p['method']} in {p['dims']}-D of {len(emb.coords)} snapshots in "
-                                f"{time.perf_counter() - t0:.2f} s")
+            self._done, self._total = 0, 1
+            self._state = "preview"
+            self._set_status(Status(f"PCA preview; computing {p['method']} in {p['dims']}-D…", stage="preview"))
+            self._show(emb)
+
+    def _on_done(self, event, p, t0):
+        emb = self.embedding = event.result
+        with self.hold_sync():
+            self._done = self._total = 1
+            self._state = "done"
+            self._set_status(Status(f"{p['method']} in {p['dims']}-D of {len(emb.coords)} snapshots in "
+                                    f"{time.perf_counter() - t0:.2f} s", stage="done"))
             self._show(emb)
 
     def _show(self, emb):
-        meta = emb.meta
         self._measures = {
-            "method": meta["method"], "dims": meta["dims"],
-            "trustworthiness": float(emb.trustworthiness), "n_neighbors": meta["n_neighbors"],
+            "method": emb.method, "dims": emb.dims,
+            "trustworthiness": float(emb.trustworthiness), "n_neighbors": emb.n_neighbors,
             "reconstruction_error": _finite_or_none(emb.reconstruction_error),
-            "reconstruction_reason": meta.get("reconstruction_error_reason", ""),
+            "reconstruction_reason": emb.reconstruction_error_reason or "",
             "explained_variance": None if emb.explained_variance is None else [float(v) for v in
                                                                               emb.explained_variance],
-            "umap_n_neighbors": meta.get("umap_n_neighbors"), "strides": meta["strides"]}
-        self._labels = list(meta["labels"])
+            "umap_n_neighbors": emb.umap_n_neighbors, "strides": emb.strides}
+        self._labels = list(emb.labels)
         self._steps, self._losses, self._run_index = f32(emb.steps), f32(emb.losses), f32(emb.run)
         self._shape = [int(emb.coords.shape[0]), int(emb.coords.shape[1])]
         self._coords = f32(emb.coords)

@@ -1,0 +1,2 @@
+// The surface view (see ../surface.js).
+export { renderSurface as render } from "../surface.js";
