@@ -215,7 +215,7 @@ def plane_setup(core, model, data, points, device):
 
 def bench(core, name, model, data, points, device, tile, warm=8):
     PointEvaluator, VmapEvaluator = core["loop"].PointEvaluator, core["batched"].VmapEvaluator
-    grid_tile_size = core["driver"].grid_tile_size
+    grid_tile_size, run_points = core["driver"].grid_tile_size, core["driver"].run_points
     private, source, moving, coords, side = plane_setup(core, model, data, points, device)
     ny = side if tile == "rows" else len(coords)
     target = core["batched"].TILE_POINTS  # what Landscape.plane uses with the vmap evaluator
@@ -224,18 +224,18 @@ def bench(core, name, model, data, points, device, tile, warm=8):
     row = {"model": name, "params": private.num_parameters, "samples": source.num_samples, "points": len(coords)}
 
     loop = PointEvaluator(private, source, loss, moving)
-    loop.run(coords[:warm], tile_size=warm)
-    t_loop, v_loop = timed(lambda: loop.run(coords, tile_size=tile_size), device)
+    run_points(loop, coords[:warm], tile_size=warm)
+    t_loop, v_loop = timed(lambda: run_points(loop, coords, tile_size=tile_size), device)
 
     def rel(v):
         return float(np.max(np.abs(v - v_loop) / np.maximum(np.abs(v_loop), 1e-12)))
 
     def run_vmap(**kw):
         ev = VmapEvaluator(private, source, loss, moving, **kw)
-        ev.run(coords[:warm], tile_size=warm)  # warm-up, and the automatic chunk size
+        run_points(ev, coords[:warm], tile_size=warm)  # warm-up, and the automatic chunk size
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        dt, v = timed(lambda: ev.run(coords, tile_size=tile_size), device)
+        dt, v = timed(lambda: run_points(ev, coords, tile_size=tile_size), device)
         return len(coords) / dt, v, ev
 
     pts_vm, v_vm, vm = run_vmap()  # the library's default rule on this device (chooser.DEFAULT_RULES)
@@ -264,7 +264,7 @@ def bench(core, name, model, data, points, device, tile, warm=8):
                 row["triton_error"] = f"{type(exc).__name__}: {exc}"[:300]
     diffs += [rel(v) for _p, v, _e in rules.values()]
     auto = VmapEvaluator(private, source, loss, moving, autotune=True)
-    t_auto, v_auto = timed(lambda: auto.run(coords, tile_size=tile_size), device)
+    t_auto, v_auto = timed(lambda: run_points(auto, coords, tile_size=tile_size), device)
     bench_flag = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = True  # an experiment: cuDNN's autotuner on each rule's convolutions
     try:
@@ -294,16 +294,17 @@ def profile_cnn(core, device, points):
     from torch.profiler import ProfilerActivity, profile
 
     private, source, moving, coords, _side = plane_setup(core, digits_cnn(), digits_data(False), points, device)
+    run_points = core["driver"].run_points
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     rules = ("affine", "triton", "vmap", "im2col") if core["gpu.triton"].available(device) else (
         "affine", "vmap", "im2col")
     for rule in rules:
         ev = core["batched"].VmapEvaluator(private, source, nn.CrossEntropyLoss(), moving, rule=rule)
-        ev.run(coords[:16], tile_size=16)
-        dt, _ = timed(lambda: ev.run(coords, tile_size=len(coords)), device)
+        run_points(ev, coords[:16], tile_size=16)
+        dt, _ = timed(lambda: run_points(ev, coords, tile_size=len(coords)), device)
         with profile(activities=activities) as prof:
-            ev.run(coords, tile_size=len(coords))
+            run_points(ev, coords, tile_size=len(coords))
         print(f"\n### digits CNN, rule {rule}: {len(coords)} points, {len(coords) / dt:.1f} pts/s unprofiled, "
               f"chunk {ev.chunk_size}\n")
         print(prof.key_averages().table(sort_by=key, row_limit=15))

@@ -20,7 +20,7 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_map
 
-from .driver import Execution, run_points
+from .driver import Execution
 from .executor import Executor
 from .gpu import MEASURED_RULES, RULES, default_rule, triton, tuned_rules
 from .loop import PointEvaluator
@@ -60,8 +60,9 @@ class VmapExecutor(Executor):
 
 
 class VmapEvaluator:
-    """Same interface and values as :class:`PointEvaluator` (``tiles(coords, todo)`` and ``run(coords, *, tile_size,
-    on_tile, cancel, progress, desc)``), evaluating each tile in chunks of points batched by ``torch.func.vmap``.
+    """Same interface and values as :class:`PointEvaluator` (``tiles(coords, todo)``, which
+    :func:`~landscape_widgets.driver.run_points` drives), evaluating each tile in chunks of points batched by
+    ``torch.func.vmap``.
 
     ``chunk_size``: points per batched call; None chooses it from free device memory (CUDA) or ``CPU_CHUNK``.
     ``autotune``: time this path against the per-point loop on the first tile and keep the faster one (a model
@@ -255,12 +256,6 @@ class VmapEvaluator:
         return Execution("loop" if loop else "vmap", requested, rule=None if loop else self.rule,
                          timings=self.timings if self.autotune else None,
                          chunks=list(self._chunks), fallbacks=dict(self._kernels.failures) or None)
-
-    def run(self, coords, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
-        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile); with
-        metrics ``[points, 1 + M]`` (:func:`~landscape_widgets.driver.run_tiles`)."""
-        return run_points(self, coords, tile_size=tile_size, on_tile=on_tile, cancel=cancel, progress=progress,
-                          desc=desc, metrics=self.objective.metric_names)
 
     def _eval_tile(self, coords):
         if self.mode is None:

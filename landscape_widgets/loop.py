@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import accelerations
-from .driver import Execution, run_points
+from .driver import Execution
 from .executor import Executor
 from .objective import as_objective
 from .runtime import warm_allocator
@@ -180,18 +180,12 @@ class PointEvaluator:
         """What this executor did (the per-point loop)."""
         return Execution("loop", self.requested)
 
-    def run(self, coords: np.ndarray, *, tile_size=None, on_tile=None, cancel=None, progress=False, desc="landscape"):
-        """Losses at ``coords`` through the driver, in tiles of ``tile_size`` points (default: one tile); with
-        metrics ``[points, 1 + M]`` (:func:`~landscape_widgets.driver.run_tiles`)."""
-        return run_points(self, coords, tile_size=tile_size, on_tile=on_tile, cancel=cancel, progress=progress,
-                          desc=desc, metrics=self.objective.metric_names)
-
     # -- exact accelerations ----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _shortcuts(self, x):
         """Replace the forward of input-affine layers by precomputed responses for this batch ``x``."""
         if not self.accelerate or not self.moving or getattr(self, "_shortcut_x", None) is x:
-            yield  # nothing to do, or already patched for this batch by run() (one probe per run, not per tile)
+            yield  # nothing to do, or already patched for this batch by tiles() (one probe per run, not per tile)
             return
         with accelerations.affine_shortcuts(self, self._layers_taking(x), self.moving, self.tuning):
             yield

@@ -9,16 +9,6 @@ from helpers import SmallNet, small_data
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-@pytest.fixture(autouse=True)
-def previews_on_all_the_data(monkeypatch):
-    """Tests compare previews with planes on all the data: the "auto" preview subset, sized by a timing, would make
-    them depend on the machine's speed.  This sets the default of ``SurfaceWidget(preview_seconds=)``; the tests of
-    the subset pass ``preview_seconds`` and run the real, timed path."""
-    from landscape_widgets.widgets import surface
-
-    monkeypatch.setattr(surface, "PREVIEW_SECONDS", float("inf"))
-
-
 @pytest.fixture
 def tune_small_tiles():
     """The vmap evaluator's setting that lets "auto" tune on the tests' small tiles (tens of points) as it does on

@@ -99,26 +99,25 @@ def auto_as_on_cuda(**settings):
     return VmapExecutor("auto", autotune=True, **settings)
 
 
-def force_micro_batches(monkeypatch, evaluator_module, samples, also=()):
-    """Micro-batches forced on in ``evaluator_module`` (any activation is 'large', chunks of ``samples``; the
-    modules in ``also`` get the same planner); returns the list of every plan made (the chunks' sample counts, or
-    None where a batch stayed whole)."""
-    monkeypatch.setattr(evaluator_module, "MICRO_MIN_BYTES", 0)
-    monkeypatch.setattr(evaluator_module, "MICRO_BYTES", 1)
-    monkeypatch.setattr(evaluator_module, "MICRO_MIN_SAMPLES", samples)
+def force_micro_batches(monkeypatch, samples):
+    """Settings that force micro-batches on (any activation is 'large', chunks of ``samples``): ``.tuning`` (a
+    :class:`~landscape_widgets.accelerations.Tuning`), ``.loop`` (a loop executor with it, for ``evaluator=``) and
+    ``.plans``, every plan made (the chunks' sample counts, or None where a batch stayed whole)."""
+    from types import SimpleNamespace
+
+    from landscape_widgets import accelerations
+    from landscape_widgets.loop import LoopExecutor
+    tuning = accelerations.Tuning(micro_min_bytes=0, micro_bytes=1, micro_min_samples=samples)
     plans = []
-    real = evaluator_module.plan_micro_batches
+    real = accelerations.plan_micro_batches
 
     def spy(*args, **kwargs):
         plan = real(*args, **kwargs)
         plans.append(None if plan is None else [n for _x, _y, n in plan])
         return plan
 
-    monkeypatch.setattr(evaluator_module, "plan_micro_batches", spy)
-    for module in also:
-        if hasattr(module, "plan_micro_batches"):
-            monkeypatch.setattr(module, "plan_micro_batches", spy)
-    return plans
+    monkeypatch.setattr(accelerations, "plan_micro_batches", spy)
+    return SimpleNamespace(tuning=tuning, loop=LoopExecutor(tuning=tuning), plans=plans)
 
 
 def f32(buf, shape=None):

@@ -10,6 +10,7 @@ import landscape_widgets as lw
 from landscape_widgets import batched, examples
 from landscape_widgets.batched import VmapEvaluator, VmapExecutor
 from landscape_widgets.chooser import choose
+from landscape_widgets.driver import run_points
 from landscape_widgets.loop import LoopExecutor
 
 from helpers import SmallNet, assert_same, direct_loss, moving, snapshot
@@ -50,7 +51,7 @@ def test_vmap_chunks_dataloader_batches(small):
     dirs = [{n: t.clone() for n, t in d.items()} for d in surf.directions]
     ev = VmapEvaluator(private, ls.data, ls.loss_fn, moving(ls, private, dirs), chunk_size=4)
     coords = np.stack(np.meshgrid(surf.alphas, surf.betas, indexing="ij"), -1).reshape(-1, 2)
-    got = ev.run(coords, tile_size=7).reshape(surf.losses.shape)
+    got = run_points(ev, coords, tile_size=7).reshape(surf.losses.shape)
     assert set(ev.record().chunks) <= {1, 2, 3, 4} and max(ev.record().chunks) == 4
     np.testing.assert_allclose(got, _plane_reference(model, surf, batches), rtol=1e-5, atol=1e-6)
 
@@ -96,7 +97,7 @@ def test_vmap_halves_chunk_on_out_of_memory(small, monkeypatch):
         return real(self, c, x, y)
 
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", fake)
-    got = ev.run(surf.alphas[:, None], tile_size=9)
+    got = run_points(ev, surf.alphas[:, None], tile_size=9)
     assert sizes[:3] == [8, 4, 2] and ev.record().chunks == [2, 2, 2, 2, 1] and ev.chunk_size == 2
     np.testing.assert_allclose(got, surf.losses, rtol=1e-5)
 
@@ -213,6 +214,6 @@ def test_autotune_keeps_the_faster_path_and_the_values(small, monkeypatch, loop_
     monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
     monkeypatch.setattr(B.PointEvaluator, "evaluate", loop_tile)
     coords = np.stack(np.meshgrid(surf.alphas, surf.betas, indexing="ij"), -1).reshape(-1, 2)
-    got = ev.run(coords, tile_size=36).reshape(surf.losses.shape)
+    got = run_points(ev, coords, tile_size=36).reshape(surf.losses.shape)
     assert ev.mode == ("loop" if loop_faster else "vmap")
     np.testing.assert_allclose(got, surf.losses, rtol=1e-5, atol=1e-7)

@@ -13,6 +13,7 @@ from landscape_widgets import batched
 from landscape_widgets.gpu import affine as al
 from landscape_widgets.gpu.affine import AffinePoints
 from landscape_widgets.batched import VmapEvaluator
+from landscape_widgets.driver import run_points
 
 from helpers import assert_same, auto_as_on_cuda, moving, snapshot, small_data
 from test_batched import _plane_reference
@@ -308,7 +309,7 @@ def test_no_module_is_touched_and_the_mode_ends_on_error():
 
     ev = VmapEvaluator(private, ls.data, loss, moving(ls, private, surf.directions), rule="affine")
     with pytest.raises(RuntimeError, match="boom"):
-        ev.run(np.zeros((3, 2)))
+        run_points(ev, np.zeros((3, 2)))
     assert seen and all(n == 0 for n in seen)  # the loss runs after the forward: the mode is already off
     assert torch._C._len_torch_function_stack() == 0
     assert all(dict(vars(m)).keys() == before[id(m)].keys() for m in private.module.modules())
@@ -346,7 +347,7 @@ def test_autotune_times_every_rule(monkeypatch, fastest, tune_small_tiles, every
 
     monkeypatch.setattr(VmapEvaluator, "_vmap_tile", vmap_tile)
     monkeypatch.setattr(batched.PointEvaluator, "evaluate", loop_tile)
-    got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
+    got = run_points(ev, coords, tile_size=42).reshape(loop.losses.shape)
     assert ev.mode == "vmap" and ev.rule == fastest
     assert {k: v for k, v in ev.timings.items() if k.startswith("vmap_") and k != "vmap_s_per_point"} == {
         f"vmap_{r}_s_per_point": 1.0 if r == fastest else 5.0 for r in ("affine", "im2col", "vmap")}

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 import landscape_widgets as lw
 from landscape_widgets import examples
 from landscape_widgets.batched import VmapEvaluator
+from landscape_widgets.driver import run_points
 from landscape_widgets.gpu.im2col import conv2d
 
 from helpers import assert_same, moving, randomize, small_data, snapshot
@@ -190,7 +191,7 @@ def test_patches_only_the_private_copy_and_restores_on_error(spy):
 
     ev = VmapEvaluator(private, ls.data, loss, moving(ls, private, [surf.direction]), rule="im2col")
     with pytest.raises(RuntimeError, match="boom"):
-        ev.run(surf.alphas[:, None])
+        run_points(ev, surf.alphas[:, None])
     assert seen and all(s == [True, True, False] for s in seen)  # patched while running; the user's model never
     assert all("_conv_forward" not in vars(m) for mod in (private.module, model) for m in mod.modules())
     assert not any(spy)

@@ -13,6 +13,7 @@ from landscape_widgets import chooser
 from landscape_widgets.gpu import triton as triton_conv
 from landscape_widgets.batched import VmapEvaluator, VmapExecutor
 from landscape_widgets.chooser import tuned_rules
+from landscape_widgets.driver import run_points
 
 from helpers import assert_same, snapshot, small_data
 from test_gpu_affine import bn_cnn_plane
@@ -189,7 +190,7 @@ def test_a_kernel_that_fails_falls_back_to_cudnn_form_with_a_warning(interpret, 
     assert list(state.failures.values()) == ["RuntimeError: PassManager::run failed"]
     loop, ev, coords = bn_cnn_plane((3, 3), rule="triton")
     with pytest.warns(RuntimeWarning):
-        got = ev.run(coords).reshape(loop.losses.shape)
+        got = run_points(ev, coords).reshape(loop.losses.shape)
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
     assert set(ev.record().fallbacks.values()) == {"RuntimeError: PassManager::run failed"}
 
@@ -247,7 +248,7 @@ def test_autotune_leaves_out_a_rule_that_raises(monkeypatch, tune_small_tiles, e
 
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", chunk_losses)
     with pytest.warns(RuntimeWarning, match="'im2col' failed.*no kernel image"):
-        got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
+        got = run_points(ev, coords, tile_size=42).reshape(loop.losses.shape)
     assert ev.rule in ("affine", "vmap") and "vmap_im2col_s_per_point" not in ev.timings
     assert "no kernel image" in ev.timings["vmap_im2col_error"]
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
@@ -266,7 +267,7 @@ def test_a_rule_failing_inside_the_forward_leaves_the_loss_under_vmap(monkeypatc
 
     monkeypatch.setattr(batched_conv, "conv2d", broken)
     with pytest.warns(RuntimeWarning, match="'im2col' failed"):
-        got = ev.run(coords, tile_size=42).reshape(loop.losses.shape)
+        got = run_points(ev, coords, tile_size=42).reshape(loop.losses.shape)
     assert ev._loss_in_vmap and "vmap_im2col_error" in ev.timings
     np.testing.assert_allclose(got, loop.losses, rtol=1e-5, atol=1e-6)
 
@@ -275,7 +276,7 @@ def test_autotune_falls_back_to_the_loop_when_every_rule_fails(monkeypatch, tune
     loop, ev, coords = bn_cnn_plane(autotune=True, **tune_small_tiles)
     monkeypatch.setattr(VmapEvaluator, "_chunk_losses", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.warns(RuntimeWarning, match="cannot batch this model.*boom"):
-        values = ev.run(coords, tile_size=42)
+        values = run_points(ev, coords, tile_size=42)
     assert ev.mode == "loop" and any("boom" in e for e in ev.timings.values())
     np.testing.assert_allclose(values, loop.losses.ravel(), rtol=1e-6)
 

@@ -52,14 +52,12 @@ def test_hvp_matches_dense_hessian(backend, make, batched):
 
 @pytest.mark.parametrize("make", [small_mlp, small_cnn])
 @pytest.mark.parametrize("coupled", [False, True])
-def test_hvp_on_micro_batches_matches_dense_hessian(monkeypatch, make, coupled):
+def test_hvp_on_micro_batches_matches_dense_hessian(make, coupled):
     """Thresholds lowered so that 23 samples are cut into chunks of 8, 8 and 7: one graph per chunk, weighted by
     its samples, is still the full-batch Hessian; a loss that couples the batch keeps one graph."""
-    import landscape_widgets.accelerations as E
+    from landscape_widgets.accelerations import Tuning
 
-    monkeypatch.setattr(E, "MICRO_MIN_BYTES", 0)
-    monkeypatch.setattr(E, "MICRO_BYTES", 1)
-    monkeypatch.setattr(E, "MICRO_MIN_SAMPLES", 8)
+    tuning = Tuning(micro_min_bytes=0, micro_bytes=1, micro_min_samples=8)
     model = make()
     x, y = classification_data(model, n=23)
 
@@ -67,7 +65,7 @@ def test_hvp_on_micro_batches_matches_dense_hessian(monkeypatch, make, coupled):
         return CE(out, t) + (out.mean() ** 2 if coupled else 0.0)
 
     H = dense_hessian(model, loss, x, y)
-    op = HessianOperator(PrivateModel(model, torch.device("cpu")), DataSource((x, y)), loss)
+    op = HessianOperator(PrivateModel(model, torch.device("cpu")), DataSource((x, y)), loss, tuning=tuning)
     V = np.random.default_rng(0).standard_normal((H.shape[0], 2))
     np.testing.assert_allclose(op.matmat(V), H @ V, rtol=1e-9, atol=1e-11)
     assert [w for _g, w in op._graph] == ([1.0] if coupled else [8 / 23, 8 / 23, 7 / 23])

@@ -10,7 +10,6 @@ from _hessian_cases import classification_data, dense_hessian, small_cnn, small_
 from landscape_widgets._model import PrivateModel
 from landscape_widgets.data import DataSource
 from landscape_widgets.hessian import HessianOperator
-from landscape_widgets.hessian import lanczos
 from landscape_widgets.hessian.lanczos import _arpack, extreme_eigenpairs, lanczos_residual
 
 CE = nn.CrossEntropyLoss()
@@ -82,12 +81,12 @@ def test_both_ends_from_one_run_match_the_dense_hessian(case, tol):
         extreme_eigenpairs(op, 2, "BE", rng=np.random.default_rng(0))
 
 
-def test_falls_back_to_arpack_when_the_basis_is_full(case, monkeypatch):
+def test_falls_back_to_arpack_when_the_basis_is_full(case):
     model, x, y, H = case
     exact = np.linalg.eigvalsh(H)[::-1][:3]
     op = operator(model, x, y)
-    monkeypatch.setattr(lanczos, "MIN_STEPS", 4)  # 3 k = 9 steps cannot reach tol 1e-10 on these spectra
-    w, V, info = extreme_eigenpairs(op, 3, "LA", rng=np.random.default_rng(0), tol=1e-10)
+    # min_basis=4: 3 k = 9 steps cannot reach tol 1e-10 on these spectra
+    w, V, info = extreme_eigenpairs(op, 3, "LA", rng=np.random.default_rng(0), tol=1e-10, min_basis=4)
     assert info["method"] == "arpack" and info["converged"] and info["hvps"] == op.hvps > 9
     np.testing.assert_allclose(w, exact, rtol=1e-8)
     assert np.all(residuals(H, w, V) <= 1e-7 * np.abs(H).max())
@@ -137,36 +136,35 @@ def test_clustered_top_of_a_known_spectrum():
     np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-10)
 
 
-def test_an_unconverged_run_returns_k_estimates_and_says_so(monkeypatch):
+def test_an_unconverged_run_returns_k_estimates_and_says_so():
     """Neither the Lanczos phase nor ARPACK (one restart) reaches tol 1e-14 on a clustered spectrum: the k best
     Lanczos estimates come back, marked converged=False, after a bounded number of products."""
     d = np.r_[np.linspace(1.0, 0.999, 5), np.linspace(-0.3, 0.998, 395)]
     op = Diagonal(np.random.default_rng(2).permutation(d))
-    monkeypatch.setattr(lanczos, "MIN_STEPS", 8)
-    w, V, info = extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1)
+    w, V, info = extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1, min_basis=8)
     assert not info["converged"] and info["method"] == "arpack" and len(w) == 5 and V.shape == (400, 5)
     assert info["hvps"] == op.hvps < 100
     # Ritz values interlace (Cauchy): the i-th largest is at most the i-th largest eigenvalue, and inside the spectrum
     assert np.all(w <= np.sort(d)[::-1][:5] + 1e-12) and np.all(w >= d.min()) and list(w) == sorted(w, reverse=True)
 
 
-def test_nothing_converged_and_no_estimates_is_a_clear_error(monkeypatch):
+def test_nothing_converged_and_no_estimates_is_a_clear_error():
     op = Diagonal(np.random.default_rng(2).permutation(np.r_[np.linspace(1.0, 0.999, 5),
                                                               np.linspace(-0.3, 0.998, 395)]))
-    monkeypatch.setattr(lanczos, "MIN_STEPS", 1)
-    monkeypatch.setattr(lanczos, "MEMORY_BUDGET", 8 * 400 * 3)  # a basis of 3 vectors: no Lanczos phase for k=5
     with pytest.raises(RuntimeError, match="maxiter=1.*looser tol"):
-        extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1)
+        # memory_budget: a basis of 3 vectors, no Lanczos phase for k=5
+        extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1, min_basis=1,
+                           memory_budget=8 * 400 * 3)
 
 
-def test_growing_basis_gives_the_same_pairs(case, monkeypatch):
-    """The basis grows by doubling from BLOCK vectors: from 2 it is reallocated four times on the way to the
+def test_growing_basis_gives_the_same_pairs(case):
+    """The basis grows by doubling from ``block`` vectors: from 2 it is reallocated four times on the way to the
     ~30 steps tol 1e-10 needs here, and the pairs are bitwise those of a basis allocated whole."""
     model, x, y, _H = case
     runs = []
     for block in (2, 10_000):
-        monkeypatch.setattr(lanczos, "BLOCK", block)
-        w, V, info = extreme_eigenpairs(operator(model, x, y), 3, "SA", rng=np.random.default_rng(0), tol=1e-10)
+        w, V, info = extreme_eigenpairs(operator(model, x, y), 3, "SA", rng=np.random.default_rng(0), tol=1e-10,
+                                        block=block)
         assert info["method"] == "lanczos" and info["hvps"] > 16
         runs.append((w, V))
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])

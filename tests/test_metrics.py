@@ -239,16 +239,16 @@ def test_input_affine_shortcut(monkeypatch):
 def micro(monkeypatch):
     """Micro-batches forced on (any activation is 'large', chunks of 5 samples: 24 = 4 x 5 + 4, so that unequal
     chunk weights show); every plan made is recorded."""
-    return force_micro_batches(monkeypatch, E, 5)
+    return force_micro_batches(monkeypatch, 5)
 
 
 def test_micro_batches(micro):
     """The batch cut in chunks of 5, 5, 5, 5 and 4 (asserted): the chunks' metrics are averaged with their sample
     counts."""
     case = Z.build("batchnorm")
-    run_all(case, METRICS["batchnorm"], evaluator="loop")
-    used = [p for p in micro if p is not None]
-    assert used and all(p == [5, 5, 5, 5, 4] for p in used), micro
+    run_all(case, METRICS["batchnorm"], evaluator=micro.loop)
+    used = [p for p in micro.plans if p is not None]
+    assert used and all(p == [5, 5, 5, 5, 4] for p in used), micro.plans
 
 
 def test_micro_batches_refused_for_a_metric_that_is_no_mean(micro):
@@ -256,8 +256,8 @@ def test_micro_batches_refused_for_a_metric_that_is_no_mean(micro):
     case = Z.build("batchnorm")
     metrics = {"accuracy": accuracy, "top": top_logit}
     ls = case.landscape(metrics=metrics)
-    surf = ls.plane(seed=4, resolution=(3, 3), progress=False, evaluator="loop")
-    assert micro and all(p is None for p in micro), micro
+    surf = ls.plane(seed=4, resolution=(3, 3), progress=False, evaluator=micro.loop)
+    assert micro.plans and all(p is None for p in micro.plans), micro.plans
     check(surf, reference_plane(case, surf, metrics), "whole batch")
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import landscape_widgets as lw
+from landscape_widgets.driver import run_points
 from helpers import SmallNet, assert_same, direct_loss, loop_evaluator, small_data, snapshot
 
 CE = nn.CrossEntropyLoss()
@@ -332,7 +333,7 @@ def test_digits_cnn_is_micro_batched_and_exact():
 
     E.PointEvaluator.evaluate = spy
     try:
-        got = ev.run(coords)
+        got = run_points(ev, coords)
     finally:
         E.PointEvaluator.evaluate = real
     assert seen and all(k is not None and k >= 2 for k in seen)
@@ -343,7 +344,7 @@ def test_digits_cnn_is_micro_batched_and_exact():
 
 @pytest.mark.parametrize("micro", [True, False])
 def test_probes_run_once_per_evaluator(monkeypatch, micro):
-    """A Dask worker calls run() once per tile on one evaluator: the micro-batch plan and the input-layer trace
+    """A Dask worker runs one evaluator once per tile (run_points): the micro-batch plan and the input-layer trace
     are made on the first run only, and later runs give the values of a fresh evaluator."""
     import landscape_widgets.accelerations as A
     import landscape_widgets.loop as E
@@ -362,9 +363,9 @@ def test_probes_run_once_per_evaluator(monkeypatch, micro):
          for k in (1, 2)]
     ev = loop_evaluator(ls, private, d, tuning=tuning)
     coords = np.array([[0.0, 0.0], [1.0, -0.5], [-2.0, 1.5], [0.5, 0.5]])
-    first, second = ev.run(coords[:2]), ev.run(coords[2:])
+    first, second = run_points(ev, coords[:2]), run_points(ev, coords[2:])
     assert calls == {"plan": 1, "trace": 0 if micro else 1}  # shortcuts are not used with micro-batches
-    fresh = loop_evaluator(ls, ls.problem.private(), d, tuning=tuning).run(coords)
+    fresh = run_points(loop_evaluator(ls, ls.problem.private(), d, tuning=tuning), coords)
     np.testing.assert_array_equal(np.concatenate([first, second]), fresh)
 
 
@@ -436,7 +437,7 @@ def test_auto_preview_size_follows_the_time_of_one_pass(small):
     all of them when that is more than there are."""
     model, (x, y) = small
     ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y))
-    w = lw.SurfaceWidget(ls, resolution=5, trust=False)
+    w = lw.SurfaceWidget(ls, resolution=5, trust=False, preview_seconds=float("inf"))  # time for more than all
     assert w._preview_size() is None
     w.close()
     w = lw.SurfaceWidget(ls, resolution=13, trust=False, preview_seconds=1e-9)  # as on a very slow model

@@ -57,10 +57,9 @@ def test_the_widget_ships_each_metric_beside_the_loss(small, ls):
     assert_same(model, snap)
 
 
-def test_metrics_stream_with_the_tiles_and_the_preview_fills_the_rest(ls, monkeypatch):
+def test_metrics_stream_with_the_tiles_and_the_preview_fills_the_rest(ls):
     seen = []
-    monkeypatch.setattr(surface_mod, "SEND_INTERVAL_S", 0.0)
-    w = lw.SurfaceWidget(ls, resolution=11, trust=False, preview_samples=None)
+    w = lw.SurfaceWidget(ls, resolution=11, trust=False, preview_samples=None, send_interval=0)
     w.observe(lambda c: seen.append((w._state, dict(w._metrics))), names=["_metrics"])
     w.resolution = 13
     partial = [m for state, m in seen if state == "partial"]

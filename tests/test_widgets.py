@@ -80,12 +80,12 @@ def test_trait_changes_from_python_recompute(ls):
     assert w._generation == gen
 
 
-def test_preview_then_partial_rows_then_done(ls, monkeypatch):
-    monkeypatch.setattr(surface_mod, "SEND_INTERVAL_S", 0.0)  # send every tile
+def test_preview_then_partial_rows_then_done(ls):
     seen = []
 
     async def main():
-        w = lw.SurfaceWidget(ls, resolution=17)
+        # all the data (compared with a plane on it below); every tile sent
+        w = lw.SurfaceWidget(ls, resolution=17, preview_samples=None, send_interval=0)
         w.observe(lambda c: seen.append((w._state, list(w._shape), w._done, f32(w._losses).copy())), "_losses")
         await finished(w)
         return w
@@ -335,14 +335,13 @@ def test_curve_widget_interpolation_line_and_overlay(small, ls):
     assert [len(c.losses) for c in w.curves] == [9, 9] and w._state == "done"
 
 
-def test_curve_widget_other_landscape_and_preview(small, ls, monkeypatch):
+def test_curve_widget_other_landscape_and_preview(small, ls):
     model, (x, y) = small
     test_ls = lw.Landscape(model, CE, (x[:20], y[:20]), device="cpu")
-    monkeypatch.setattr(curve_mod, "SEND_INTERVAL_S", 0.0)
     seen = []
 
     async def main():
-        w = lw.CurveWidget(ls, None, steps=31)
+        w = lw.CurveWidget(ls, None, steps=31, send_interval=0)
         w.add(None, landscape=test_ls, label="test split")
         w.observe(lambda c: seen.append((w._state, [len(e["losses"]) // 4 for e in w._curves])), "_curves")
         await finished(w)
@@ -491,6 +490,14 @@ def test_auto_preview_takes_the_subset_its_time_allows(small):
         lw.SurfaceWidget(ls, preview_seconds=0)
     w.close()
     roomy.close()
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("inf"), float("nan"), "0.1", True])
+def test_send_interval_is_checked_where_it_is_given(ls, bad):
+    for make in (lambda: lw.SurfaceWidget(ls, send_interval=bad), lambda: lw.CurveWidget(ls, send_interval=bad),
+                 lambda: lw.SpectrumWidget(ls, send_interval=bad)):
+        with pytest.raises(ValueError, match="send_interval must be a non-negative, finite number"):
+            make()
 
 
 def test_status_says_where_and_how_a_plane_ran(small):

@@ -25,7 +25,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .. import accelerations
-from ..accelerations import plan_micro_batches
 from ..driver import Cancelled, is_cancelled
 from ..runtime import warm_allocator
 from ..objective import as_objective
@@ -49,10 +48,12 @@ class HessianOperator:
     ``matvec``/``matmat`` take float64 numpy and return float64 (what scipy's Lanczos works in).  ``hvps`` counts products; ``cancel`` (Event or callable) is
     checked before every pass and raises :class:`~landscape_widgets.Cancelled`.  ``weights`` (name -> tensor for
     every moved parameter) takes ``H`` at that point instead (a curvature map's grid point): the point's tensors
-    enter the functional call, so nothing is written to the private copy.
+    enter the functional call, so nothing is written to the private copy.  ``tuning``
+    (:class:`~landscape_widgets.accelerations.Tuning`, default the library's): when a CPU batch is micro-batched.
     """
 
-    def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None, weights=None):
+    def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None, weights=None,
+                 tuning=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not known; pass one of {', '.join(map(repr, BACKENDS))}")
         self.private = private
@@ -62,6 +63,7 @@ class HessianOperator:
         self.backend = backend
         self.cancel = cancel
         self.on_hvp = on_hvp
+        self.tuning = tuning or accelerations.DEFAULT_TUNING
         self.names = list(private.names)
         self.shapes = [tuple(private.base[n].shape) for n in self.names]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
@@ -117,8 +119,9 @@ class HessianOperator:
         chunks = None
         if self.device.type == "cpu":
             with torch.inference_mode():
-                chunks = plan_micro_batches(self.private.module, self.objective, x, y, n,
-                                            min_samples=min(HVP_MIN_SAMPLES, accelerations.MICRO_MIN_SAMPLES))
+                chunks = accelerations.plan_micro_batches(
+                    self.private.module, self.objective, x, y, n, tuning=self.tuning,
+                    min_samples=min(HVP_MIN_SAMPLES, self.tuning.get("micro_min_samples")))
         if chunks is None:
             return [(self._first_order(x, y), 1.0)]
         return [(self._first_order(a, b), m / n) for a, b, m in chunks]

@@ -60,7 +60,8 @@ def dense_hessian(op) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
-def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, ncv=None, min_steps=1, v0=None):
+def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, ncv=None, min_steps=1, v0=None,
+                       min_basis=MIN_STEPS, memory_budget=MEMORY_BUDGET, block=BLOCK):
     """The ``k`` algebraically largest (``which="LA"``, descending) or smallest (``"SA"``, ascending) eigenpairs,
     or with ``which="BE"`` and ``k=1`` both ends from one Krylov space: ``[lambda_min, lambda_max]``, ``lambda_max``
     to ``tol |lambda_max|`` and ``lambda_min`` to ``tol (lambda_max - lambda_min)`` (what a ratio of the two needs;
@@ -76,6 +77,9 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
     ``v0`` (``[P]``): a warm start, e.g. the eigenvector of nearby weights.  The answer is held to the same
     convergence test as from a random start (only the number of products changes); 1 % of a random vector from
     ``rng`` is added so that the start never lies exactly in an invariant subspace that misses the wanted pair.
+    ``min_basis``: the Lanczos basis may hold ``max(min_basis, 3 k)`` vectors before ARPACK takes over.
+    ``memory_budget``: bytes of float64 basis at most (a larger basis is ARPACK's).
+    ``block``: the basis grows by doubling from this many vectors.
     """
     if which not in ("LA", "SA", "BE"):
         raise ValueError(f"which={which!r}; pass 'LA' (largest), 'SA' (smallest) or 'BE' (both ends, k=1)")
@@ -99,10 +103,10 @@ def extreme_eigenpairs(op, k: int, which: str, *, rng, tol=1e-6, maxiter=None, n
             raise ValueError(f"v0 must be a finite, nonzero vector of the {P} parameters, got shape {v0.shape}")
         v0 = v0 / np.linalg.norm(v0) + 1e-2 * random / np.linalg.norm(random)
     tol_eff = tol if tol > 0 else np.finfo(np.float64).eps
-    steps = min(P - 1, max(MIN_STEPS, 3 * k, ncv or 0), MEMORY_BUDGET // (8 * P))
+    steps = min(P - 1, max(min_basis, 3 * k, ncv or 0), memory_budget // (8 * P))
     best = None
     if steps > k:
-        w, V, converged = _lanczos(op, k, which, v0, tol_eff, steps, min(max(1, min_steps), steps))
+        w, V, converged = _lanczos(op, k, which, v0, tol_eff, steps, min(max(1, min_steps), steps), block)
         if converged:
             return w, _fix_sign(V), {"method": "lanczos", "hvps": op.hvps - start, "converged": True, "tol": tol}
         best = (w, V) if len(w) == (2 if which == "BE" else k) else None
@@ -142,11 +146,11 @@ def lanczos_residual(w, Q, j, a, b_prev):
     return after
 
 
-def _lanczos(op, k, which, v0, tol, steps, min_steps=1):
-    """At most ``steps`` Lanczos steps from ``v0``, at least ``min_steps`` unless the Krylov space is exhausted;
-    ``(values, vectors, converged)`` of the wanted Ritz pairs."""
+def _lanczos(op, k, which, v0, tol, steps, min_steps=1, block=BLOCK):
+    """At most ``steps`` Lanczos steps from ``v0``, at least ``min_steps`` unless the Krylov space is exhausted, in a
+    basis grown from ``block`` vectors; ``(values, vectors, converged)`` of the wanted Ritz pairs."""
     P = op.num_parameters
-    Q = torch.empty((min(steps + 1, BLOCK), P), dtype=torch.float64, device=op.device)
+    Q = torch.empty((min(steps + 1, block), P), dtype=torch.float64, device=op.device)
     q = torch.from_numpy(np.asarray(v0, dtype=np.float64)).to(op.device)
     Q[0] = q / torch.linalg.vector_norm(q)
     alpha, beta = [], []

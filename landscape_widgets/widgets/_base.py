@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import time
 
 import anywidget
@@ -62,6 +63,14 @@ def private_landscape(ls):
 COMPUTE_KEYS = ("client", "evaluator")
 
 
+def check_send_interval(value) -> float:
+    """The widgets' ``send_interval``: a non-negative, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"send_interval must be a non-negative, finite number of seconds between partial results "
+                         f"sent to the browser (0: every one), got {value!r}")
+    return float(value)
+
+
 def check_compute(compute) -> dict:
     """The widgets' ``compute`` option: where the full grids run (``client``: a ``dask.distributed.Client``,
     docs/scaling.md; ``evaluator``: "auto", "loop" or "vmap").  Previews always run in the kernel."""
@@ -85,7 +94,8 @@ class LiveWidget(anywidget.AnyWidget):
     by it, and the front end builds its controls from it), its compute traits, ``_params`` (the settings of one
     job), ``_job`` (run in the worker thread, emitting :mod:`.jobs` events) and ``_event_handlers`` (event type ->
     handler, run on the kernel's main thread).  ``jobs``: the worker queue to submit to (a dashboard's shared one;
-    default: the widget's own, started on first use)."""
+    default: the widget's own, started on first use).  ``send_interval``: the least seconds between two partial
+    results sent to the browser (default ``SEND_INTERVAL_S``; 0 sends every one)."""
 
     _esm = t.Unicode("").tag(sync=True)
     _bundle = t.Instance(Bundle, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
@@ -105,7 +115,8 @@ class LiveWidget(anywidget.AnyWidget):
     #: traits that make up what is drawn; a finished result re-sends all of them (see ``complete_sync``)
     _display_traits: tuple = ("_done", "_total", "_state", "_status_line", "error")
 
-    def __init__(self, *, controls: ControlSpec | None = None, jobs=None, **kwargs):
+    def __init__(self, *, controls: ControlSpec | None = None, jobs=None, send_interval=None, **kwargs):
+        self._send_interval = SEND_INTERVAL_S if send_interval is None else check_send_interval(send_interval)
         for k, v in esm_traits().items():
             kwargs.setdefault(k, v)
         self._ctl = JobController(self, worker=jobs)

@@ -10,7 +10,7 @@ import numpy as np
 import traitlets as t
 
 from .._checks import check_int, check_range
-from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, check_normalization_choice, engine_note, f32,
+from ._base import (check_compute, RandomDirectionWidget, check_normalization_choice, engine_note, f32,
                     private_landscape)
 from .controls import Choice, ControlSpec, IntRange, Pair, common_controls
 from .jobs import Done, Part, Preview, Tile
@@ -34,7 +34,8 @@ class CurveWidget(RandomDirectionWidget):
     ``None`` a random line through the model (seed and normalization controls appear).  ``w.curve`` is the
     latest full :class:`~landscape_widgets.Curve` of the first curve, ``w.curves`` all of them.  ``show``: "loss" or
     the name of a metric of the Landscape (``Landscape(metrics=...)``, computed in the same passes), drawn for every
-    curve whose Landscape has it."""
+    curve whose Landscape has it.  ``send_interval``: the least seconds between two partial curves sent to the
+    browser (0.15 by default)."""
 
     _view = t.Unicode("curve").tag(sync=True)
     steps = t.Int(51).tag(sync=True)
@@ -48,7 +49,7 @@ class CurveWidget(RandomDirectionWidget):
     _display_traits = RandomDirectionWidget._display_traits + ("_curves", "show")
 
     def __init__(self, ls, start=None, *, steps=51, span=(-0.5, 1.5), title=None, label=None, seed=0,
-                 normalization=None, compute=None, show="loss", jobs=None):
+                 normalization=None, compute=None, show="loss", jobs=None, send_interval=None):
         self._compute_kw = check_compute(compute)
         self._specs = []
         self.curves = []
@@ -59,7 +60,7 @@ class CurveWidget(RandomDirectionWidget):
         self._last_send = 0.0
         super().__init__(steps=steps, span=list(span) if isinstance(span, (tuple, list)) else span, seed=seed,
                          normalization=check_normalization_choice(normalization), title="" if title is None else title,
-                         controls=curve_controls(["loss"]), jobs=jobs)
+                         controls=curve_controls(["loss"]), jobs=jobs, send_interval=send_interval)
         self._add_spec(ls, start, label)
         self.show = show
         self._schedule()
@@ -202,7 +203,7 @@ class CurveWidget(RandomDirectionWidget):
         with self.hold_sync():
             self._done, self._total = done, total
             self._set_status(Status(f"computing: {done} of {total} points", stage="points"))
-            if now - self._last_send >= SEND_INTERVAL_S and done < total:
+            if now - self._last_send >= self._send_interval and done < total:
                 self._last_send = now
                 a0, a1 = p["span"]
                 kind_k = "line" if specs[k]["start"] is None else "interpolation"

@@ -19,7 +19,7 @@ import traitlets as t
 from .._checks import check_int
 from ..directions import kind_named
 from ..driver import Cancelled
-from ._base import SEND_INTERVAL_S, SeededWidget, f32, finite, private_landscape
+from ._base import SeededWidget, f32, finite, private_landscape
 from .controls import ControlSpec, Flag, IntRange, common_controls
 from .jobs import Done, Event, Progress
 from .status import Status, failure_panel, failure_reason
@@ -61,6 +61,7 @@ class SpectrumWidget(SeededWidget):
     A trust panel that cannot be computed leaves the spectrum shown and says why in its place (``w.trust_error``);
     a spectrum that cannot be computed is an error of this view alone (``w.spectrum_error``, the panel says why),
     and the views beside it in a dashboard carry on.
+    ``send_interval``: the least seconds between two progress updates sent to the browser (0.15 by default).
     """
 
     _view = t.Unicode("spectrum").tag(sync=True)
@@ -82,7 +83,7 @@ class SpectrumWidget(SeededWidget):
     _compute_traits = ("k", "bottom", "density", "steps", "runs", "seed")
 
     def __init__(self, ls, *, k=5, bottom=1, density=True, steps=90, runs=10, seed=0, surface=None, log_scale=True,
-                 title=None, jobs=None):
+                 title=None, jobs=None, send_interval=None):
         self._ls = private_landscape(ls)
         self._num_parameters = ls.num_parameters  # the moved ones: the Hessian's size
         self._surface = self._check_surface(surface)
@@ -94,7 +95,7 @@ class SpectrumWidget(SeededWidget):
         self._last_send = 0.0
         super().__init__(k=k, bottom=bottom, density=density, steps=steps, runs=runs, seed=seed, log_scale=log_scale,
                          title="" if title is None else title, controls=spectrum_controls(self._num_parameters),
-                         jobs=jobs)
+                         jobs=jobs, send_interval=send_interval)
         from .surface import SurfaceWidget
         self._trusted = None  # the surface the shown trust panel belongs to
         if isinstance(self._surface, SurfaceWidget):
@@ -205,7 +206,7 @@ class SpectrumWidget(SeededWidget):
 
     def _on_progress(self, event, p, t0):
         now = time.perf_counter()
-        if now - self._last_send < SEND_INTERVAL_S:
+        if now - self._last_send < self._send_interval:
             return
         self._last_send = now
         info = event.info

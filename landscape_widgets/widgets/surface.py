@@ -17,7 +17,7 @@ import traitlets as t
 from .._checks import check_int
 from ..directions import KINDS, MODELS, NORMALIZATIONS, kind_named, kind_of, make_directions
 from ..driver import Cancelled
-from ._base import (check_compute, SEND_INTERVAL_S, RandomDirectionWidget, check_normalization_choice, engine_note,
+from ._base import (check_compute, RandomDirectionWidget, check_normalization_choice, engine_note,
                     f32, finite, private_landscape)
 from .controls import Choice, ControlSpec, FloatRange, IntRange, common_controls
 from .jobs import Done, Event, Preview, Tile
@@ -150,6 +150,8 @@ class SurfaceWidget(RandomDirectionWidget):
     call ``ls.trust(w.surface)`` when wanted.  A panel that cannot be computed (a model without a double backward,
     such as SDPA attention on a CPU) leaves the plane as it is: the panel's place says why, and so do
     ``w.trust_error`` and ``w.surface.trust_error``.
+
+    ``send_interval``: the least seconds between two partial grids sent to the browser (0.15 by default).
     """
 
     _view = t.Unicode("surface").tag(sync=True)
@@ -180,7 +182,7 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True,
-                 preview_samples="auto", show="loss", preview_seconds=None, jobs=None):
+                 preview_samples="auto", show="loss", preview_seconds=None, jobs=None, send_interval=None):
         self._models = None  # the other models of a plane through models
         if not isinstance(directions, str):
             if kind_of(directions) is not MODELS:
@@ -229,7 +231,7 @@ class SurfaceWidget(RandomDirectionWidget):
         super().__init__(resolution=resolution, seed=seed, normalization=check_normalization_choice(normalization),
                          span=_span(span), log_scale=log_scale, view=view, title="" if title is None else title,
                          directions=directions, seeds=seeds, show=show,
-                         controls=surface_controls(kind, self._quantities), jobs=jobs)
+                         controls=surface_controls(kind, self._quantities), jobs=jobs, send_interval=send_interval)
         self.observe(self._on_show, names=["show"])
         self._schedule()
 
@@ -424,7 +426,7 @@ class SurfaceWidget(RandomDirectionWidget):
             self._set_status(Status(f"computing {n}×{n}: {tile.done} of {tile.total} points"
                                     + ("; rows not computed yet show the preview" if self._fill is not None else ""),
                                     stage="grid"))
-            if now - self._last_send >= SEND_INTERVAL_S and tile.done < tile.total:
+            if now - self._last_send >= self._send_interval and tile.done < tile.total:
                 self._last_send = now
                 self._state = "partial"
                 self._show(self._axes[0], self._axes[1], self._grid.reshape(n, n),

@@ -8,6 +8,8 @@ import torch
 
 from landscape_widgets import accelerations as E
 from landscape_widgets.gpu import affine as al
+from landscape_widgets.hessian.hvp import HessianOperator
+from landscape_widgets.hessian.spectrum import Spectrum, compute_spectrum
 
 from helpers import auto_as_on_cuda, force_micro_batches
 from zoo import models as Z
@@ -116,16 +118,15 @@ def test_affine_vmap_rule_on_shared_and_tied_weights(name, monkeypatch):
 @pytest.fixture
 def micro(monkeypatch):
     """Micro-batches forced on: any activation is 'large', chunks of 4 samples; every plan made is recorded."""
-    import landscape_widgets.hessian.hvp as hvp
-    return force_micro_batches(monkeypatch, E, 4, also=(hvp,))
+    return force_micro_batches(monkeypatch, 4)
 
 
 @pytest.mark.parametrize("name", ["batchnorm", "shared_linear", "tied_autoencoder", "parametrized", "compiled"])
 def test_micro_batches(name, micro):
     case = Z.build(name)
-    _run_all(case, Reference(case))
-    used = [p for p in micro if p is not None]
-    assert used, f"micro-batches were never used (plans: {micro})"
+    _run_all(case, Reference(case), kind=micro.loop)
+    used = [p for p in micro.plans if p is not None]
+    assert used, f"micro-batches were never used (plans: {micro.plans})"
     assert all(len(p) > 1 and sum(p) == len(case.data[1]) for p in used)
 
 
@@ -134,7 +135,7 @@ def test_micro_batch_thresholds_keep_batch_losses_exact(name, micro):
     """Where the library may not cut a batch (batch_loss, the model's own loss), forcing the thresholds down changes
     nothing: the values stay the explicit ones."""
     case = Z.build(name)
-    _run_all(case, Reference(case))
+    _run_all(case, Reference(case), kind=micro.loop)
 
 
 def test_micro_batched_hessian(micro):
@@ -144,11 +145,17 @@ def test_micro_batched_hessian(micro):
     H = ref.dense_hessian(ref.moved())
     ev = np.linalg.eigvalsh(H)
     with untouched(case.model):
-        spec = case.landscape().spectrum(k=2, bottom=1, density=False, trace=True, trace_samples=3 * len(H) + 3)
+        # Landscape.spectrum takes the library's tuning: the operator is built here with the forced one
+        problem = case.landscape().problem
+        op = HessianOperator(problem.private(), problem.data, problem.objective, tuning=micro.tuning)
+        with op.running():
+            fields, _ = compute_spectrum(op, 2, 1, density=False, trace=True, trace_samples=3 * len(H) + 3)
+    spec = Spectrum(**fields)
     np.testing.assert_allclose(spec.top_eigenvalues, ev[::-1][:2], rtol=1e-3)
     np.testing.assert_allclose(spec.bottom_eigenvalues, ev[:1], rtol=1e-3, atol=1e-4 * abs(ev).max())
     assert spec.trace == pytest.approx(np.trace(H), rel=1e-3)
-    assert any(p is not None for p in micro), f"the Hessian products never micro-batched (plans: {micro})"
+    plans = micro.plans
+    assert any(p is not None for p in plans), f"the Hessian products never micro-batched (plans: {plans})"
 
 
 # -- channels-last ----------------------------------------------------------------------------------------------------
