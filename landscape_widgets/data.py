@@ -209,7 +209,8 @@ def freeze(data, samples=None, seed=0):
     ``data``: a DataLoader or any iterable of batches (a one-shot generator too); each batch as the Landscape takes
     it (an ``(inputs, targets)`` pair, a dict, a tuple).  While reading, the global RNGs (torch, NumPy, Python) are
     seeded with ``seed`` (a shuffle, an augmentation or worker seeds drawn from them are then the same in every
-    session) and restored after, as are the loader's own generators: no random state of the caller changes.
+    process and at every call) and restored after, as are the loader's own generators: no random state of the
+    caller changes.
     ``samples``: keep only the first batches, until they hold at least that many samples (with ``shuffle=True``
     a random subset, drawn with ``seed``).  One batch of tensors is already fixed: it is returned as it is, or with
     ``samples`` a random subset of it (a private generator seeded with ``seed``) of the same structure.
