@@ -166,6 +166,13 @@ def changes_message(first, second, rtol, where="at the model's weights") -> str:
             "loss that draws random numbers in eval mode gives this warning too: its noise then differs by pass)")
 
 
+def subset_indices(total: int, n: int, seed) -> torch.Tensor:
+    """``n`` of ``range(total)``, drawn by a private generator seeded with ``seed`` (the global RNG untouched), in
+    their order: the same subset at every call."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(total, generator=gen)[:n].sort().values
+
+
 class Frozen:
     """Batches read once and kept in memory (:func:`freeze`): every pass yields the same batches in the same
     order."""
@@ -225,9 +232,7 @@ def freeze(data, samples=None, seed=0):
         n = first_tensor_size(data)
         if samples is None or n is None or samples >= n:
             return data
-        gen = torch.Generator().manual_seed(int(seed))
-        idx = torch.randperm(n, generator=gen)[:samples].sort().values
-        return index_batch(data, idx, n)
+        return index_batch(data, subset_indices(n, samples, seed), n)
     if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
         raise TypeError(f"freeze takes a DataLoader or an iterable of batches, got {type(data).__name__}")
     own = [(g, g.get_state()) for g in _own_generators(data)]
@@ -348,8 +353,7 @@ class DataSource:
             total = self.num_samples
             if total is None or n >= total:
                 return self
-            gen = torch.Generator().manual_seed(int(seed))
-            idx = torch.randperm(total, generator=gen)[:n].sort().values
+            idx = subset_indices(total, n, seed)
             x, y = self.single
             picked = (index_batch(x, idx, total), None if y is None else index_batch(y, idx, total))
             sub = DataSource(picked if self.pairs else picked[0], pairs=self.pairs)
