@@ -86,10 +86,13 @@ class CurveWidget(RandomDirectionWidget):
             if name in options:
                 raise TypeError(f"connect() sets {name!r} itself (steps: the widget's steps control)")
         ls = self._specs[0]["ls"]
+        # trained here, in the caller's thread, on a copy of its own: the worker thread may be computing a curve on
+        # the widget's private copy meanwhile (the layers' patched forwards of two runs on one module collide)
+        here = ls.copy()
         if bend is None:  # bad models fail here, with connect's own message, and the bend is trained once
-            bend = ls.connect(model_b, steps=2, progress=False, **options).bend
+            bend = here.connect(model_b, steps=2, progress=False, **options).bend
         else:
-            ls.connect(model_b, bend=bend, steps=2, progress=False, **options)
+            here.connect(model_b, bend=bend, steps=2, progress=False, **options)
         self._specs.append({"ls": ls, "start": None, "label": label or "Bézier curve",
                             "connect": {"model_b": model_b, "bend": bend, "options": options}})
         self._schedule()
