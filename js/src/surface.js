@@ -51,6 +51,13 @@ export function renderSurface({ model, el }) {
       trust.dataset.updating = "true";
       return;
     }
+    // a panel that grows again (the kappas first, then the eigenvalues) keeps the last whole panel's height: its
+    // fewer items would wrap onto fewer lines and the widget would shrink and grow back
+    if (t.partial && shown) {
+      if (!trust.style.minHeight) trust.style.minHeight = `${trust.getBoundingClientRect().height}px`;
+    } else {
+      trust.style.minHeight = "";
+    }
     fillTrustBox(f.h, trust, t);
     trust.dataset.updating = "false";
     shown = !trust.hidden;
