@@ -349,28 +349,59 @@ class DataSource:
         """A fixed subset of about ``n`` samples, the same at every call: of one batch, ``n`` samples drawn by a
         private generator (seeded with ``seed``; the global RNG is untouched), in their order; of an iterable,
         its first batches until they hold ``n`` samples, kept in memory.  ``self`` when it has no more."""
+        if self.single is not None and (self.num_samples is None or n >= self.num_samples):
+            return self
+        parts = self._parts(n, 1, seed, whole_ok=True)
+        return self if parts is None else parts[0]
+
+    def subsets(self, n, count, seed=0) -> list:
+        """``count`` disjoint subsets of about ``n`` samples each, the first of them :meth:`subset` ``(n, seed)``:
+        of one batch, consecutive slices of one private permutation (seeded with ``seed``); of an iterable,
+        consecutive runs of batches holding at least ``n`` samples each.  For the spread of an estimate over
+        independent draws of the data; a ``ValueError`` says how many subsets fit when the data hold fewer."""
+        return self._parts(n, count, seed, whole_ok=False)
+
+    def _parts(self, n, count, seed, whole_ok):
         if self.single is not None:
             total = self.num_samples
-            if total is None or n >= total:
-                return self
-            idx = subset_indices(total, n, seed)
+            if total is None or n * count > total:
+                raise ValueError(self._too_few(n, count, total))
+            perm = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))
             x, y = self.single
-            picked = (index_batch(x, idx, total), None if y is None else index_batch(y, idx, total))
-            sub = DataSource(picked if self.pairs else picked[0], pairs=self.pairs)
-        else:
-            kept, count = [], 0
-            with kept_rng():
-                for batch in self.iterable:
-                    kept.append(batch)
-                    count += (_batch_size(*batch) if self.pairs else first_tensor_size(batch) or 1)
-                    if count >= n:
+            out = []
+            for k in range(count):
+                idx = perm[k * n:(k + 1) * n].sort().values  # k = 0: subset_indices(total, n, seed)
+                picked = (index_batch(x, idx, total), None if y is None else index_batch(y, idx, total))
+                out.append(self._kept(picked if self.pairs else picked[0], n, 1))
+            return out
+        groups, kept, count_now = [], [], 0
+        with kept_rng():
+            for batch in self.iterable:
+                kept.append(batch)
+                count_now += (_batch_size(*batch) if self.pairs else first_tensor_size(batch) or 1)
+                if count_now >= n:
+                    groups.append((kept, count_now))
+                    kept, count_now = [], 0
+                    if len(groups) == count:
                         break
-            sub = DataSource(kept, pairs=self.pairs)
-            if count < n:  # the whole data was read: no subset
-                return self
-            sub.num_samples, sub.num_batches = count, len(kept)
+        if len(groups) < count:
+            if whole_ok:  # the whole data was read: no subset
+                return None
+            raise ValueError(self._too_few(n, count, sum(c for _, c in groups) + count_now))
+        return [self._kept(batches, c, len(batches)) for batches, c in groups]
+
+    def _kept(self, data, num_samples, num_batches) -> "DataSource":
+        sub = DataSource(data, pairs=self.pairs)
+        sub.num_samples, sub.num_batches = num_samples, num_batches
         sub.subset_of = self.num_samples
         return sub
+
+    @staticmethod
+    def _too_few(n, count, total):
+        fits = 0 if not total else total // n
+        return (f"{count} disjoint subsets of {n} samples need {n * count} samples, but the data hold "
+                f"{total if total is not None else 'an unknown number of'}; pass fewer or smaller subsets "
+                f"(at most {fits} of {n})")
 
     def describe(self) -> dict:
         kind = ("tensors" if self.pairs else "batch") if self.single is not None else type(self.iterable).__name__

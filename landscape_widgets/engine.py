@@ -68,10 +68,11 @@ class Problem:
         return Problem(self.model, self.objective, self.data, self.params, self.device, self.tune_cache,
                        self.hessian_facts)
 
-    def on(self, data) -> "Problem":
+    def on(self, data, hessian_facts=None) -> "Problem":
         """The same problem on other data (a subset for a preview): the private copy and the caches are shared,
-        except the Hessian facts, which depend on the data."""
-        return Problem(self.model, self.objective, data, self.params, self.device, self.tune_cache, {}, self._copy)
+        except the Hessian facts, which depend on the data (``hessian_facts``: those of that data, else none)."""
+        return Problem(self.model, self.objective, data, self.params, self.device, self.tune_cache,
+                       {} if hessian_facts is None else hessian_facts, self.private())
 
     def fingerprint(self) -> str:
         """SHA-256 of the moved weights as they are now."""

@@ -23,6 +23,7 @@ from .driver import grid_tile_size
 from .runtime import Timer
 from .hessian import Spectrum, api as hessian_api
 from .hessian.curvature_map import curvature_map as compute_curvature_map
+from .hessian.operators import check_curvature
 from .objective import Objective
 from .results import Curve, CurvatureMap, Marks, SeedSpread, Surface
 
@@ -83,16 +84,31 @@ class Landscape:
         losses, metrics = split_values(values, problem.objective.metric_names)
         return losses, metrics, done
 
-    def _on_samples(self, samples):
-        """The problem on a fixed subset of ``samples`` samples (made once per size), or on all the data."""
+    def _on_samples(self, samples, spread=None):
+        """The problem on a fixed subset of ``samples`` samples (made once per size), or on all the data; with
+        ``spread`` (a count >= 2) a list of the problems on that many disjoint subsets of that size instead, the
+        first of them the one ``samples`` alone gives.  Each subset keeps its Hessian facts across calls."""
+        if spread is not None:
+            spread = check_int(spread, "spread", low=2, hint=" (how many disjoint subsets of `samples` samples)")
+            if samples is None:
+                raise ValueError("spread= needs samples=: pass the size of each subset, e.g. samples=256, spread=4 "
+                                 "(the estimate on 4 disjoint subsets of 256 samples)")
         if samples is None:
             return self.problem
         samples = check_int(samples, "samples", low=1, hint=" (samples of a fixed random subset, or None for all)")
-        subsets = self.__dict__.setdefault("_subsets", {})
-        if samples not in subsets:
-            subsets[samples] = self.data.subset(samples)
-        data = subsets[samples]
-        return self.problem if data is self.data else self.problem.on(data)
+        subsets = self.__dict__.setdefault("_subsets", {})  # (samples, count) -> DataSources; shared by copies
+        facts = self.__dict__.setdefault("_subset_facts", {})  # (samples, index) -> Hessian facts
+        if spread is None:
+            if (samples, None) not in subsets:
+                subsets[samples, None] = [self.data.subset(samples)]
+            data, = subsets[samples, None]
+            if data is self.data:
+                return self.problem
+            return self.problem.on(data, hessian_facts=facts.setdefault((samples, 0), {}))
+        if (samples, spread) not in subsets:
+            subsets[samples, spread] = self.data.subsets(samples, spread)
+        return [self.problem.on(d, hessian_facts=facts.setdefault((samples, k), {}))
+                for k, d in enumerate(subsets[samples, spread])]
 
     # -- public API -------------------------------------------------------------------------------------------
     def copy(self) -> "Landscape":
@@ -189,7 +205,7 @@ class Landscape:
 
     def plane(self, *, directions="random", normalization=None, ignore="biasbn", seed=0, resolution=41, span=None,
               progress=True, callback=None, cancel=None, client=None, store=None, evaluator="auto",
-              trajectory=None, trust=False, samples=None, buffers=None) -> Surface:
+              trajectory=None, trust=False, samples=None, buffers=None, curvature="hessian") -> Surface:
         """Loss on the plane theta + a d1 + b d2 (Li et al. 2018, arXiv 1712.09913, §4).
 
         ``losses[i, j] = L(theta + alphas[i] d1 + betas[j] d2)``.  ``callback(tile)`` receives every finished
@@ -220,7 +236,9 @@ class Landscape:
         ``samples``: the loss on a fixed random subset of that many samples instead of all the data (a quick
         preview of a large data set; the same subset at every point and every call, drawn by a private generator;
         a DataLoader gives its first batches).  ``surf.data`` (``meta["data"]``) then says ``num_samples`` and
-        ``subset_of``.
+        ``subset_of``.  Hessian directions and the trust panel are then those of the loss on the same subset.
+        ``curvature`` ("hessian", "ggn", "fisher"; :meth:`spectrum`): whose eigenvectors ``directions="hessian"``
+        takes.
 
         Scale (docs/scaling.md): ``evaluator`` "auto" (vmap-batched points on CUDA, the per-point loop elsewhere),
         "loop", "vmap" or "vmap:<rule>" (a layer rule of :mod:`landscape_widgets.gpu` by name); ``client`` a
@@ -240,8 +258,14 @@ class Landscape:
             users = [k.name for k in KINDS.values() if "trajectory" in k.needs]
             raise ValueError(f"trajectory= is only used by direction kinds that follow a path ({', '.join(users)}); "
                              f"pass directions={users[0]!r} or leave trajectory out")
+        if curvature != "hessian":
+            check_curvature(curvature)
+            if kind.name != "hessian":
+                raise ValueError(f"curvature={curvature!r} chooses whose eigenvectors directions='hessian' takes; "
+                                 f"the {kind.name!r} directions have none: leave curvature out")
         made = make_directions(directions, private, 2, argname="directions", seed=seed, normalization=normalization,
-                               ignore=ignore, **self._needs(kind, trajectory, cancel, progress),
+                               ignore=ignore, **self._needs(kind, trajectory, cancel, progress, problem),
+                               **({"curvature": curvature} if kind.name == "hessian" else {}),
                                **({"buffers": buffers} if kind.moves_buffers else {}))
         (d1, d2), dmeta = made.dirs, made.meta
         bdirs = made.buffer_dirs if buffers == "interpolate" else None
@@ -271,7 +295,8 @@ class Landscape:
                           direction_meta=made.meta, metrics=metrics, models=marks,
                           curvatures=made.kind.curvatures(dmeta))
         if trust:  # the panel is computed from the surface's directions: the same plane, with it
-            surface = surface.with_trust(self.trust(surface, cancel=cancel, progress=progress))
+            surface = surface.with_trust(self.trust(surface, cancel=cancel, progress=progress, samples=samples,
+                                                    curvature=curvature))
         return surface
 
     def connect(self, model_b, *, bend=None, steps=31, buffers=None, epochs=10, lr=0.05, optimizer="sgd",
@@ -315,7 +340,7 @@ class Landscape:
 
     def spectrum(self, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=90, runs=10, trace_samples=99,
                  trace_method="hutch++", tol=1e-6, backend="graph", callback=None, cancel=None,
-                 progress=True) -> Spectrum:
+                 progress=True, samples=None, spread=None, curvature="hessian", client=None) -> Spectrum:
         """Eigen-spectrum of the Hessian of the loss over all data (eval mode) at the model's weights.
 
         ``k`` largest and ``bottom`` smallest eigenvalues by Lanczos (ARPACK's convergence test, relative accuracy
@@ -325,14 +350,29 @@ class Landscape:
         arXiv 1901.10159) from ``runs`` runs of ``steps`` steps.  ``callback(dict(stage, done, total, hvps))``
         reports progress; ``cancel`` (Event or callable) is checked before every Hessian-vector product;
         ``progress`` shows a ``tqdm`` bar of the products with the current stage.
+
+        ``samples``: the Hessian of the loss on a fixed random subset of that many samples (drawn as
+        :meth:`plane` draws it; ``spec.data`` records it), which costs that fraction of a full-data product.
+        ``spread`` (a count >= 2, with ``samples``): the eigenvalues and trace also on that many disjoint subsets of
+        ``samples`` each (the density only on the first), in ``spec.spread`` with their mean and standard deviation
+        (:meth:`Spectrum.describe_spread`: "λmax 0.92 ± 0.03 over 4 subsets of 256"), so a subset too small to trust
+        shows itself; the other values are the first subset's.
+        ``curvature``: "hessian" (default), "ggn" (the generalized Gauss-Newton ``J^T H_out J``, positive
+        semi-definite for convex losses) or "fisher" (the empirical Fisher ``mean_i g_i g_i^T``); see
+        :mod:`landscape_widgets.hessian.operators`.  ``client``: a ``dask.distributed.Client``; each worker computes
+        the products on its shard of the data (:mod:`landscape_widgets.hessian.sharded`).
         """
-        self.problem.check_data()
-        return hessian_api.spectrum(self.problem, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
+        problems = self._on_samples(samples, spread)
+        problem = problems[0] if isinstance(problems, list) else problems
+        problem.check_data()
+        return hessian_api.spectrum(problem, k, bottom=bottom, density=density, trace=trace, seed=seed, steps=steps,
                                     runs=runs, trace_samples=trace_samples, trace_method=trace_method, tol=tol,
-                                    backend=backend, callback=callback, cancel=cancel, progress=progress)
+                                    backend=backend, callback=callback, cancel=cancel, progress=progress,
+                                    curvature=curvature, client=client,
+                                    spread=problems if isinstance(problems, list) else None)
 
     def trust(self, surface, *, spectrum=None, seed=0, trace_samples=99, tol=1e-6, cancel=None,
-              progress=True, callback=None) -> dict:
+              progress=True, callback=None, samples=None, spread=None, curvature="hessian", client=None) -> dict:
         """The trust panel of ``surface``: ``kappa`` (``d^T H d / ||d||^2`` per direction), ``lambda_max``,
         ``lambda_min``, ``trace_over_n`` (``tr(H)/N``, with its stderr) and ``eig_ratio``
         (``|lambda_min / lambda_max|``, Li et al. 2018 §6) and ``hides_saddle``: ``|lambda_min| >=
@@ -341,15 +381,21 @@ class Landscape:
         ``callback(partial)`` receives the panel as it grows (``partial: True``): the kappas first, then with the
         eigenvalues.  ``surface`` may also be an :class:`~landscape_widgets.SeedSpread` of random planes: then the panel has
         ``kappa_per_seed`` [K][2] and ``kappa_range`` instead of ``kappa``, and ``hides_saddle_seeds``.
+        ``samples``, ``spread``, ``curvature`` and ``client`` as in :meth:`spectrum`; the panel's ``data`` says what
+        it was computed on and ``spread`` (with ``spread=``) holds lambda_max, lambda_min, the kappas and tr(H)/N on
+        every subset.
         """
         spread_dirs = (lambda private: _spread_directions(surface, private)) if isinstance(surface, SeedSpread) \
             else None
-        return hessian_api.trust(self.problem, surface, spread_directions=spread_dirs, spectrum=spectrum, seed=seed,
+        problems = self._on_samples(samples, spread)
+        problem = problems[0] if isinstance(problems, list) else problems
+        return hessian_api.trust(problem, surface, spread_directions=spread_dirs, spectrum=spectrum, seed=seed,
                                  trace_samples=trace_samples, tol=tol, cancel=cancel, progress=progress,
-                                 callback=callback)
+                                 callback=callback, curvature=curvature, client=client,
+                                 spread=problems if isinstance(problems, list) else None)
 
     def curvature_map(self, surface, *, resolution=None, tol=1e-2, seed=0, progress=True, callback=None,
-                      cancel=None) -> CurvatureMap:
+                      cancel=None, samples=None) -> CurvatureMap:
         """``|lambda_min / lambda_max|`` of the Hessian at every point of ``surface``'s plane (Li et al. 2018,
         arXiv 1712.09913, §6; their ``plot_hessian_eigen.py``): near 0 the landscape is locally convex.
 
@@ -362,8 +408,10 @@ class Landscape:
         lambda_max, lambda_min, ratio, loss, hvps, done, total))`` follows every finished point; ``cancel`` (Event or callable)
         is checked before every Hessian-vector product and raises :class:`~landscape_widgets.Cancelled`;
         ``progress`` shows a ``tqdm`` bar of the points.  A point whose loss or Hessian is not finite is NaN.
+        ``samples``: the Hessians (and losses) on a fixed random subset of that many samples, as :meth:`spectrum`;
+        ``cmap.data`` records it.
         """
-        return compute_curvature_map(self.problem, surface, resolution=resolution, tol=tol, seed=seed,
+        return compute_curvature_map(self._on_samples(samples), surface, resolution=resolution, tol=tol, seed=seed,
                                      progress=progress, callback=callback, cancel=cancel)
 
     def seed_spread(self, seeds=5, *, directions="random", callback=None, cancel=None, **plane_options) -> SeedSpread:
@@ -413,11 +461,13 @@ class Landscape:
         named = dict(unwrap(self.model).named_parameters())
         return sum(named[n].numel() for n in self.moved)
 
-    def _needs(self, kind, trajectory, cancel, progress=False) -> dict:
-        """What ``kind`` declares it needs (``DirectionKind.needs``), from this Landscape and the call."""
+    def _needs(self, kind, trajectory, cancel, progress=False, problem=None) -> dict:
+        """What ``kind`` declares it needs (``DirectionKind.needs``), from this Landscape (or the ``problem`` on a
+        subset of its data) and the call."""
         out = {}
         if "loss" in kind.needs:
-            out.update(objective=self.objective, data=self.data, cancel=cancel, progress=progress)
+            out.update(objective=self.objective, data=(problem or self.problem).data, cancel=cancel,
+                       progress=progress)
         if "trajectory" in kind.needs:
             out["trajectory"] = trajectory
         return out

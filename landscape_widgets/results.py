@@ -487,7 +487,7 @@ class CurvatureMap(Result):
     ``direction_kind`` (of the surface's plane), ``fingerprint``, ``device``, ``num_parameters``."""
 
     _arrays = ("alphas", "betas", "lambda_max", "lambda_min", "ratio", "losses")
-    _fields = BASE_FIELDS + (Field("direction_kind"),)
+    _fields = BASE_FIELDS + (Field("direction_kind"), Field("data"))
 
     def __init__(self, alphas, betas, lambda_max, lambda_min, losses, meta=None, **fields):
         self.alphas = np.asarray(alphas, dtype=np.float64)

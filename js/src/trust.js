@@ -86,7 +86,27 @@ export function trustRows(t) {
   rows.push(["|λmin/λmax|", pending(t.lambda_min) ? "…" : `${fmt(ratio)} (alarm ≥ ${saddleThreshold(t)})`]);
   rows.push([traceLabel(t.trace_method, t.trace_samples),
              pending(t.trace_over_n) ? "…" : `${fmt(t.trace_over_n)}${tr}`]);
+  const used = dataLabel(t.data);
+  if (used) rows.push(["on", t.refining ? `${used}; refining on all data…` : used]);
+  const spread = spreadLabel(t.spread);
+  if (spread) rows.push(["spread", spread]);
   return rows;
+}
+
+/** What a panel was computed on: "256 of 1797 samples" (a subset), "all 1797 samples"; "" when not said. */
+export function dataLabel(d) {
+  if (!d || !Number.isFinite(d.num_samples)) return "";
+  if (Number.isFinite(d.subset_of)) return `${d.num_samples} of ${d.subset_of} samples`;
+  if ("subset_of" in d) return `a subset of ${d.num_samples} samples`;  // of a DataLoader of unknown length
+  return `all ${d.num_samples} samples`;
+}
+
+/** "λmax 0.92 ± 0.03 over 4 subsets of 256" of a panel computed with spread=; "" without one. */
+export function spreadLabel(s) {
+  const q = s && s.quantities && s.quantities.lambda_max;
+  if (!q || !Number.isFinite(q.mean)) return "";
+  const sd = Number.isFinite(q.std) ? ` ± ${Number(q.std.toPrecision(2))}` : "";
+  return `λmax ${fmt(q.mean)}${sd} over ${s.subsets} subsets of ${s.samples}`;
 }
 
 export function hidesSaddle(t) {

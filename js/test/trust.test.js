@@ -1,6 +1,24 @@
 import { describe, expect, it } from "vitest";
-import { SADDLE_RATIO, WARNING, fillTrustBox, fmt, hidesSaddle, traceLabel, trustRows, warningText }
-  from "../src/trust.js";
+import { SADDLE_RATIO, WARNING, dataLabel, fillTrustBox, fmt, hidesSaddle, spreadLabel, traceLabel, trustRows,
+  warningText } from "../src/trust.js";
+
+describe("what a panel was computed on", () => {
+  it("names a subset, all the data, and a quick panel being refined", () => {
+    expect(dataLabel({ num_samples: 256, subset_of: 1797 })).toBe("256 of 1797 samples");
+    expect(dataLabel({ num_samples: 1797 })).toBe("all 1797 samples");
+    expect(dataLabel({ num_samples: 256, subset_of: null })).toBe("a subset of 256 samples");
+    expect(dataLabel(undefined)).toBe("");
+    const base = { kappa: [1, 2], lambda_max: 3, lambda_min: -0.1, trace_over_n: 0.1 };
+    expect(trustRows({ ...base, data: { num_samples: 64, subset_of: 1797 }, refining: true }).at(-1))
+      .toEqual(["on", "64 of 1797 samples; refining on all data…"]);
+    expect(trustRows({ ...base, data: { num_samples: 1797 } }).at(-1)).toEqual(["on", "all 1797 samples"]);
+  });
+  it("shows the spread of lambda_max over disjoint subsets", () => {
+    const spread = { subsets: 4, samples: 256, quantities: { lambda_max: { mean: 0.9213, std: 0.0314 } } };
+    expect(spreadLabel(spread)).toBe("λmax 0.9213 ± 0.031 over 4 subsets of 256");
+    expect(spreadLabel(undefined)).toBe("");
+  });
+});
 
 describe("trustRows", () => {
   it("lists the curvature of each direction, then the eigenvalues and tr(H)/N with its error bar", () => {

@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from ..hessian.hvp import HessianOperator
 from ..hessian.lanczos import extreme_eigenpairs
+from ..hessian.operators import make_operator
 from ..hessian.spectrum import seed_streams
 from .._checks import check_seed
 from .kind import DirectionKind, Made
@@ -39,7 +39,7 @@ def default_span(loss0: float, lambda_max: float) -> float:
 
 
 def hessian_directions(private, count, *, objective=None, data=None, seed=0, normalization=None, ignore="biasbn",
-                       tol=1e-6, cancel=None, progress=False, **_) -> Made:
+                       tol=1e-6, cancel=None, progress=False, curvature="hessian", **_) -> Made:
     if objective is None or data is None:
         raise TypeError("the 'hessian' direction kind needs the loss and the data; use it through "
                         "Landscape.plane(directions='hessian') or Landscape.line(direction='hessian')")
@@ -47,7 +47,7 @@ def hessian_directions(private, count, *, objective=None, data=None, seed=0, nor
     normalization = normalization or DEFAULT_NORMALIZATION
     if count > 2:
         raise ValueError(f"the 'hessian' kind gives at most 2 directions (v_max, v_min), {count} were asked for")
-    op = HessianOperator(private, data, objective, cancel=cancel)
+    op = make_operator(curvature, private, data, objective, cancel=cancel)
     if op.num_parameters < 2 and count == 2:
         raise ValueError("the 'hessian' plane needs at least 2 parameters")
     rng_top, rng_bottom, _, _ = seed_streams(seed)
@@ -69,7 +69,7 @@ def hessian_directions(private, count, *, objective=None, data=None, seed=0, nor
     meta = {"direction_kind": "hessian", "seed": seed, "normalization": normalization,
             "ignore": ignore if normalization != "none" else None,
             "lambda_max": pairs[0][0], "lambda_min": pairs[1][0] if count == 2 else None,
-            "eigen_hvps": op.hvps, "span_scale": scale, "span_rule": SPAN_RULE, "center_loss": loss0}
+            "eigen_hvps": op.hvps, "curvature": curvature, "eigen_data": data.describe(), "span_scale": scale, "span_rule": SPAN_RULE, "center_loss": loss0}
     return Made(dirs, meta, span=((-scale, scale),) * count)
 
 

@@ -30,6 +30,8 @@ VIEW_LABELS = {"surface": "3-D surface"}
 SEEDS = (1, 16)  # seed spread: how many random planes at once ("does the picture depend on the seed")
 PREVIEW = 9  # coarse grid shown first: 81 points, a few ms on a small model
 PREVIEW_SECONDS = 0.8  # ... on a fixed random subset small enough for the preview to take about this long
+TRUST_PASSES = 250  # passes a trust panel makes: about 100 products of two to three passes each
+TRUST_MIN_SAMPLES = 64  # a quick panel on fewer samples would say little about the full-data Hessian
 TRUST_TRACE = 30  # Hutch++ products for the trust panel's tr(H)/N: a visible error bar, a fraction of the cost
 TRUST_TOL = 1e-3  # eigenvalues to 1e-3 relative (the panel shows 4 digits): half the products of 1e-6 for lambda_min
 CURVATURE = "curvature"  # ``show`` value of the curvature map layer
@@ -151,6 +153,11 @@ class SurfaceWidget(RandomDirectionWidget):
     such as SDPA attention on a CPU) leaves the plane as it is: the panel's place says why, and so do
     ``w.trust_error`` and ``w.surface.trust_error``.
 
+    On a large data set the panel comes twice: first on a fixed random subset (``trust_samples``; "auto": sized
+    so that the panel takes about ``preview_seconds`` from the time of one pass, used when that is less than half
+    the data), labelled with the samples it used, then on all the data, which replaces it; ``w.trust["data"]``
+    says which one is shown.  ``trust_samples=None`` computes it on all the data at once.
+
     ``send_interval``: the least seconds between two partial grids sent to the browser (0.15 by default).
     """
 
@@ -182,7 +189,8 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def __init__(self, ls, *, resolution=21, seed=0, normalization=None, span=1.0, log_scale=True, view="contour",
                  title=None, compute=None, directions="random", trajectory=None, seeds=1, trust=True,
-                 preview_samples="auto", show="loss", preview_seconds=None, jobs=None, send_interval=None):
+                 preview_samples="auto", show="loss", preview_seconds=None, jobs=None, send_interval=None,
+                 trust_samples="auto"):
         self._models = None  # the other models of a plane through models
         if not isinstance(directions, str):
             if kind_of(directions) is not MODELS:
@@ -203,6 +211,10 @@ class SurfaceWidget(RandomDirectionWidget):
             preview_samples = check_int(preview_samples, "preview_samples", low=1,
                                         hint=" (samples the coarse preview uses; 'auto' or None: all)")
         self._preview_samples = preview_samples
+        if trust_samples not in (None, "auto"):
+            trust_samples = check_int(trust_samples, "trust_samples", low=1,
+                                      hint=" (samples of the first, quick trust panel; 'auto' or None: all at once)")
+        self._trust_samples = trust_samples
         self._preview_seconds = PREVIEW_SECONDS if preview_seconds is None else _positive(preview_seconds,
                                                                                          "preview_seconds")
         self._ls = private_landscape(ls)
@@ -306,31 +318,53 @@ class SurfaceWidget(RandomDirectionWidget):
             if self._with_trust:  # kappa along every seed's two directions: 2K more products than one plane's
                 emit(self._trust_panel(spread, cancel, emit))
             return
-        if kind_named(p["directions"]).seeded or self._models is not None:  # made again: cheap
+        kind = kind_named(p["directions"])
+        if kind.seeded or self._models is not None or "loss" in kind.needs:
+            # made again: cheap (random, models), or of the loss on all the data (the preview's Hessian
+            # eigenvectors are those of its subset's loss)
             self._done_with_trust(self._ls.plane(**kw, **full), emit, cancel)
             return
-        # other kinds' directions (Hessian eigenvectors, PCA components) are computed once, by the preview, and
-        # reused on the same grid
+        # other kinds' directions (PCA components) are computed once, by the preview, and reused on the same grid
         surf = self._ls.plane(directions=preview, progress=False, cancel=cancel, **full)
         self._done_with_trust(surf, emit, cancel)
 
-    def _preview_size(self):
-        """``preview_samples``; "auto": a subset whose 81 points take about ``preview_seconds``, from the time of one
-        warm pass over all the data (measured once per widget)."""
-        if self._preview_samples != "auto":
-            return self._preview_samples
-        if not hasattr(self, "_auto_preview"):
-            # the second of two passes: the first runs cold (a ResNet-20's took 6x a warm one, and sized the
-            # subset 6x too small)
+    def _pass_seconds(self):
+        """One warm pass over all the data (the second of two: the first runs cold, and a ResNet-20's took 6x a
+        warm one), measured once per widget."""
+        if not hasattr(self, "_per_pass"):
             per_pass = float("inf")
             for _ in range(2):
-                t = time.perf_counter()
+                t0 = time.perf_counter()
                 self._ls.loss()
-                per_pass = max(min(per_pass, time.perf_counter() - t), 1e-6)
-            n = self._ls.data.num_samples or 0
-            want = n * self._preview_seconds / (PREVIEW * PREVIEW * per_pass)
-            self._auto_preview = None if want >= n or n == 0 else max(1, int(want))
-        return self._auto_preview
+                per_pass = max(min(per_pass, time.perf_counter() - t0), 1e-6)
+            self._per_pass = per_pass
+        return self._per_pass
+
+    def _auto_size(self, passes):
+        """A subset whose ``passes`` passes take about ``preview_seconds``; None when that is most of the data."""
+        n = self._ls.data.num_samples or 0
+        if n == 0:
+            return None
+        want = n * self._preview_seconds / (passes * self._pass_seconds())
+        return None if want >= n else max(1, int(want))
+
+    def _preview_size(self):
+        """``preview_samples``; "auto": a subset whose 81 points take about ``preview_seconds``."""
+        if self._preview_samples != "auto":
+            return self._preview_samples
+        return self._auto_size(PREVIEW * PREVIEW)
+
+    def _trust_size(self):
+        """``trust_samples``; "auto": a subset whose panel (about ``TRUST_PASSES`` passes) takes about
+        ``preview_seconds``, at least ``TRUST_MIN_SAMPLES``, when that is less than half the data; else None."""
+        if self._trust_samples != "auto":
+            return self._trust_samples
+        n = self._ls.data.num_samples or 0
+        size = self._auto_size(TRUST_PASSES)
+        if size is None:
+            return None
+        size = max(size, TRUST_MIN_SAMPLES)
+        return size if 2 * size <= n else None
 
     def _done_with_trust(self, surf, emit, cancel):
         """The plane first (drawn at once), then its trust panel: curvatures by Hessian-vector products; then the
@@ -356,11 +390,25 @@ class SurfaceWidget(RandomDirectionWidget):
 
     def _trust_panel(self, surf, cancel, emit=None):
         """TrustPanel(panel), or TrustFailed({error, detail}) when the Hessian-vector products fail: the panel
-        is an addition to a plane already drawn, and its failure must not turn that plane into an error."""
+        is an addition to a plane already drawn, and its failure must not turn that plane into an error.  With a
+        trust subset (:meth:`_trust_size`) its panel is emitted first (``refining``), then the full-data one is
+        returned; a subset that fails leaves the full-data panel to say why."""
+        partial = None if emit is None else (lambda part: emit(TrustPartial(part)))
+        options = dict(cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL, progress=False)
+        size = self._trust_size() if emit is not None else None
         try:
-            return TrustPanel(self._ls.trust(surf, cancel=cancel, trace_samples=TRUST_TRACE, tol=TRUST_TOL,
-                                           progress=False,
-                                           callback=None if emit is None else lambda part: emit(TrustPartial(part))))
+            if size is not None:
+                try:
+                    quick = self._ls.trust(surf, samples=size, callback=partial, **options)
+                except Cancelled:
+                    raise
+                except Exception:
+                    pass
+                else:
+                    if quick["data"].get("subset_of") is not None:  # else the subset was all the data
+                        emit(TrustPanel(dict(quick, refining=True)))
+                        partial = None  # the quick panel stays shown while the full one computes
+            return TrustPanel(self._ls.trust(surf, callback=partial, **options))
         except Cancelled:
             raise
         except Exception as exc:
