@@ -105,6 +105,7 @@ def test_surface_page_renders_offline_with_webgl(page, pages, artifacts):
     assert float(items["λmin"].split(" ± ")[1]) == pytest.approx(trust["lambda_min_error"], rel=0.05)
     assert items["|λmin/λmax|"].endswith(f"(alarm ≥ {trust['saddle_threshold']:g})")
     assert f"tr(H)/N, Hutch++ {trust['trace_samples']} HVPs" in items
+    assert items["on"] == "all 256 samples"  # what the panel was computed on
     assert page.get_attribute(f"{root} .lw-trust", "data-hides-saddle") == str(trust["hides_saddle"]).lower()
     page.screenshot(path=str(artifacts / "offline-surface-3d.png"), full_page=True)
     assert_no_requests(page, blocked)
