@@ -3,6 +3,7 @@
 the curvatures a kind found) comes in as arguments and typed result fields."""
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -38,6 +39,17 @@ def operator(problem, private, *, curvature="hessian", client=None, backend="gra
         from .sharded import sharded_operator
         return sharded_operator(client, problem, curvature=curvature, cancel=cancel, backend=backend)
     return make_operator(curvature, private, problem.data, problem.objective, backend=backend, cancel=cancel)
+
+
+@contextlib.contextmanager
+def _closing(op):
+    """An operator on Dask workers gives their shards back when the computation ends (``close``)."""
+    try:
+        yield op
+    finally:
+        close = getattr(op, "close", None)
+        if close is not None:
+            close()
 
 
 def _spectrum_values(spec) -> dict:
@@ -76,7 +88,7 @@ def spectrum(problem, k=5, *, bottom=1, density=True, trace=True, seed=0, steps=
         with_density = density and index == 0
         op = operator(part, private, curvature=curvature, client=client, backend=backend, cancel=cancel)
         where = f"subset {index + 1}/{len(problems)} " if len(problems) > 1 else ""
-        with op.progress("spectrum", _check_bool(progress, "progress")) as stage, op.running():
+        with _closing(op), op.progress("spectrum", _check_bool(progress, "progress")) as stage, op.running():
             def report(name, done_, total, op=op):
                 stage(name if total is None else f"{name} {done_}/{total}")
                 if callback is not None:
@@ -177,7 +189,7 @@ def _trust(problem, surface, *, spread_directions=None, spectrum=None, seed=0, t
     vectors = {}
     warm = None if lambdas is not None or spectrum is not None else _warm_start(problem, op.num_parameters,
                                                                                   curvature)
-    with op.progress("trust panel", _check_bool(progress, "progress")), op.running():
+    with _closing(op), op.progress("trust panel", _check_bool(progress, "progress")), op.running():
         panel = trust_panel(op, dirs, spectrum=spectrum, lambdas=lambdas, seed=seed, trace_samples=shown_samples,
                             tol=shown_tol, trace=None if known is None else known["trace"],
                             trace_method=None if known is None else known.get("trace_method"),

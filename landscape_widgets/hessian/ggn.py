@@ -62,7 +62,7 @@ class CurvatureOperator:
     what = "curvature"
 
     def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None, weights=None,
-                 tuning=None, batching="auto", vmap_rows=VMAP_ROWS):
+                 tuning=None, batching="auto", vmap_rows=VMAP_ROWS, micro_batches=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not known; pass one of {', '.join(map(repr, BACKENDS))}")
         if batching not in BATCHING:
@@ -94,6 +94,11 @@ class CurvatureOperator:
         self.hvps = 0
         self.loss = None  # the full-data loss, known after the first pass
         warm_allocator(self.device)  # each product allocates activation-sized tensors: keep them off mmap
+
+    def micro_batches(self):
+        """None: these operators do not cut a batch into micro-batches (``micro_batches=`` is accepted, for the
+        Hessian operator's interface, and not used)."""
+        return None
 
     # -- flat <-> dict ---------------------------------------------------------------------------------------
     def flatten(self, d: dict) -> torch.Tensor:
