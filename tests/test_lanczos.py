@@ -1,6 +1,6 @@
-"""The early-stopping Lanczos of hessian/lanczos.py against exact answers: dense Hessians of small models
-(tests/_hessian_cases.py) and an explicit diagonal operator, and against ARPACK (scipy's eigsh) on the same
-operator -- its fallback, and the number of products it needs for the same tolerance."""
+"""The early-stopping, thick-restarted Lanczos of hessian/lanczos.py against exact answers: dense Hessians of small
+models (tests/_hessian_cases.py) and an explicit diagonal operator, and against ARPACK (scipy's eigsh) on the same
+operator: the number of products it needs for the same tolerance."""
 import numpy as np
 import pytest
 import torch
@@ -45,8 +45,10 @@ def test_lanczos_pairs_match_the_dense_hessian(case, which, k):
     assert np.all(V[np.argmax(np.abs(V), axis=0), np.arange(k)] > 0)
 
 
-def test_stops_when_arpack_would_and_no_later(case):
-    """Same test as ARPACK's (residual <= tol |theta|) after every product: never more products than eigsh."""
+def test_costs_about_what_arpack_costs(case):
+    """ARPACK's test (residual <= tol |theta|), tightened and guarded (module docstring), after every product:
+    the values are as accurate as eigsh's, for at most 1.5x its products (ARPACK tests only after each
+    restart cycle of its ncv = 20 basis)."""
     model, x, y, H = case
     exact = np.linalg.eigvalsh(H)[::-1][:5]
     for tol in (1e-3, 1e-6):
@@ -55,7 +57,7 @@ def test_stops_when_arpack_would_and_no_later(case):
         theirs = operator(model, x, y)
         w_ref, _, _ = _arpack(theirs, 5, "LA", np.random.default_rng(3).standard_normal(ours.num_parameters), tol,
                               None, None)
-        assert info["method"] == "lanczos" and ours.hvps <= theirs.hvps
+        assert info["method"] == "lanczos" and ours.hvps <= 1.5 * theirs.hvps, (tol, ours.hvps, theirs.hvps)
         assert np.all(np.abs(w - exact) <= tol * np.abs(exact))
         assert np.all(np.abs(w_ref - exact) <= tol * np.abs(exact))
 
@@ -81,14 +83,18 @@ def test_both_ends_from_one_run_match_the_dense_hessian(case, tol):
         extreme_eigenpairs(op, 2, "BE", rng=np.random.default_rng(0))
 
 
-def test_falls_back_to_arpack_when_the_basis_is_full(case):
+@pytest.mark.parametrize("which,k,basis", [("LA", 2, 6), ("SA", 2, 8), ("BE", 1, 8)])
+def test_a_full_basis_restarts_thick_and_still_converges(case, which, k, basis):
+    """min_basis below what tol 1e-10 needs: the basis restarts (Wu & Simon's thick restart) and the pairs are those
+    of the dense Hessian, with the products of the restarts counted."""
     model, x, y, H = case
-    exact = np.linalg.eigvalsh(H)[::-1][:3]
+    exact = np.linalg.eigvalsh(H)
+    want = exact[::-1][:k] if which == "LA" else exact[:k] if which == "SA" else exact[[0, -1]]
     op = operator(model, x, y)
-    # min_basis=4: 3 k = 9 steps cannot reach tol 1e-10 on these spectra
-    w, V, info = extreme_eigenpairs(op, 3, "LA", rng=np.random.default_rng(0), tol=1e-10, min_basis=4)
-    assert info["method"] == "arpack" and info["converged"] and info["hvps"] == op.hvps > 9
-    np.testing.assert_allclose(w, exact, rtol=1e-8)
+    w, V, info = extreme_eigenpairs(op, k, which, rng=np.random.default_rng(0), tol=1e-10, min_basis=basis)
+    assert info["method"] == "lanczos" and info["converged"] and info["basis"] == basis and info["restarts"] > 0
+    assert info["hvps"] == op.hvps > basis
+    np.testing.assert_allclose(w, want, rtol=1e-8, atol=1e-10 * np.abs(exact).max())
     assert np.all(residuals(H, w, V) <= 1e-7 * np.abs(H).max())
 
 
@@ -137,35 +143,37 @@ def test_clustered_top_of_a_known_spectrum():
 
 
 def test_an_unconverged_run_returns_k_estimates_and_says_so():
-    """Neither the Lanczos phase nor ARPACK (one restart) reaches tol 1e-14 on a clustered spectrum: the k best
-    Lanczos estimates come back, marked converged=False, after a bounded number of products."""
+    """tol 1e-14 on a clustered spectrum with one restart allowed in a basis of 9: the k best estimates come back,
+    marked converged=False, after a bounded number of products."""
     d = np.r_[np.linspace(1.0, 0.999, 5), np.linspace(-0.3, 0.998, 395)]
     op = Diagonal(np.random.default_rng(2).permutation(d))
     w, V, info = extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1, min_basis=8)
-    assert not info["converged"] and info["method"] == "arpack" and len(w) == 5 and V.shape == (400, 5)
-    assert info["hvps"] == op.hvps < 100
+    assert not info["converged"] and info["method"] == "lanczos" and len(w) == 5 and V.shape == (400, 5)
+    assert info["restarts"] == 1 and info["hvps"] == op.hvps < 30
     # Ritz values interlace (Cauchy): the i-th largest is at most the i-th largest eigenvalue, and inside the spectrum
     assert np.all(w <= np.sort(d)[::-1][:5] + 1e-12) and np.all(w >= d.min()) and list(w) == sorted(w, reverse=True)
 
 
-def test_nothing_converged_and_no_estimates_is_a_clear_error():
+def test_a_budget_below_what_k_needs_is_a_clear_error():
     op = Diagonal(np.random.default_rng(2).permutation(np.r_[np.linspace(1.0, 0.999, 5),
                                                               np.linspace(-0.3, 0.998, 395)]))
-    with pytest.raises(RuntimeError, match="maxiter=1.*looser tol"):
-        # memory_budget: a basis of 3 vectors, no Lanczos phase for k=5
-        extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), tol=1e-14, maxiter=1, min_basis=1,
-                           memory_budget=8 * 400 * 3)
+    with pytest.raises(ValueError, match=r"memory_budget=9600 bytes holds 3 vectors .* k=5 .*needs 14 "
+                                         r".*pass memory_budget>=44800"):
+        extreme_eigenpairs(op, 5, "LA", rng=np.random.default_rng(0), memory_budget=8 * 400 * 3)
+    with pytest.raises(ValueError, match="memory_budget=-1 must be a positive int"):
+        extreme_eigenpairs(op, 1, "LA", rng=np.random.default_rng(0), memory_budget=-1)
+    w, V, info = extreme_eigenpairs(op, 1, "LA", rng=np.random.default_rng(0), vectors=False)
+    assert V is None and info["converged"] and w[0] == pytest.approx(1.0, rel=1e-6)
 
 
-def test_growing_basis_gives_the_same_pairs(case):
-    """The basis grows by doubling from ``block`` vectors: from 2 it is reallocated four times on the way to the
-    ~30 steps tol 1e-10 needs here, and the pairs are bitwise those of a basis allocated whole."""
+def test_a_larger_basis_than_needed_gives_the_same_pairs(case):
+    """A run that converges before its basis is full does the same arithmetic whatever the basis's capacity."""
     model, x, y, _H = case
     runs = []
-    for block in (2, 10_000):
+    for basis in (60, 10_000):
         w, V, info = extreme_eigenpairs(operator(model, x, y), 3, "SA", rng=np.random.default_rng(0), tol=1e-10,
-                                        block=block)
-        assert info["method"] == "lanczos" and info["hvps"] > 16
+                                        min_basis=basis)
+        assert info["method"] == "lanczos" and info["restarts"] == 0 and info["hvps"] > 16
         runs.append((w, V))
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
 
