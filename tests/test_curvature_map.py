@@ -148,6 +148,9 @@ def test_tanh_mlp_every_point_to_the_documented_tol(mlp):
     per_point = np.array(cm.meta["hvps_per_point"])
     assert per_point.shape == (4, 3) and (per_point > 0).all() and per_point.sum() == cm.meta["hvps"]
     assert cm.meta["non_finite"] == [] and cm.meta["moved_parameters"] == 32
+    # every point after the first starts from its neighbour's eigenvectors, and is still held to tol (above)
+    warm = np.array(cm.meta["warm_started"])
+    assert not warm[0, 0] and warm.sum() == 11
     assert cm.meta["model_sha256"] == surface.meta["model_sha256"]
 
 
@@ -281,6 +284,30 @@ def test_non_finite_points_are_nan_cells():
         assert abs(cm.lambda_min[0, j] - ev[0]) <= 1.00001e-2 * (ev[-1] - ev[0])
         assert cm.losses[0, j] == pytest.approx(loss, rel=1e-5)
     assert all(np.isnan(p["lambda_max"]) for p in seen if p["i"] > 0)
+    # row 0 warm-starts along the row; a non-finite point gives its neighbours nothing: they start from random
+    assert cm.meta["warm_started"] == [[False, True, True], [False] * 3, [False] * 3]
+
+
+def test_warm_started_map_is_the_cold_map_to_tol_with_fewer_products():
+    """A map whose every point starts from random (the neighbours' vectors withheld) against the warm-started one:
+    both within tol of the dense eigenvalues (check_map), and the warm one made fewer products."""
+    from landscape_widgets.hessian import curvature_map as C
+
+    model, x, y = tanh_mlp(seed=2)
+    ls = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y), device="cpu")
+    surface = ls.plane(resolution=5, span=0.5, ignore=None, progress=False, evaluator="loop")
+    warm = ls.curvature_map(surface, resolution=(4, 4), progress=False)
+    original = C.warm_start
+    C.warm_start = lambda vectors: None
+    try:
+        cold = ls.curvature_map(surface, resolution=(4, 4), progress=False)
+    finally:
+        C.warm_start = original
+    moved = [n for n, _ in model.named_parameters()]
+    check_map(warm, model, moved, surface, ce_loss(x, y), tol=1e-2, loss_rtol=1e-10)
+    check_map(cold, model, moved, surface, ce_loss(x, y), tol=1e-2, loss_rtol=1e-10)
+    assert not np.array(cold.meta["warm_started"]).any() and np.array(warm.meta["warm_started"]).sum() == 15
+    assert warm.meta["hvps"] < cold.meta["hvps"], (warm.meta["hvps"], cold.meta["hvps"])
 
 
 def test_callback_reports_every_point(mlp):

@@ -13,12 +13,21 @@ every product (``backend="graph"``); on a CPU a batch with large activations get
 (the forward evaluator's micro-batches, used only where the chunked loss equals the full-batch loss), which made a
 digits-CNN product 1.5x faster (67 -> 45 ms, 2 threads).  With several batches the graph of each batch is rebuilt
 per pass and a whole block of vectors is applied to it, so a pass over a DataLoader serves all vectors of the
-block.  ``backend="func"`` uses ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse) instead;
-``benchmarks/hessian.py`` measures both.
+block.  ``backend="func"`` uses ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse) instead, on the
+same micro-batches; ``backend="auto"`` times both on the first single product and on the first block and keeps the
+faster for each.
+
+A block ``V[m, P]`` is applied row by row (``batching="loop"``) or in one vmapped product per ``vmap_rows`` vectors
+(``"vmap"``: ``torch.autograd.grad(..., is_grads_batched=True)`` for the graph, ``torch.func.vmap`` over the
+tangents for func); where vmap fails for a model (an op without a batching rule) the operator remembers why
+(``vmap_error``) and runs the loop.  ``"auto"`` (the default) vmaps off the CPU and loops on it, where the loop was
+as fast or faster on every model measured (``benchmarks/hessian.py``: the micro-batches are sized for one vector's
+activations, and vmap multiplies them by the block).
 """
 from __future__ import annotations
 
 import contextlib
+import time
 
 import numpy as np
 import torch
@@ -29,7 +38,11 @@ from ..driver import Cancelled, is_cancelled
 from ..runtime import warm_allocator
 from ..objective import as_objective
 
-BACKENDS = ("graph", "func")
+BACKENDS = ("auto", "graph", "func")
+BATCHING = ("auto", "vmap", "loop")
+# vectors per vmapped call: a batched double backward holds this many copies of the batch's activation gradients
+VMAP_ROWS = 16
+PLAN = "plan"  # micro_batches=PLAN: the operator plans the micro-batches of its data itself
 
 
 class NonFiniteHessian(ArithmeticError, ValueError):
@@ -50,17 +63,32 @@ class HessianOperator:
     every moved parameter) takes ``H`` at that point instead (a curvature map's grid point): the point's tensors
     enter the functional call, so nothing is written to the private copy.  ``tuning``
     (:class:`~landscape_widgets.accelerations.Tuning`, default the library's): when a CPU batch is micro-batched.
+    ``backend``: ``"graph"``, ``"func"`` or ``"auto"`` (measured, see the module docstring; ``choice`` and
+    ``timings`` say what it chose and why; its timing products are not counted in ``hvps``).  ``batching``,
+    ``vmap_rows``: how a block is applied.  ``micro_batches``: another operator's :meth:`micro_batches` over the
+    same data, reused instead of planned again.
     """
 
     def __init__(self, private, data, objective, *, backend="graph", cancel=None, on_hvp=None, weights=None,
-                 tuning=None):
+                 tuning=None, batching="auto", vmap_rows=VMAP_ROWS, micro_batches=PLAN):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not known; pass one of {', '.join(map(repr, BACKENDS))}")
+        if batching not in BATCHING:
+            raise ValueError(f"batching={batching!r} is not known; pass one of {', '.join(map(repr, BATCHING))} "
+                             "('vmap': a block's vectors in one vmapped product, the loop where vmap fails; 'loop': "
+                             "one product per vector; 'auto': vmap off the CPU, the loop on it)")
+        if isinstance(vmap_rows, bool) or not isinstance(vmap_rows, int) or vmap_rows < 1:
+            raise ValueError(f"vmap_rows={vmap_rows!r} must be a positive int (vectors per vmapped call)")
         self.private = private
         self.at = None if weights is None else {n: weights[n] for n in private.names}
         self.data = data
         self.objective = as_objective(objective)  # or a plain loss_fn(outputs, targets)
         self.backend = backend
+        self.batching = batching
+        self.vmap_rows = vmap_rows
+        self.vmap_error = None  # why vmap failed for this model (then every block runs the loop)
+        self.choice = {}  # backend="auto": size class ("single", "block") -> the backend measured faster
+        self.timings = {}  # backend="auto": the seconds per product each backend took when it was chosen
         self.cancel = cancel
         self.on_hvp = on_hvp
         self.tuning = tuning or accelerations.DEFAULT_TUNING
@@ -76,6 +104,8 @@ class HessianOperator:
         self.hvps = 0
         self.loss = None  # the full-data loss at ``weights``, known after the first pass
         self._graph = None  # [(first-order graph, weight n_i / n)] of the one in-memory batch
+        self._chunks = None  # [(x_i, y_i, weight n_i / n)] of the one in-memory batch (backend "func")
+        self._micro = micro_batches  # PLAN, or another operator's micro_batches() over the same data
         warm_allocator(self.device)  # each product allocates activation-sized gradients: keep them off mmap
 
     # -- flat <-> dict ---------------------------------------------------------------------------------------
@@ -113,52 +143,206 @@ class HessianOperator:
         check_second_order([grads[i] for i in live])
         return leaves, grads, live, loss.detach()
 
+    def _plan(self, x, y, n):
+        """``[(x_i, y_i, n_i)]`` micro-batches of the one batch on a CPU where that is exact, else None."""
+        if isinstance(self._micro, str):
+            self._micro = None
+            if self.device.type == "cpu":
+                with torch.inference_mode():
+                    self._micro = accelerations.plan_micro_batches(
+                        self.private.module, self.objective, x, y, n, tuning=self.tuning,
+                        min_samples=min(HVP_MIN_SAMPLES, self.tuning.get("micro_min_samples")))
+        return self._micro
+
+    def micro_batches(self):
+        """The micro-batch plan of the one in-memory batch (None: whole; ``PLAN`` while not yet made), for another
+        operator over the same data and private copy (``micro_batches=``): a curvature map plans once, not per
+        point.  The plan's exactness is checked at the private copy's base weights either way."""
+        return self._micro
+
     def _graphs(self):
         """The first-order graphs of the one batch: per micro-batch on a CPU when that is exact, else one."""
         (x, y, n), = self.data.batches(self.device)
-        chunks = None
-        if self.device.type == "cpu":
-            with torch.inference_mode():
-                chunks = accelerations.plan_micro_batches(
-                    self.private.module, self.objective, x, y, n, tuning=self.tuning,
-                    min_samples=min(HVP_MIN_SAMPLES, self.tuning.get("micro_min_samples")))
+        chunks = self._plan(x, y, n)
         if chunks is None:
             return [(self._first_order(x, y), 1.0)]
         return [(self._first_order(a, b), m / n) for a, b, m in chunks]
 
+    def _pieces(self):
+        """``[(x_i, y_i, n_i / n)]`` of the one batch, as ``_graphs`` cuts it (backend "func")."""
+        if self._chunks is None:
+            (x, y, n), = self.data.batches(self.device)
+            chunks = self._plan(x, y, n)
+            self._chunks = [(x, y, 1.0)] if chunks is None else [(a, b, m / n) for a, b, m in chunks]
+        return self._chunks
+
+    def _rows(self, m):
+        """Row slices of a block of ``m`` vectors, each at most ``vmap_rows`` long and of nearly equal lengths."""
+        parts = -(-m // self.vmap_rows)
+        bounds = [round(k * m / parts) for k in range(parts + 1)]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _batched(self, V, loop, vmapped):
+        """``vmapped(rows)`` per row slice of ``V`` when vmap applies (``batching="vmap"``, or ``"auto"`` off the
+        CPU), else ``loop(V)``.  On a CPU the loop was as fast or faster on every model measured: the micro-batches
+        are sized for one vector's activations, and a vmapped block multiplies them (digits CNN 189 vs 415 ms per
+        product in blocks of 16, GPT-2 of 136k parameters 174 vs 362 ms, 1 thread; ``benchmarks/hessian.py``).
+        The first vmap failure (an op without a batching rule, or out of memory) is remembered in ``vmap_error``
+        and every later block of this operator runs the loop, which is exact."""
+        if self.batching == "loop" or V.shape[0] == 1 or self.vmap_error is not None or (
+                self.batching == "auto" and self.device.type == "cpu"):
+            return loop(V)
+        try:
+            return torch.cat([vmapped(V[rows]) for rows in self._rows(V.shape[0])])
+        except Exception as exc:  # noqa: BLE001 -- any failure of the batched form leaves the loop
+            self.vmap_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            return loop(V)
+
+    def _unflatten_rows(self, V):
+        """``V[m, P]`` -> name -> ``[m, *shape]`` (the batched tangents of one vmapped call)."""
+        m = V.shape[0]
+        return {n: t.reshape(m, *s) for n, t, s in zip(self.names, torch.split(V, self.sizes, dim=1), self.shapes)}
+
+    def _flat_rows(self, hv, like, m):
+        return torch.cat([(h if h is not None else torch.zeros((m,) + tuple(p.shape), dtype=p.dtype,
+                                                               device=p.device)).reshape(m, -1)
+                          for h, p in zip(hv, like)], dim=1).to(self.out_dtype)
+
     def _apply_graph(self, first, V):
+        """Double backward through one stored first-order graph (Pearlmutter eq. 4); a block in one vmapped
+        backward (``is_grads_batched``) per ``vmap_rows`` vectors."""
         leaves, grads, live, _ = first
-        out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
         if not live:
+            return torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
+        outputs = [grads[i] for i in live]
+
+        def loop(V):
+            out = torch.empty(V.shape, dtype=self.out_dtype, device=V.device)
+            for r in range(V.shape[0]):
+                vs = self.unflatten(V[r])
+                with explain_double_backward():
+                    hv = torch.autograd.grad(outputs, leaves, grad_outputs=[vs[self.names[i]] for i in live],
+                                             retain_graph=True, allow_unused=True)
+                out[r] = self._flat_rows(hv, leaves, 1)[0]
             return out
-        for r in range(V.shape[0]):
-            vs = self.unflatten(V[r])
-            with explain_double_backward():
-                hv = torch.autograd.grad([grads[i] for i in live], leaves,
-                                         grad_outputs=[vs[self.names[i]] for i in live], retain_graph=True,
-                                         allow_unused=True)
-            out[r] = torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1)
-                                for h, p in zip(hv, leaves)])
-        return out
+
+        def vmapped(V):
+            vs = self._unflatten_rows(V)
+            hv = torch.autograd.grad(outputs, leaves, grad_outputs=[vs[self.names[i]] for i in live],
+                                     retain_graph=True, allow_unused=True, is_grads_batched=True)
+            return self._flat_rows(hv, leaves, V.shape[0])
+
+        return self._batched(V, loop, vmapped)
 
     def _apply_func(self, x, y, V):
+        """Forward-over-reverse: ``jvp`` of ``grad`` of the batch loss (the forward pass is repeated per call);
+        a block in one ``torch.func.vmap`` over the tangents per ``vmap_rows`` vectors.  Returns ``(H V, loss)``."""
         base = {n: self.weights[n].detach() for n in self.names}
         module, objective = self.private.module, self.objective
 
         def loss_of(params):
-            return objective.functional(module, params, x, y)
+            loss = objective.functional(module, params, x, y)
+            return loss, loss.detach()
 
-        grad_fn = torch.func.grad(loss_of)
-        out = torch.empty(V.shape, dtype=self.out_dtype, device=V.device)
-        for r in range(V.shape[0]):
-            with second_order_kernels(), explain_double_backward():
-                _, hv = torch.func.jvp(grad_fn, (base,), (self.unflatten(V[r]),))
-            out[r] = self.flatten(hv)
+        grad_fn = torch.func.grad(loss_of, has_aux=True)
+
+        def product(tangent):
+            _, hv, loss = torch.func.jvp(grad_fn, (base,), (tangent,), has_aux=True)
+            return hv, loss
+
+        seen = []
+
+        def loop(V):
+            out = torch.empty(V.shape, dtype=self.out_dtype, device=V.device)
+            for r in range(V.shape[0]):
+                with second_order_kernels(), explain_forward_ad(), explain_double_backward():
+                    hv, loss = product(self.unflatten(V[r]))
+                out[r] = self.flatten(hv).to(self.out_dtype)
+                seen.append(loss)
+            return out
+
+        def vmapped(V):
+            with second_order_kernels():
+                hv, loss = torch.func.vmap(product)(self._unflatten_rows(V))
+            seen.append(loss.reshape(-1)[0])
+            return self._flat_rows([hv[n] for n in self.names], [base[n] for n in self.names], V.shape[0])
+
+        out = self._batched(V, loop, vmapped)
+        return out, float(seen[-1])
+
+    def _single(self, V):
+        """``H V`` over the one in-memory batch by the operator's backend (``"auto"``: the one chosen)."""
+        backend = self.backend if self.backend != "auto" else self._choose(V)
+        return self._single_by(backend, V)
+
+    def _single_by(self, backend, V):
+        out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
+        if backend == "graph":
+            if self._graph is None:
+                self._graph = self._graphs()
+                self.loss = sum(float(g[3]) * w for g, w in self._graph)
+            self._check_loss()
+            for g, w in self._graph:  # H v = sum_i (n_i / n) H_i v over the micro-batches
+                out += self._apply_graph(g, V) * w
+            return out
+        loss = 0.0
+        for x, y, w in self._pieces():
+            hv, part = self._apply_func(x, y, V)
+            out += hv * w
+            loss += part * w
+        self.loss = loss
+        self._check_loss()
+        return out
+
+    def _choose(self, V):
+        """``backend="auto"``: at the first single product and the first block, each backend computes it once,
+        timed (the graph's build excluded: it is paid once per operator), and the faster serves every later
+        product of that kind; both results are the same ``H V`` (the chosen one is returned)."""
+        kind = "single" if V.shape[0] == 1 else "block"
+        if kind in self.choice:
+            return self.choice[kind]
+        if self._graph is None:
+            self._single_by("graph", V[:1])  # builds the graph; this untimed product is discarded
+        seconds = {}
+        for backend in ("graph", "func"):
+            _sync(self.device)
+            t = time.perf_counter()
+            try:
+                self._single_by(backend, V)
+            except RuntimeError:
+                if backend == "graph":
+                    raise
+                continue  # an op without forward-mode AD (e.g. CPU LSTM): double backward it is
+            _sync(self.device)
+            seconds[backend] = (time.perf_counter() - t) / V.shape[0]
+        self.choice[kind] = min(seconds, key=seconds.get)
+        self.timings[kind] = {b: round(s, 6) for b, s in seconds.items()}
+        return self.choice[kind]
+
+    def _loader(self, V):
+        """``H V`` over several batches: each batch's graph (or jvp) serves the whole block, then is freed."""
+        out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
+        total, acc = 0, 0.0
+        backend = self.backend if self.backend != "auto" else self.choice.get("loader", "graph")
+        for x, y, n in self.data.batches(self.device):
+            if backend == "graph":
+                first = self._first_order(x, y)
+                out += self._apply_graph(first, V) * n
+                acc += float(first[3]) * n
+                del first
+            else:
+                hv, loss = self._apply_func(x, y, V)
+                out += hv * n
+                acc += loss * n
+            total += n
+        out /= total
+        self.loss = acc / total
+        self._check_loss()
         return out
 
     def matmat_torch(self, V: torch.Tensor) -> torch.Tensor:
-        """``H V^T`` row by row: ``V[m, P]`` (any float dtype) -> ``[m, P]`` in ``out_dtype`` (float32 or wider), one
-        pass over the data for the whole block.
+        """``H V^T``: ``V[m, P]`` (any float dtype) -> ``[m, P]`` in ``out_dtype`` (float32 or wider), one pass over
+        the data for the whole block, each batch's products vmapped over the block (``batching``).
 
         Each row enters the model's dtype scaled to a largest entry of 1 and is scaled back after the product
         (``H`` is linear): a unit vector of a large model has entries near 1e-3, whose products would lose digits
@@ -177,34 +361,7 @@ class HessianOperator:
             V = wide / scale
         V = V.to(self.dtype)
         with torch.enable_grad():
-            if self.data.single is not None:
-                if self.backend == "graph":
-                    if self._graph is None:
-                        self._graph = self._graphs()
-                        self.loss = sum(float(g[3]) * w for g, w in self._graph)
-                    self._check_loss()
-                    out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
-                    for g, w in self._graph:  # H v = sum_i (n_i / n) H_i v over the micro-batches
-                        out += self._apply_graph(g, V) * w
-                else:
-                    (x, y, _n), = self.data.batches(self.device)
-                    out = self._apply_func(x, y, V)
-            else:
-                out = torch.zeros(V.shape, dtype=self.out_dtype, device=V.device)
-                total, acc = 0, 0.0
-                for x, y, n in self.data.batches(self.device):
-                    if self.backend == "graph":
-                        first = self._first_order(x, y)
-                        out += self._apply_graph(first, V) * n
-                        acc += float(first[3]) * n
-                        del first
-                    else:
-                        out += self._apply_func(x, y, V) * n
-                    total += n
-                out /= total
-                if self.backend == "graph":
-                    self.loss = acc / total
-                    self._check_loss()
+            out = self._single(V) if self.data.single is not None else self._loader(V)
         if scale is not None:
             out *= scale
         if not bool(torch.isfinite(out).all()):
@@ -251,6 +408,7 @@ class HessianOperator:
     def release(self):
         """Free the stored graph (it holds the activations of the whole batch)."""
         self._graph = None
+        self._chunks = None
 
     @contextlib.contextmanager
     def progress(self, desc, enabled=True):
@@ -288,6 +446,11 @@ class HessianOperator:
                 yield self
         finally:
             self.release()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _single_threaded_blas():
@@ -358,6 +521,25 @@ class _CompositeWeightNorm(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# torch.func's forward-over-reverse fails where an op has no forward-mode derivative (the CPU LSTM's mkldnn layer),
+# and on a weight used transposed in a tied decoder (a zero tangent of the transpose written in place, torch 2.13)
+_NO_FORWARD_AD = ("forward AD", "forward-mode", "ZeroTensors are immutable")
+
+
+@contextlib.contextmanager
+def explain_forward_ad():
+    """Re-raise a failure of torch.func's forward-over-reverse (``backend="func"``) with what to pass instead."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError) as exc:
+        msg = str(exc)
+        if not any(k in msg for k in _NO_FORWARD_AD):
+            raise
+        raise RuntimeError(f"backend='func' (forward-over-reverse) cannot differentiate this model: "
+                           f"{msg.splitlines()[0]}. Pass backend='graph' (double backward, reverse mode only) or "
+                           "backend='auto'.") from exc
+
+
 _NO_DOUBLE_BACKWARD = ("double backward", "derivative for", "is not implemented", "differentiate twice")
 
 
@@ -373,4 +555,4 @@ def explain_double_backward():
         raise RuntimeError(_explain(msg.splitlines()[0])) from exc
 
 
-__all__ = ["BACKENDS", "HessianOperator", "NonFiniteHessian"]
+__all__ = ["BACKENDS", "BATCHING", "HessianOperator", "NonFiniteHessian"]
