@@ -130,3 +130,20 @@ def test_hutch_plus_plus_sketch_is_sized_by_the_budget():
     assert info["sketch"] == 4 and info["hvps"] == 99
     assert peak <= default_memory_budget(op) + VECTOR, peak / VECTOR
     assert abs(trace - float(op.d.double().sum())) <= 4 * stderr
+
+
+def test_a_spectrum_records_how_its_density_was_orthogonalized():
+    """The record says "full" only when the budget let SLQ reorthogonalize fully (slq.plan), else the recurrence."""
+    import torch
+    from torch import nn
+
+    import landscape_widgets as lw
+    from landscape_widgets.hessian import slq
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(20, 6, dtype=torch.float64), torch.randint(0, 3, (20,))
+    spec = lw.Landscape(model, nn.CrossEntropyLoss(), (x, y)).spectrum(k=1, bottom=0, trace=False, steps=5, runs=2,
+                                                                        progress=False)
+    assert spec.meta["stages"]["density"]["reorthogonalization"] == "full"
+    assert slq.plan(type("Op", (), {"num_parameters": 10 ** 8, "dtype": torch.float32})(), 90, 10,
+                    memory_budget=2 ** 20)[0] is False

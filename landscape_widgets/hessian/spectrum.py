@@ -7,7 +7,7 @@ from ..runtime import Timer
 from ..results import BASE_FIELDS, Field, Result, register_result
 from .hutchinson import hutchinson_trace
 from .lanczos import extreme_eigenpairs
-from .slq import lanczos_quadrature, smoothed_density
+from .slq import lanczos_quadrature, plan as slq_plan, smoothed_density
 
 
 def _converged(stages) -> bool:
@@ -144,7 +144,8 @@ def compute_spectrum(op, k, bottom, *, density=True, trace=True, seed=0, steps=9
         fields.update(density_grid=grid, density=dens, slq_nodes=_padded(nodes), slq_weights=_padded(weights))
         info["density"] = {"steps": min(steps, op.num_parameters), "runs": runs, "sigma": sig,
                            "grid_points": grid_points, "vector": "rademacher",
-                           "reorthogonalization": "full"}
+                           "reorthogonalization": "full" if slq_plan(op, steps, runs)[0]
+                           else "none (three-term recurrence)"}
     report("done", 1, 1)
     meta = {"k": k, "bottom": bottom, "seed": seed, "steps": steps if density else None,
             "runs": runs if density else None, "trace_samples": trace_samples if with_trace else None,
